@@ -1,0 +1,484 @@
+//! The acknowledger: the part of `serve` that does the forge-facing work intake must not
+//! do in the request path (SPEC sections 4 and 6).
+//!
+//! It consumes `intake:stream` in the consumer group `acknowledgers` (so several `serve`
+//! processes share the work and a crashed one's tasks are claimed by another), and for
+//! each task asks the forge whether the requester may act (write access or more), then
+//! either reacts `eyes`, posts the progress comment and dispatches the job to
+//! `jobs:stream` for the runners, or reacts `confused` and marks the job `rejected`.
+//! It runs beside intake, not behind the runners, so acknowledgement arrives within
+//! seconds even when every runner is busy.
+//!
+//! Every step is safe to repeat: a re-delivered task reuses the stored progress comment
+//! id and skips a dispatch already recorded.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::forges::{Forge, ForgeError, Forges};
+use crate::job::{Job, JobId, JobStatus, TriggerKind, rfc3339};
+use crate::model::Reaction;
+use crate::progress;
+use crate::store::{Store, TaskEntry};
+use crate::task::{Origin, ReplyKind, Task};
+use crate::telemetry::Metrics;
+
+/// An unacknowledged task is taken over by another consumer after this long.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+/// After this many deliveries a task that keeps failing on the forge is given up.
+pub const MAX_DELIVERIES: u64 = 5;
+/// Tasks handled at once per process.
+const CONCURRENCY: usize = 64;
+
+/// What became of one task.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Done (or given up on, with the reason recorded): acknowledge the entry.
+    Done(&'static str),
+    /// The forge was unreachable: leave the entry pending so it is retried.
+    RetryLater(String),
+}
+
+pub struct Acknowledger {
+    pub store: Arc<dyn Store>,
+    pub forges: Forges,
+    pub metrics: Arc<Metrics>,
+    pub public_url: String,
+    pub trigger: String,
+    /// Consumer name in the group; unique per process.
+    pub consumer: String,
+}
+
+/// Calls `f` up to three times while it fails transiently, with a short backoff.
+async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ForgeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ForgeError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < 3 => {
+                debug!(error = %e, attempt, "forge call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Acknowledger {
+    /// Consumes tasks until `shutdown` fires, then waits for the tasks in hand.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        info!(consumer = %self.consumer, "acknowledger started");
+        let permits = Arc::new(Semaphore::new(CONCURRENCY));
+        let mut in_flight = JoinSet::new();
+        let mut last_claim: Option<Instant> = None;
+        let mut redis_was_down = false;
+        while !shutdown.is_cancelled() {
+            while in_flight.try_join_next().is_some() {}
+            let mut entries = Vec::new();
+            if last_claim.is_none_or(|t| t.elapsed() >= STALE_AFTER / 3) {
+                last_claim = Some(Instant::now());
+                match self
+                    .store
+                    .claim_stale_tasks(&self.consumer, STALE_AFTER, 32)
+                    .await
+                {
+                    Ok(claimed) => entries.extend(claimed),
+                    Err(e) => debug!(error = %e, "could not claim stale tasks"),
+                }
+            }
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.store.read_tasks(&self.consumer, 32, Duration::from_secs(2)) => r,
+            };
+            match read {
+                Ok(new) => {
+                    if redis_was_down {
+                        info!("storage reachable again; acknowledger resumes");
+                        redis_was_down = false;
+                        let _ = self.store.ensure_groups().await;
+                    }
+                    entries.extend(new)
+                }
+                Err(e) => {
+                    if !redis_was_down {
+                        warn!(error = %e, "acknowledger cannot read tasks; retrying");
+                        redis_was_down = true;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+            for entry in entries {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let this = self.clone();
+                in_flight.spawn(async move {
+                    this.process(entry).await;
+                    drop(permit);
+                });
+            }
+        }
+        info!(in_flight = in_flight.len(), "acknowledger stopping");
+        while in_flight.join_next().await.is_some() {}
+    }
+
+    async fn process(&self, entry: TaskEntry) {
+        let task = match entry.task {
+            Ok(task) => task,
+            Err(reason) => {
+                error!(entry = %entry.entry_id, reason, "dropping undecodable intake task");
+                self.ack(&entry.entry_id).await;
+                return;
+            }
+        };
+        let span = info_span!("task", kind = task.name(), entry = %entry.entry_id);
+        let outcome = self
+            .handle(&task, entry.deliveries)
+            .instrument(span.clone())
+            .await;
+        let _enter = span.enter();
+        match outcome {
+            Outcome::Done(what) => {
+                self.metrics.acknowledgement(what);
+                self.ack(&entry.entry_id).await;
+            }
+            Outcome::RetryLater(reason) => {
+                self.metrics.acknowledgement("retry_later");
+                warn!(
+                    reason,
+                    deliveries = entry.deliveries,
+                    "task left for a later attempt"
+                );
+            }
+        }
+    }
+
+    async fn ack(&self, entry_id: &str) {
+        if let Err(e) = self.store.ack_task(entry_id).await {
+            // It will be claimed again; every handler is idempotent.
+            warn!(entry = entry_id, error = %e, "could not acknowledge task");
+        }
+    }
+
+    /// Handles one task.
+    async fn handle(&self, task: &Task, deliveries: u64) -> Outcome {
+        let result = match task {
+            Task::Acknowledge { job } => self.acknowledge(*job, deliveries).await,
+            Task::Reply { origin, reply } => self.reply(origin, reply).await,
+            Task::Cancel { origin } => self.cancel(origin).await,
+            Task::Retry { origin } => self.retry(origin).await,
+        };
+        match result {
+            Ok(outcome) => outcome,
+            Err(Failure::Store(e)) => Outcome::RetryLater(format!("storage: {e}")),
+            Err(Failure::Forge(e)) if e.is_transient() => Outcome::RetryLater(e.to_string()),
+            Err(Failure::Forge(e)) => {
+                warn!(error = %e, "forge refused the acknowledgement");
+                Outcome::Done("forge_refused")
+            }
+        }
+    }
+
+    fn forge(&self, origin_forge: crate::model::ForgeKind) -> Option<&Arc<dyn Forge>> {
+        self.forges.get(origin_forge)
+    }
+
+    async fn acknowledge(&self, id: JobId, deliveries: u64) -> Result<Outcome, Failure> {
+        let Some(job) = self.store.get_job(id).await? else {
+            warn!(job = %id, "acknowledge: job record missing");
+            return Ok(Outcome::Done("missing_job"));
+        };
+        let span = info_span!("acknowledge", job = %id, repo = %job.repo.full_name, thread = job.thread.number);
+        async move {
+            if job.status != JobStatus::Queued {
+                return Ok(Outcome::Done("already_final"));
+            }
+            let Some(forge) = self.forge(job.repo.forge) else {
+                self.finish(
+                    &job,
+                    JobStatus::Failed,
+                    &format!("{} is not configured on this Repobox", job.repo.forge),
+                )
+                .await?;
+                return Ok(Outcome::Done("forge_not_configured"));
+            };
+            let level = match with_retries(|| forge.access_level(&job.repo, &job.requester)).await {
+                Ok(level) => level,
+                Err(e) if e.is_transient() && deliveries < MAX_DELIVERIES => {
+                    return Ok(Outcome::RetryLater(e.to_string()));
+                }
+                Err(e) => {
+                    self.finish(
+                        &job,
+                        JobStatus::Failed,
+                        &format!("could not check permissions: {e}"),
+                    )
+                    .await?;
+                    return Ok(Outcome::Done("permission_check_failed"));
+                }
+            };
+            if !level.may_run_jobs() {
+                info!(requester = %job.requester.login, ?level, "requester lacks write access");
+                if let Some(comment) = job.trigger_comment {
+                    self.best_effort(forge.react(
+                        &job.repo,
+                        job.thread,
+                        comment,
+                        Reaction::Confused,
+                    ))
+                    .await;
+                }
+                self.finish(&job, JobStatus::Rejected, "requester lacks write access")
+                    .await?;
+                return Ok(Outcome::Done("rejected"));
+            }
+            if let Some(comment) = job.trigger_comment {
+                self.best_effort(forge.react(&job.repo, job.thread, comment, Reaction::Eyes))
+                    .await;
+            }
+            let body = progress::queued(&job, &self.public_url);
+            match job.progress_comment_id {
+                Some(existing) => {
+                    self.best_effort(forge.update_comment(&job.repo, job.thread, existing, &body))
+                        .await
+                }
+                None => match with_retries(|| forge.create_comment(&job.repo, job.thread, &body))
+                    .await
+                {
+                    Ok(comment_id) => {
+                        self.store
+                            .set_job_fields(
+                                job.id,
+                                &[("progress_comment_id", comment_id.to_string())],
+                            )
+                            .await?;
+                    }
+                    // The runner posts the progress comment itself when it is missing.
+                    Err(e) => {
+                        warn!(error = %e, "progress comment not posted; the runner will retry")
+                    }
+                },
+            }
+            self.store.dispatch_job(job.id).await?;
+            self.store
+                .set_job_fields(
+                    job.id,
+                    &[("dispatched_at", rfc3339(OffsetDateTime::now_utc()))],
+                )
+                .await?;
+            let latency = (OffsetDateTime::now_utc() - job.created_at).as_seconds_f64();
+            self.metrics.ack_latency(latency);
+            info!(
+                latency_ms = (latency * 1000.0) as u64,
+                "job acknowledged and dispatched"
+            );
+            Ok(Outcome::Done("acknowledged"))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn finish(&self, job: &Job, status: JobStatus, error: &str) -> Result<(), Failure> {
+        self.store
+            .set_job_fields(
+                job.id,
+                &[
+                    ("status", status.as_str().to_owned()),
+                    ("error", error.to_owned()),
+                    ("finished_at", rfc3339(OffsetDateTime::now_utc())),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn best_effort(&self, call: impl Future<Output = Result<(), ForgeError>>) {
+        if let Err(e) = call.await {
+            warn!(error = %e, "forge call failed (not retried)");
+        }
+    }
+
+    async fn authorized(&self, forge: &Arc<dyn Forge>, origin: &Origin) -> Result<bool, Failure> {
+        let level = with_retries(|| forge.access_level(&origin.repo, &origin.requester)).await?;
+        if level.may_run_jobs() {
+            return Ok(true);
+        }
+        if let Some(comment) = origin.comment {
+            self.best_effort(forge.react(&origin.repo, origin.thread, comment, Reaction::Confused))
+                .await;
+        }
+        Ok(false)
+    }
+
+    async fn reply(&self, origin: &Origin, reply: &ReplyKind) -> Result<Outcome, Failure> {
+        let Some(forge) = self.forge(origin.repo.forge) else {
+            return Ok(Outcome::Done("forge_not_configured"));
+        };
+        let body = match reply {
+            ReplyKind::Help => progress::help(&self.trigger),
+            ReplyKind::NearMiss { word, suggestion } => {
+                progress::near_miss(&self.trigger, word, suggestion)
+            }
+        };
+        with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+        Ok(Outcome::Done("replied"))
+    }
+
+    async fn thread_job(
+        &self,
+        origin: &Origin,
+        pick: impl Fn(&Job) -> bool,
+    ) -> Result<Option<Job>, Failure> {
+        let ids = self
+            .store
+            .thread_jobs(&origin.repo, origin.thread, 50)
+            .await?;
+        for id in ids {
+            if let Some(job) = self.store.get_job(id).await?
+                && pick(&job)
+            {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn cancel(&self, origin: &Origin) -> Result<Outcome, Failure> {
+        let Some(forge) = self.forge(origin.repo.forge) else {
+            return Ok(Outcome::Done("forge_not_configured"));
+        };
+        if !self.authorized(forge, origin).await? {
+            return Ok(Outcome::Done("rejected"));
+        }
+        let target = self
+            .thread_job(origin, |j| {
+                matches!(j.status, JobStatus::Queued | JobStatus::Running)
+            })
+            .await?;
+        let Some(job) = target else {
+            let body = progress::nothing_to_cancel(&self.trigger);
+            with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+            return Ok(Outcome::Done("nothing_to_cancel"));
+        };
+        if let Some(comment) = origin.comment {
+            self.best_effort(forge.react(&origin.repo, origin.thread, comment, Reaction::Eyes))
+                .await;
+        }
+        let by = origin.requester.login.clone();
+        if job.status == JobStatus::Queued {
+            self.store
+                .set_job_fields(
+                    job.id,
+                    &[
+                        ("cancel_requested", "1".to_owned()),
+                        ("status", JobStatus::Cancelled.as_str().to_owned()),
+                        ("finished_at", rfc3339(OffsetDateTime::now_utc())),
+                    ],
+                )
+                .await?;
+            let body = progress::cancelled(&job, &self.public_url, &by);
+            match job.progress_comment_id {
+                Some(id) => {
+                    self.best_effort(forge.update_comment(&origin.repo, origin.thread, id, &body))
+                        .await
+                }
+                None => {
+                    with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body))
+                        .await?;
+                }
+            }
+            info!(job = %job.id, by, "queued job cancelled");
+        } else {
+            // The runner watches `cancel_requested`, stops the agent and writes the final state.
+            self.store
+                .set_job_fields(job.id, &[("cancel_requested", "1".to_owned())])
+                .await?;
+            self.best_effort(async {
+                forge
+                    .create_comment(
+                        &origin.repo,
+                        origin.thread,
+                        &progress::cancel_requested(&job),
+                    )
+                    .await
+                    .map(|_| ())
+            })
+            .await;
+            info!(job = %job.id, by, "cancel requested for running job");
+        }
+        Ok(Outcome::Done("cancelled"))
+    }
+
+    async fn retry(&self, origin: &Origin) -> Result<Outcome, Failure> {
+        let Some(forge) = self.forge(origin.repo.forge) else {
+            return Ok(Outcome::Done("forge_not_configured"));
+        };
+        if !self.authorized(forge, origin).await? {
+            return Ok(Outcome::Done("rejected"));
+        }
+        let Some(previous) = self
+            .thread_job(origin, |j| j.status != JobStatus::Rejected)
+            .await?
+        else {
+            let body = progress::nothing_to_retry(&self.trigger);
+            with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+            return Ok(Outcome::Done("nothing_to_retry"));
+        };
+        let mut job = Job::new(
+            origin.repo.clone(),
+            origin.thread,
+            origin.thread_title.clone(),
+            TriggerKind::Comment,
+            origin.requester.clone(),
+            previous.instructions.clone(),
+            OffsetDateTime::now_utc(),
+        );
+        job.trigger = if origin.comment.is_some() {
+            TriggerKind::Comment
+        } else {
+            previous.trigger
+        };
+        job.trigger_comment = origin.comment;
+        job.review = previous.review.clone();
+        // The new job goes through the same acknowledgement as any other.
+        self.store
+            .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
+            .await?;
+        info!(job = %job.id, previous = %previous.id, "retry queued");
+        Ok(Outcome::Done("retried"))
+    }
+}
+
+/// Why a handler stopped early.
+enum Failure {
+    Store(crate::store::StoreError),
+    Forge(ForgeError),
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<ForgeError> for Failure {
+    fn from(e: ForgeError) -> Self {
+        Failure::Forge(e)
+    }
+}

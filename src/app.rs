@@ -1,0 +1,230 @@
+//! Wiring: shared state, the HTTP router, and the process roles (`serve`, `all`).
+//!
+//! `build_router(state)` and `serve(listener, ...)` are what tests call on
+//! `127.0.0.1:0`; `run_serve` is what the binary calls.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+use crate::ack::Acknowledger;
+use crate::config::Config;
+use crate::forges::Forges;
+use crate::forges::github::GitHub;
+use crate::forges::gitlab::GitLab;
+use crate::model::ForgeKind;
+use crate::secret::Secret;
+use crate::store::{RedisStore, Store};
+use crate::telemetry::Metrics;
+use crate::web;
+use crate::webhooks::intake::IntakeSettings;
+use crate::webhooks::{self, MAX_BODY_BYTES, verify};
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub github_webhook_secrets: Vec<Secret>,
+    pub gitlab_webhook_secrets: Vec<Secret>,
+    pub trigger: String,
+    pub label: String,
+    pub public_url: String,
+    /// The GitLab bot's own username, once known (its notes never trigger).
+    pub gitlab_bot_username: Arc<OnceLock<String>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+
+    /// Intake settings for one forge.
+    pub fn intake_settings(&self, forge: ForgeKind) -> IntakeSettings {
+        let own_logins = match forge {
+            ForgeKind::GitLab => self
+                .gitlab_bot_username
+                .get()
+                .cloned()
+                .into_iter()
+                .collect(),
+            // GitHub Apps act as `<slug>[bot]`, which the payload marks as a bot.
+            ForgeKind::GitHub => Vec::new(),
+        };
+        IntakeSettings {
+            trigger: self.trigger.clone(),
+            label: self.label.clone(),
+            own_logins,
+        }
+    }
+}
+
+/// Routes of `serve`: webhooks, health, metrics.
+pub fn build_router(state: AppState) -> Router {
+    let webhooks = Router::new()
+        .route("/webhooks/github", post(webhooks::github))
+        .route("/webhooks/gitlab", post(webhooks::gitlab))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    Router::new()
+        .merge(webhooks)
+        .merge(web::health::routes())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Everything `serve` runs, built from the configuration.
+pub struct Services {
+    pub state: AppState,
+    pub acknowledger: Arc<Acknowledger>,
+}
+
+/// Builds the store, forges, state and acknowledger from the configuration.
+pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
+        config.redis_url.expose(),
+        &config.redis_prefix,
+    )?);
+    let mut forges = Forges::default();
+    let mut gitlab_bot_username = Arc::new(OnceLock::new());
+    if let Some(app) = config.github_app()? {
+        let github = GitHub::new(&app.api_url, app.app_id, &app.private_key)
+            .context("REPOBOX_GITHUB_PRIVATE_KEY")?;
+        forges.github = Some(Arc::new(github));
+    }
+    if let Some(bot) = config.gitlab_bot()? {
+        let gitlab = Arc::new(GitLab::new(&bot.url, bot.token)?);
+        gitlab_bot_username = gitlab.bot_username();
+        // Learn the bot's username in the background; GitLab may be down at start.
+        let probe = gitlab.clone();
+        tokio::spawn(async move {
+            if let Err(e) = probe.client().await {
+                warn!(error = %e, "GitLab not reachable yet; will retry on first use");
+            }
+        });
+        forges.gitlab = Some(gitlab);
+    }
+    let github_webhook_secrets = config
+        .github_webhook_secret
+        .as_ref()
+        .map(verify::secret_list)
+        .unwrap_or_default();
+    let gitlab_webhook_secrets = config
+        .gitlab_webhook_secret
+        .as_ref()
+        .map(verify::secret_list)
+        .unwrap_or_default();
+    if forges.github.is_some() && github_webhook_secrets.is_empty() {
+        warn!("REPOBOX_GITHUB_WEBHOOK_SECRET is not set: every GitHub delivery will be refused");
+    }
+    if forges.gitlab.is_some() && gitlab_webhook_secrets.is_empty() {
+        warn!("REPOBOX_GITLAB_WEBHOOK_SECRET is not set: every GitLab delivery will be refused");
+    }
+    if forges.github.is_none() && forges.gitlab.is_none() {
+        info!(
+            "no forge configured yet: open {}/setup to register a GitHub App, or set REPOBOX_GITLAB_URL",
+            config.public_url.trim_end_matches('/')
+        );
+    }
+    let state = AppState::new(Inner {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        github_webhook_secrets,
+        gitlab_webhook_secrets,
+        trigger: config.trigger.clone(),
+        label: config.label.clone(),
+        public_url: config.public_url.clone(),
+        gitlab_bot_username,
+    });
+    let acknowledger = Arc::new(Acknowledger {
+        store,
+        forges,
+        metrics,
+        public_url: config.public_url.clone(),
+        trigger: config.trigger.clone(),
+        consumer: consumer_name(),
+    });
+    Ok(Services {
+        state,
+        acknowledger,
+    })
+}
+
+/// A consumer name unique to this process: host, pid and a random suffix.
+pub fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    format!("{host}-{}-{}", std::process::id(), ulid::Ulid::new())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `repobox serve` (and the intake half of `repobox all`).
+pub async fn run_serve(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let (_key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
+    info!(source = %key_source, "secret key loaded");
+    let metrics = Arc::new(Metrics::new());
+    let services = build_services(&config, metrics)?;
+    if let Err(e) = services.state.store.ensure_groups().await {
+        warn!(error = %e, "Redis not reachable at start; intake answers 503 until it is");
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (REPOBOX_LISTEN)", config.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    info!(%addr, public_url = %config.public_url, "repobox serve listening");
+    let shutdown = CancellationToken::new();
+    let ack = tokio::spawn(services.acknowledger.clone().run(shutdown.clone()));
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        signal.cancel();
+    });
+    serve(listener, build_router(services.state), shutdown.clone()).await?;
+    shutdown.cancel();
+    let _ = ack.await;
+    info!("stopped");
+    Ok(())
+}

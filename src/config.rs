@@ -1,0 +1,378 @@
+//! Process configuration (SPEC section 2): every setting is an environment variable and
+//! a `--flag` of the same name. Secrets are [`Secret`]s (masked when printed) and their
+//! environment values are hidden from `--help`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Args, ValueEnum};
+use rand::RngCore;
+
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AgentKind {
+    Claude,
+    Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKind {
+    Bwrap,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// All settings. Optional forge settings enable a forge when present.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP listen address.
+    #[arg(
+        long,
+        env = "REPOBOX_LISTEN",
+        default_value = "127.0.0.1:3000",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// External base URL (links in comments, OAuth callbacks).
+    #[arg(
+        long,
+        env = "REPOBOX_PUBLIC_URL",
+        default_value = "http://localhost:3000",
+        global = true
+    )]
+    pub public_url: String,
+    /// Redis URL (`rediss://` for TLS).
+    #[arg(
+        long,
+        env = "REPOBOX_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true,
+        hide_env_values = true
+    )]
+    pub redis_url: Secret,
+    /// Prefix of every Redis key.
+    #[arg(
+        long,
+        env = "REPOBOX_REDIS_PREFIX",
+        default_value = "repobox:",
+        global = true
+    )]
+    pub redis_prefix: String,
+    /// Base64 32-byte key for secrets at rest and cookie signing (generated into
+    /// ./data/secret.key when unset).
+    #[arg(
+        long,
+        env = "REPOBOX_SECRET_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub secret_key: Option<Secret>,
+
+    /// GitHub App id (GitHub is enabled when set).
+    #[arg(long, env = "REPOBOX_GITHUB_APP_ID", global = true)]
+    pub github_app_id: Option<u64>,
+    /// The App's PEM private key.
+    #[arg(
+        long,
+        env = "REPOBOX_GITHUB_PRIVATE_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub github_private_key: Option<Secret>,
+    /// Path of the App's PEM private key.
+    #[arg(long, env = "REPOBOX_GITHUB_PRIVATE_KEY_PATH", global = true)]
+    pub github_private_key_path: Option<PathBuf>,
+    /// Webhook secret(s) for `X-Hub-Signature-256`; a comma list during rotation.
+    #[arg(
+        long,
+        env = "REPOBOX_GITHUB_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub github_webhook_secret: Option<Secret>,
+    /// GitHub REST base (GitHub Enterprise Server, test fakes).
+    #[arg(
+        long,
+        env = "REPOBOX_GITHUB_API_URL",
+        default_value = "https://api.github.com",
+        global = true
+    )]
+    pub github_api_url: String,
+    /// The App's OAuth client id (dashboard login).
+    #[arg(long, env = "REPOBOX_GITHUB_CLIENT_ID", global = true)]
+    pub github_client_id: Option<String>,
+    /// The App's OAuth client secret.
+    #[arg(
+        long,
+        env = "REPOBOX_GITHUB_CLIENT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub github_client_secret: Option<Secret>,
+
+    /// GitLab base URL (GitLab is enabled when set).
+    #[arg(long, env = "REPOBOX_GITLAB_URL", global = true)]
+    pub gitlab_url: Option<String>,
+    /// Bot user / group access token with `api` scope.
+    #[arg(
+        long,
+        env = "REPOBOX_GITLAB_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub gitlab_token: Option<Secret>,
+    /// Expected `X-Gitlab-Token`; a comma list during rotation.
+    #[arg(
+        long,
+        env = "REPOBOX_GITLAB_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub gitlab_webhook_secret: Option<Secret>,
+    /// GitLab OAuth application id (dashboard login).
+    #[arg(long, env = "REPOBOX_GITLAB_CLIENT_ID", global = true)]
+    pub gitlab_client_id: Option<String>,
+    /// GitLab OAuth application secret.
+    #[arg(
+        long,
+        env = "REPOBOX_GITLAB_CLIENT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub gitlab_client_secret: Option<Secret>,
+
+    /// Claude API key.
+    #[arg(
+        long,
+        env = "REPOBOX_ANTHROPIC_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub anthropic_api_key: Option<Secret>,
+    /// Messages API base.
+    #[arg(
+        long,
+        env = "REPOBOX_ANTHROPIC_BASE_URL",
+        default_value = "https://api.anthropic.com",
+        global = true
+    )]
+    pub anthropic_base_url: String,
+    /// Model for the built-in agent.
+    #[arg(
+        long,
+        env = "REPOBOX_MODEL",
+        default_value = "claude-sonnet-4-5",
+        global = true
+    )]
+    pub model: String,
+    /// `claude` (built-in tool-use loop) or `command`.
+    #[arg(
+        long,
+        env = "REPOBOX_AGENT",
+        value_enum,
+        default_value = "claude",
+        global = true
+    )]
+    pub agent: AgentKind,
+    /// For the `command` agent: a shell command run in the work tree.
+    #[arg(long, env = "REPOBOX_AGENT_COMMAND", global = true)]
+    pub agent_command: Option<String>,
+    /// `bwrap` (bubblewrap) or `none`.
+    #[arg(
+        long,
+        env = "REPOBOX_SANDBOX",
+        value_enum,
+        default_value = "bwrap",
+        global = true
+    )]
+    pub sandbox: SandboxKind,
+    /// Concurrent jobs per runner process.
+    #[arg(long, env = "REPOBOX_WORKERS", default_value_t = 4, global = true)]
+    pub workers: usize,
+    /// Concurrent running jobs per requesting user, across all runners.
+    #[arg(
+        long,
+        env = "REPOBOX_PER_USER_LIMIT",
+        default_value_t = 2,
+        global = true
+    )]
+    pub per_user_limit: usize,
+    /// Wall-clock limit of one job (e.g. `30m`, `1h`).
+    #[arg(long, env = "REPOBOX_JOB_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration, global = true)]
+    pub job_timeout: Duration,
+    /// Git mirror cache and job work trees.
+    #[arg(
+        long,
+        env = "REPOBOX_WORKDIR",
+        default_value = "./data/work",
+        global = true
+    )]
+    pub workdir: PathBuf,
+    /// Comment command word.
+    #[arg(
+        long,
+        env = "REPOBOX_TRIGGER",
+        default_value = "/repobox",
+        global = true
+    )]
+    pub trigger: String,
+    /// Issue label that starts a job.
+    #[arg(long, env = "REPOBOX_LABEL", default_value = "repobox", global = true)]
+    pub label: String,
+    /// Comma list of `github:login` / `gitlab:username` who are dashboard admins.
+    #[arg(long, env = "REPOBOX_ADMINS", value_delimiter = ',', global = true)]
+    pub admins: Vec<String>,
+    /// `text` (default) or `json` log lines.
+    #[arg(
+        long,
+        env = "REPOBOX_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The GitHub App settings, present when GitHub is enabled.
+#[derive(Debug, Clone)]
+pub struct GitHubApp {
+    pub app_id: u64,
+    pub private_key: Secret,
+    pub api_url: String,
+}
+
+/// The GitLab settings, present when GitLab is enabled.
+#[derive(Debug, Clone)]
+pub struct GitLabBot {
+    pub url: String,
+    pub token: Secret,
+}
+
+impl Config {
+    /// Checks combinations that clap cannot; each error names the variable to set.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.trigger.trim().is_empty() || self.trigger.contains(char::is_whitespace) {
+            bail!("REPOBOX_TRIGGER must be one word, e.g. `/repobox`");
+        }
+        url::Url::parse(&self.public_url).context("REPOBOX_PUBLIC_URL is not a URL")?;
+        url::Url::parse(&self.github_api_url).context("REPOBOX_GITHUB_API_URL is not a URL")?;
+        if self.workers == 0 {
+            bail!("REPOBOX_WORKERS must be at least 1");
+        }
+        if self.per_user_limit == 0 {
+            bail!("REPOBOX_PER_USER_LIMIT must be at least 1");
+        }
+        if self.agent == AgentKind::Command && self.agent_command.is_none() {
+            bail!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command");
+        }
+        self.github_app()?;
+        self.gitlab_bot()?;
+        Ok(())
+    }
+
+    /// The GitHub App, when `REPOBOX_GITHUB_APP_ID` is set.
+    pub fn github_app(&self) -> anyhow::Result<Option<GitHubApp>> {
+        let Some(app_id) = self.github_app_id else {
+            return Ok(None);
+        };
+        let private_key = match (&self.github_private_key, &self.github_private_key_path) {
+            (Some(key), _) => key.clone(),
+            (None, Some(path)) => {
+                Secret::new(std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "REPOBOX_GITHUB_PRIVATE_KEY_PATH: cannot read {}",
+                        path.display()
+                    )
+                })?)
+            }
+            (None, None) => bail!(
+                "REPOBOX_GITHUB_PRIVATE_KEY or REPOBOX_GITHUB_PRIVATE_KEY_PATH is required when REPOBOX_GITHUB_APP_ID is set"
+            ),
+        };
+        Ok(Some(GitHubApp {
+            app_id,
+            private_key,
+            api_url: self.github_api_url.trim_end_matches('/').to_owned(),
+        }))
+    }
+
+    /// The GitLab bot, when `REPOBOX_GITLAB_URL` is set.
+    pub fn gitlab_bot(&self) -> anyhow::Result<Option<GitLabBot>> {
+        let Some(url) = &self.gitlab_url else {
+            return Ok(None);
+        };
+        url::Url::parse(url).context("REPOBOX_GITLAB_URL is not a URL")?;
+        let Some(token) = &self.gitlab_token else {
+            bail!("REPOBOX_GITLAB_TOKEN is required when REPOBOX_GITLAB_URL is set");
+        };
+        Ok(Some(GitLabBot {
+            url: url.trim_end_matches('/').to_owned(),
+            token: token.clone(),
+        }))
+    }
+
+    /// `REPOBOX_SECRET_KEY`, or the key in `data_dir/secret.key` (created, mode 0600, on
+    /// first start). Returns the key and where it came from.
+    pub fn secret_key(&self, data_dir: &Path) -> anyhow::Result<([u8; 32], String)> {
+        if let Some(key) = &self.secret_key {
+            return Ok((
+                decode_key(key.expose()).context("REPOBOX_SECRET_KEY")?,
+                "REPOBOX_SECRET_KEY".into(),
+            ));
+        }
+        let path = data_dir.join("secret.key");
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            return Ok((
+                decode_key(text.trim()).with_context(|| path.display().to_string())?,
+                path.display().to_string(),
+            ));
+        }
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let encoded = generate_key();
+        write_private(&path, &format!("{encoded}\n"))?;
+        tracing::info!(path = %path.display(), "generated a new secret key (keep it: it decrypts stored secrets)");
+        Ok((decode_key(&encoded)?, path.display().to_string()))
+    }
+}
+
+/// A fresh random 32-byte key, base64.
+pub fn generate_key() -> String {
+    let mut key = [0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    BASE64.encode(key)
+}
+
+fn decode_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = BASE64
+        .decode(text.trim())
+        .map_err(|_| anyhow::anyhow!("the secret key is not valid base64"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the secret key must be 32 bytes (use `repobox keygen`)"))
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
+}

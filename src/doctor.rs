@@ -1,0 +1,199 @@
+//! `repobox doctor`: checks configuration, Redis, forge credentials, agent credentials
+//! and the sandbox; prints one line per check with a hint, exits 1 on any FAIL.
+//! Secrets are never printed.
+
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::config::{AgentKind, Config, SandboxKind};
+use crate::forges::github::GitHub;
+use crate::forges::gitlab::GitLab;
+use crate::store::{RedisStore, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skip => "SKIP",
+        })
+    }
+}
+
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check.
+pub async fn run_checks(config: &Config) -> Vec<Check> {
+    let mut checks = Vec::new();
+    match config.validate() {
+        Ok(()) => checks.push(check("configuration", Status::Ok, "all settings parse")),
+        Err(e) => checks.push(check("configuration", Status::Fail, format!("{e:#}"))),
+    }
+    checks.push(if config.secret_key.is_some() {
+        check("secret key", Status::Ok, "from REPOBOX_SECRET_KEY")
+    } else if Path::new("./data/secret.key").exists() {
+        check("secret key", Status::Ok, "from ./data/secret.key")
+    } else {
+        check(
+            "secret key",
+            Status::Warn,
+            "none yet: generated into ./data/secret.key on first start (or set REPOBOX_SECRET_KEY from `repobox keygen`)",
+        )
+    });
+    checks.push(
+        match RedisStore::new(config.redis_url.expose(), &config.redis_prefix) {
+            Err(e) => check("redis", Status::Fail, format!("{e:#}")),
+            Ok(store) => match store.ping().await {
+                Ok(()) => check("redis", Status::Ok, "answers PING"),
+                Err(_) => check(
+                    "redis",
+                    Status::Fail,
+                    "no answer: start redis-server or set REPOBOX_REDIS_URL",
+                ),
+            },
+        },
+    );
+    checks.push(match config.github_app() {
+        Err(e) => check("github app", Status::Fail, format!("{e:#}")),
+        Ok(None) => check(
+            "github app",
+            Status::Skip,
+            "not configured (set REPOBOX_GITHUB_APP_ID, or open /setup)",
+        ),
+        Ok(Some(app)) => match GitHub::new(&app.api_url, app.app_id, &app.private_key) {
+            Err(e) => check("github app", Status::Fail, format!("{e:#}")),
+            Ok(gh) => match gh.app_name().await {
+                Ok(name) => check(
+                    "github app",
+                    Status::Ok,
+                    format!("authenticated as App `{name}`"),
+                ),
+                Err(e) => check(
+                    "github app",
+                    Status::Fail,
+                    format!("{e} (check REPOBOX_GITHUB_APP_ID and the private key)"),
+                ),
+            },
+        },
+    });
+    if config.github_app_id.is_some() {
+        checks.push(if config.github_webhook_secret.is_some() {
+            check("github webhook secret", Status::Ok, "set")
+        } else {
+            check(
+                "github webhook secret",
+                Status::Fail,
+                "REPOBOX_GITHUB_WEBHOOK_SECRET is not set: every delivery is refused",
+            )
+        });
+    }
+    checks.push(match config.gitlab_bot() {
+        Err(e) => check("gitlab", Status::Fail, format!("{e:#}")),
+        Ok(None) => check(
+            "gitlab",
+            Status::Skip,
+            "not configured (set REPOBOX_GITLAB_URL)",
+        ),
+        Ok(Some(bot)) => match GitLab::new(&bot.url, bot.token) {
+            Err(e) => check("gitlab", Status::Fail, format!("{e:#}")),
+            Ok(gl) => match gl.client().await {
+                Ok(_) => check(
+                    "gitlab",
+                    Status::Ok,
+                    format!(
+                        "token works, acting as @{}",
+                        gl.bot_username().get().cloned().unwrap_or_default()
+                    ),
+                ),
+                Err(e) => check(
+                    "gitlab",
+                    Status::Fail,
+                    format!("{e} (check REPOBOX_GITLAB_TOKEN)"),
+                ),
+            },
+        },
+    });
+    if config.gitlab_url.is_some() {
+        checks.push(if config.gitlab_webhook_secret.is_some() {
+            check("gitlab webhook secret", Status::Ok, "set")
+        } else {
+            check(
+                "gitlab webhook secret",
+                Status::Fail,
+                "REPOBOX_GITLAB_WEBHOOK_SECRET is not set: every delivery is refused",
+            )
+        });
+    }
+    checks.push(match config.agent {
+        AgentKind::Claude if config.anthropic_api_key.is_some() => check(
+            "agent",
+            Status::Ok,
+            format!("claude, model {}", config.model),
+        ),
+        AgentKind::Claude => check(
+            "agent",
+            Status::Fail,
+            "REPOBOX_ANTHROPIC_API_KEY is not set (or choose REPOBOX_AGENT=command)",
+        ),
+        AgentKind::Command => match &config.agent_command {
+            Some(_) => check("agent", Status::Ok, "command agent configured"),
+            None => check("agent", Status::Fail, "REPOBOX_AGENT_COMMAND is not set"),
+        },
+    });
+    checks.push(match config.sandbox {
+        SandboxKind::None => check(
+            "sandbox",
+            Status::Warn,
+            "REPOBOX_SANDBOX=none: the agent runs unconfined",
+        ),
+        SandboxKind::Bwrap => match Command::new("bwrap").arg("--version").output() {
+            Ok(out) if out.status.success() => check(
+                "sandbox",
+                Status::Ok,
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            ),
+            _ => check(
+                "sandbox",
+                Status::Fail,
+                "bwrap not found: apt-get install bubblewrap",
+            ),
+        },
+    });
+    checks
+}
+
+/// Prints the table; returns whether every check passed (no FAIL).
+pub fn print(checks: &[Check]) -> bool {
+    let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+    for c in checks {
+        println!(
+            "{:<4}  {:<width$}  {}",
+            c.status.to_string(),
+            c.name,
+            c.detail
+        );
+    }
+    !checks.iter().any(|c| c.status == Status::Fail)
+}

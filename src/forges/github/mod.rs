@@ -1,0 +1,319 @@
+//! GitHub adapter: App authentication and the REST calls Repobox makes, over octocrab.
+//!
+//! Authentication: octocrab signs an RS256 JWT with the App's key for the `/app/...`
+//! calls; installation tokens are minted per repository with only the permissions the
+//! caller names (`repositories` + `permissions` in the access-token request), cached
+//! until five minutes before they expire, and used through a per-token octocrab client.
+
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use octocrab::Octocrab;
+use octocrab::models::AppId;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{Forge, ForgeError};
+use crate::model::{
+    AccessLevel, CommentKind, CommentRef, ForgeKind, Reaction, RepoRef, ThreadRef, UserRef,
+};
+use crate::secret::{Secret, redact};
+
+/// Permissions of the token used to acknowledge commands (reactions, comments,
+/// collaborator permission).
+pub const ACK_PERMISSIONS: &[(&str, &str)] = &[
+    ("issues", "write"),
+    ("pull_requests", "write"),
+    ("metadata", "read"),
+];
+
+/// A token is refreshed this long before GitHub says it expires.
+const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+#[derive(Clone)]
+struct CachedToken {
+    token: Secret,
+    expires_at: OffsetDateTime,
+    client: Octocrab,
+}
+
+type TokenKey = (u64, String, &'static [(&'static str, &'static str)]);
+
+pub struct GitHub {
+    api_url: String,
+    app: Octocrab,
+    /// Installation id per repository, for events whose payload does not name it.
+    installations: Mutex<HashMap<String, u64>>,
+    tokens: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    token: String,
+    expires_at: String,
+}
+
+#[derive(Deserialize)]
+struct InstallationId {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct CollaboratorPermission {
+    permission: String,
+    #[serde(default)]
+    role_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CreatedComment {
+    id: u64,
+}
+
+fn map_err(e: octocrab::Error) -> ForgeError {
+    match e {
+        octocrab::Error::GitHub { source, .. } => ForgeError::from_status(
+            source.status_code.as_u16(),
+            format!("GitHub API {}: {}", source.status_code, source.message),
+        ),
+        other => ForgeError::Transient(format!("GitHub API unreachable: {other}")),
+    }
+}
+
+impl GitHub {
+    /// `private_key_pem` is the App's PEM key; `api_url` the REST base.
+    pub fn new(api_url: &str, app_id: u64, private_key_pem: &Secret) -> anyhow::Result<Self> {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.expose().as_bytes())
+            .map_err(|_| {
+                anyhow::anyhow!("the GitHub App private key is not a valid RSA PEM key")
+            })?;
+        let app = Octocrab::builder()
+            .base_uri(api_url)?
+            .app(AppId(app_id), key)
+            .build()?;
+        Ok(GitHub {
+            api_url: api_url.to_owned(),
+            app,
+            installations: Mutex::default(),
+            tokens: Mutex::default(),
+        })
+    }
+
+    async fn installation_id(&self, repo: &RepoRef) -> Result<u64, ForgeError> {
+        if let Some(id) = repo.installation_id {
+            return Ok(id);
+        }
+        if let Some(id) = self.installations.lock().unwrap().get(&repo.full_name) {
+            return Ok(*id);
+        }
+        let found: InstallationId = self
+            .app
+            .get(
+                format!("/repos/{}/installation", repo.full_name),
+                None::<&()>,
+            )
+            .await
+            .map_err(map_err)?;
+        self.installations
+            .lock()
+            .unwrap()
+            .insert(repo.full_name.clone(), found.id);
+        Ok(found.id)
+    }
+
+    async fn token(
+        &self,
+        repo: &RepoRef,
+        permissions: &'static [(&'static str, &'static str)],
+    ) -> Result<CachedToken, ForgeError> {
+        let installation = self.installation_id(repo).await?;
+        let slot = self
+            .tokens
+            .lock()
+            .unwrap()
+            .entry((installation, repo.full_name.clone(), permissions))
+            .or_default()
+            .clone();
+        // One mint at a time per (installation, repository, permissions).
+        let mut slot = slot.lock().await;
+        if let Some(cached) = slot.as_ref()
+            && cached.expires_at - OffsetDateTime::now_utc() > REFRESH_MARGIN
+        {
+            return Ok(cached.clone());
+        }
+        let (_, name) = repo.owner_and_name();
+        let perms: serde_json::Map<String, serde_json::Value> = permissions
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let body = json!({ "repositories": [name], "permissions": perms });
+        let minted: AccessToken = self
+            .app
+            .post(
+                format!("/app/installations/{installation}/access_tokens"),
+                Some(&body),
+            )
+            .await
+            .map_err(map_err)?;
+        let token = Secret::new(minted.token);
+        let expires_at = OffsetDateTime::parse(
+            &minted.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|_| ForgeError::Permanent("GitHub sent a malformed token expiry".into()))?;
+        let client = Octocrab::builder()
+            .base_uri(self.api_url.as_str())
+            .and_then(|b| b.personal_token(token.expose().to_owned()).build())
+            .map_err(|e| ForgeError::Permanent(redact(&e.to_string(), &[&token])))?;
+        let cached = CachedToken {
+            token,
+            expires_at,
+            client,
+        };
+        *slot = Some(cached.clone());
+        Ok(cached)
+    }
+
+    /// An installation token for one repository with the given permissions (the runner
+    /// uses it for git over HTTPS). Never log it: `Secret` prints masked.
+    pub async fn installation_token(
+        &self,
+        repo: &RepoRef,
+        permissions: &'static [(&'static str, &'static str)],
+    ) -> Result<(Secret, OffsetDateTime), ForgeError> {
+        self.token(repo, permissions)
+            .await
+            .map(|t| (t.token, t.expires_at))
+    }
+
+    async fn client(&self, repo: &RepoRef) -> Result<Octocrab, ForgeError> {
+        self.token(repo, ACK_PERMISSIONS).await.map(|t| t.client)
+    }
+}
+
+#[async_trait]
+impl Forge for GitHub {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::GitHub
+    }
+
+    async fn access_level(
+        &self,
+        repo: &RepoRef,
+        user: &UserRef,
+    ) -> Result<AccessLevel, ForgeError> {
+        let client = self.client(repo).await?;
+        let route = format!(
+            "/repos/{}/collaborators/{}/permission",
+            repo.full_name, user.login
+        );
+        let perm: CollaboratorPermission = match client.get(route, None::<&()>).await {
+            Ok(p) => p,
+            Err(octocrab::Error::GitHub { source, .. }) if source.status_code == 404 => {
+                return Ok(AccessLevel::None);
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        Ok(
+            match (perm.permission.as_str(), perm.role_name.as_deref()) {
+                ("admin", _) => AccessLevel::Admin,
+                ("write", _) | (_, Some("maintain" | "write")) => AccessLevel::Write,
+                ("read", _) => AccessLevel::Read,
+                _ => AccessLevel::None,
+            },
+        )
+    }
+
+    async fn react(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        comment: CommentRef,
+        reaction: Reaction,
+    ) -> Result<(), ForgeError> {
+        let client = self.client(repo).await?;
+        let route = match comment.kind {
+            CommentKind::ReviewComment => {
+                format!(
+                    "/repos/{}/pulls/comments/{}/reactions",
+                    repo.full_name, comment.id
+                )
+            }
+            // Reviews have no reactions API: the pull request gets the reaction.
+            CommentKind::Review => {
+                format!(
+                    "/repos/{}/issues/{}/reactions",
+                    repo.full_name, thread.number
+                )
+            }
+            CommentKind::IssueComment | CommentKind::Note => {
+                format!(
+                    "/repos/{}/issues/comments/{}/reactions",
+                    repo.full_name, comment.id
+                )
+            }
+        };
+        let _: serde_json::Value = client
+            .post(route, Some(&json!({ "content": reaction.name() })))
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn create_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        body: &str,
+    ) -> Result<u64, ForgeError> {
+        let client = self.client(repo).await?;
+        let created: CreatedComment = client
+            .post(
+                format!(
+                    "/repos/{}/issues/{}/comments",
+                    repo.full_name, thread.number
+                ),
+                Some(&json!({ "body": body })),
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(created.id)
+    }
+
+    async fn update_comment(
+        &self,
+        repo: &RepoRef,
+        _thread: ThreadRef,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<(), ForgeError> {
+        let client = self.client(repo).await?;
+        let _: serde_json::Value = client
+            .patch(
+                format!("/repos/{}/issues/comments/{comment_id}", repo.full_name),
+                Some(&json!({ "body": body })),
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct AppInfo {
+    slug: Option<String>,
+    name: String,
+}
+
+impl GitHub {
+    /// `GET /app` with the App's JWT: proves the App id and key (used by `doctor`).
+    pub async fn app_name(&self) -> Result<String, ForgeError> {
+        let info: AppInfo = self.app.get("/app", None::<&()>).await.map_err(map_err)?;
+        Ok(info.slug.unwrap_or(info.name))
+    }
+}

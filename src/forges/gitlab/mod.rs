@@ -1,0 +1,279 @@
+//! GitLab adapter over the `gitlab` crate's async client (`AsyncGitlab` + `AsyncQuery`;
+//! the crate's plain client is blocking and must never run on a tokio worker).
+//!
+//! The client is built on first use: building it asks GitLab who the token belongs to,
+//! and Repobox must start even while GitLab is unreachable. That answer also tells
+//! intake which username is Repobox itself (its notes never trigger).
+
+pub mod webhook;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gitlab::api::{self, AsyncQuery};
+use gitlab::{AsyncGitlab, GitlabBuilder};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use super::{Forge, ForgeError};
+use crate::model::{
+    AccessLevel, CommentRef, ForgeKind, Reaction, RepoRef, ThreadKind, ThreadRef, UserRef,
+};
+use crate::secret::{Secret, redact};
+
+pub struct GitLab {
+    /// `host[:port][/path]` as the gitlab crate wants it.
+    host: String,
+    insecure: bool,
+    token: Secret,
+    client: OnceCell<AsyncGitlab>,
+    /// Username of the token's user, learned when the client is built.
+    bot_username: Arc<std::sync::OnceLock<String>>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    access_level: u64,
+}
+
+#[derive(Deserialize)]
+struct Note {
+    id: u64,
+}
+
+#[derive(Deserialize)]
+struct CurrentUser {
+    username: String,
+}
+
+fn status(e: &api::ApiError<gitlab::RestError>) -> Option<u16> {
+    use api::ApiError as E;
+    match e {
+        E::GitlabService { status, .. }
+        | E::GitlabWithStatus { status, .. }
+        | E::GitlabObjectWithStatus { status, .. }
+        | E::GitlabUnrecognizedWithStatus { status, .. } => Some(status.as_u16()),
+        E::GitlabRateLimited { .. } => Some(429),
+        _ => None,
+    }
+}
+
+fn map_err(token: &Secret, e: api::ApiError<gitlab::RestError>) -> ForgeError {
+    let status = status(&e);
+    let text = redact(&format!("GitLab API: {e}"), &[token]);
+    match status {
+        Some(s) => ForgeError::from_status(s, text),
+        None => ForgeError::Transient(text),
+    }
+}
+
+impl GitLab {
+    /// `url` is `REPOBOX_GITLAB_URL`, e.g. `https://gitlab.example.com`.
+    pub fn new(url: &str, token: Secret) -> anyhow::Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("REPOBOX_GITLAB_URL is not a URL: {e}"))?;
+        let insecure = match parsed.scheme() {
+            "https" => false,
+            "http" => true,
+            other => anyhow::bail!("REPOBOX_GITLAB_URL has unsupported scheme `{other}`"),
+        };
+        let mut host = parsed
+            .host_str()
+            .ok_or_else(|| anyhow::anyhow!("REPOBOX_GITLAB_URL has no host"))?
+            .to_owned();
+        if let Some(port) = parsed.port() {
+            host.push_str(&format!(":{port}"));
+        }
+        host.push_str(parsed.path().trim_end_matches('/'));
+        Ok(GitLab {
+            host,
+            insecure,
+            token,
+            client: OnceCell::new(),
+            bot_username: Arc::default(),
+        })
+    }
+
+    /// Shared handle on the bot's username, filled once the client has been built.
+    pub fn bot_username(&self) -> Arc<std::sync::OnceLock<String>> {
+        self.bot_username.clone()
+    }
+
+    /// Builds the client (and learns the bot's username) if that has not happened yet.
+    pub async fn client(&self) -> Result<&AsyncGitlab, ForgeError> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut builder = GitlabBuilder::new(self.host.clone(), self.token.expose());
+                if self.insecure {
+                    builder.insecure();
+                }
+                let client = builder.build_async().await.map_err(|e| {
+                    ForgeError::Transient(redact(
+                        &format!("GitLab unreachable: {e}"),
+                        &[&self.token],
+                    ))
+                })?;
+                let me: CurrentUser = api::users::CurrentUser::builder()
+                    .build()
+                    .expect("no required fields")
+                    .query_async(&client)
+                    .await
+                    .map_err(|e| map_err(&self.token, e))?;
+                let _ = self.bot_username.set(me.username);
+                Ok(client)
+            })
+            .await
+    }
+
+    fn project(repo: &RepoRef) -> api::common::NameOrId<'static> {
+        match repo.id {
+            Some(id) => id.into(),
+            None => repo.full_name.clone().into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Forge for GitLab {
+    fn kind(&self) -> ForgeKind {
+        ForgeKind::GitLab
+    }
+
+    async fn access_level(
+        &self,
+        repo: &RepoRef,
+        user: &UserRef,
+    ) -> Result<AccessLevel, ForgeError> {
+        let client = self.client().await?;
+        let endpoint = api::projects::members::AllProjectMember::builder()
+            .project(Self::project(repo))
+            .user(user.id)
+            .build()
+            .expect("all fields set");
+        let member: Result<Member, _> = endpoint.query_async(client).await;
+        let level = match member {
+            Ok(m) => m.access_level,
+            // Not a member (directly or inherited).
+            Err(e) if status(&e) == Some(404) => return Ok(AccessLevel::None),
+            Err(e) => return Err(map_err(&self.token, e)),
+        };
+        Ok(match level {
+            50.. => AccessLevel::Admin,
+            30..=49 => AccessLevel::Write,
+            10..=29 => AccessLevel::Read,
+            _ => AccessLevel::None,
+        })
+    }
+
+    async fn react(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        comment: CommentRef,
+        reaction: Reaction,
+    ) -> Result<(), ForgeError> {
+        let client = self.client().await?;
+        let project = Self::project(repo);
+        let result = match thread.kind {
+            ThreadKind::Issue => {
+                api::ignore(
+                    api::projects::issues::notes::awards::CreateIssueNoteAward::builder()
+                        .project(project)
+                        .issue(thread.number)
+                        .note(comment.id)
+                        .name(reaction.name())
+                        .build()
+                        .expect("all fields set"),
+                )
+                .query_async(client)
+                .await
+            }
+            _ => api::ignore(
+                api::projects::merge_requests::notes::awards::CreateMergeRequestNoteAward::builder(
+                )
+                .project(project)
+                .merge_request(thread.number)
+                .note(comment.id)
+                .name(reaction.name())
+                .build()
+                .expect("all fields set"),
+            )
+            .query_async(client)
+            .await,
+        };
+        result.map_err(|e| map_err(&self.token, e))
+    }
+
+    async fn create_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        body: &str,
+    ) -> Result<u64, ForgeError> {
+        let client = self.client().await?;
+        let project = Self::project(repo);
+        let note: Result<Note, _> = match thread.kind {
+            ThreadKind::Issue => {
+                api::projects::issues::notes::CreateIssueNote::builder()
+                    .project(project)
+                    .issue(thread.number)
+                    .body(body)
+                    .build()
+                    .expect("all fields set")
+                    .query_async(client)
+                    .await
+            }
+            _ => {
+                api::projects::merge_requests::notes::CreateMergeRequestNote::builder()
+                    .project(project)
+                    .merge_request(thread.number)
+                    .body(body)
+                    .build()
+                    .expect("all fields set")
+                    .query_async(client)
+                    .await
+            }
+        };
+        note.map(|n| n.id).map_err(|e| map_err(&self.token, e))
+    }
+
+    async fn update_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<(), ForgeError> {
+        let client = self.client().await?;
+        let project = Self::project(repo);
+        let result = match thread.kind {
+            ThreadKind::Issue => {
+                api::ignore(
+                    api::projects::issues::notes::EditIssueNote::builder()
+                        .project(project)
+                        .issue(thread.number)
+                        .note(comment_id)
+                        .body(body)
+                        .build()
+                        .expect("all fields set"),
+                )
+                .query_async(client)
+                .await
+            }
+            _ => {
+                api::ignore(
+                    api::projects::merge_requests::notes::EditMergeRequestNote::builder()
+                        .project(project)
+                        .merge_request(thread.number)
+                        .note(comment_id)
+                        .body(body)
+                        .build()
+                        .expect("all fields set"),
+                )
+                .query_async(client)
+                .await
+            }
+        };
+        result.map_err(|e| map_err(&self.token, e))
+    }
+}

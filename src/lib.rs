@@ -1,0 +1,27 @@
+//! Repobox: a self-hosted GitHub App and GitLab bot. A `/repobox …` comment (or the
+//! `repobox` label) becomes a job in Redis streams; runners turn jobs into pull/merge
+//! requests. See `docs/architecture.md` for the data flow.
+//!
+//! Layout: `webhooks` (verify, parse, enqueue) → `store` (Redis) → `ack` (authorize,
+//! react, progress comment, dispatch) → `runner`. `forges` holds everything
+//! GitHub/GitLab-specific; `commands` is the pure comment parser.
+#![forbid(unsafe_code)]
+
+pub mod ack;
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod doctor;
+pub mod event;
+pub mod forges;
+pub mod job;
+pub mod model;
+pub mod progress;
+pub mod runner;
+pub mod secret;
+pub mod store;
+pub mod task;
+pub mod telemetry;
+pub mod web;
+pub mod webhooks;

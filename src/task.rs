@@ -1,0 +1,53 @@
+//! Work handed from intake to the acknowledger through `intake:stream`.
+//!
+//! Intake stores a task and answers at once; the acknowledger (in `serve`) does the
+//! slow, forge-facing part: authorize, react, post the progress comment, dispatch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::JobId;
+use crate::model::{CommentRef, RepoRef, ThreadRef, UserRef};
+
+/// Where a command came from and who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub repo: RepoRef,
+    pub thread: ThreadRef,
+    pub thread_title: String,
+    /// The comment carrying the command; absent for label triggers.
+    pub comment: Option<CommentRef>,
+    pub requester: UserRef,
+}
+
+/// A reply that needs no job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplyKind {
+    Help,
+    NearMiss { word: String, suggestion: String },
+}
+
+/// One unit of acknowledgement work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Task {
+    /// A new job was stored as `queued`: authorize, acknowledge, dispatch to runners.
+    Acknowledge { job: JobId },
+    /// Answer on the thread (help, "did you mean").
+    Reply { origin: Origin, reply: ReplyKind },
+    /// Cancel the thread's queued or running job.
+    Cancel { origin: Origin },
+    /// Re-run the thread's last job.
+    Retry { origin: Origin },
+}
+
+impl Task {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Acknowledge { .. } => "acknowledge",
+            Task::Reply { .. } => "reply",
+            Task::Cancel { .. } => "cancel",
+            Task::Retry { .. } => "retry",
+        }
+    }
+}

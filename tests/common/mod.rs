@@ -1,0 +1,291 @@
+//! Test harness: the real router and acknowledger on `127.0.0.1:0` over a real Redis
+//! (a unique key prefix per test), with HTTP fakes of the forges (`github.rs`,
+//! `gitlab.rs`) and helpers that sign and send real webhook payloads.
+#![allow(dead_code)]
+
+pub mod github;
+pub mod gitlab;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use redis::AsyncCommands;
+use repobox::app::{self, build_router, build_services};
+use repobox::cli::Cli;
+use repobox::job::{Job, JobId};
+use repobox::store::Store;
+use repobox::telemetry::Metrics;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+pub const GITLAB_SECRET: &str = "gitlab-webhook-token";
+
+pub fn fixture_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// A fixture parsed as JSON, to change in memory.
+pub fn fixture_json(rel: &str) -> Value {
+    let text = std::fs::read_to_string(fixture_path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REPOBOX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// How the app under test is configured.
+#[derive(Clone)]
+pub struct Options {
+    pub github_secret: Option<String>,
+    pub gitlab_secret: Option<String>,
+    /// Extra `--flag value` pairs (e.g. the fake forges' URLs).
+    pub args: Vec<String>,
+    pub redis_url: String,
+    pub acknowledger: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            github_secret: Some(GITHUB_SECRET.into()),
+            gitlab_secret: Some(GITLAB_SECRET.into()),
+            args: Vec::new(),
+            redis_url: redis_url(),
+            acknowledger: true,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub prefix: String,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub http: reqwest::Client,
+    redis: redis::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub async fn start(opts: Options) -> TestApp {
+        let prefix = format!("test:{}:", ulid::Ulid::new());
+        let mut args: Vec<String> = vec![
+            "repobox".into(),
+            "--redis-url".into(),
+            opts.redis_url.clone(),
+            "--redis-prefix".into(),
+            prefix.clone(),
+            "--public-url".into(),
+            "https://repobox.example.com".into(),
+        ];
+        if let Some(s) = &opts.github_secret {
+            args.extend(["--github-webhook-secret".into(), s.clone()]);
+        }
+        if let Some(s) = &opts.gitlab_secret {
+            args.extend(["--gitlab-webhook-secret".into(), s.clone()]);
+        }
+        args.extend(opts.args.iter().cloned());
+        args.push("serve".into());
+        let cli = Cli::try_parse_from(&args).expect("test configuration parses");
+        cli.config.validate().expect("test configuration is valid");
+        let metrics = Arc::new(Metrics::new());
+        let services = build_services(&cli.config, metrics.clone()).expect("services build");
+        let _ = services.state.store.ensure_groups().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let router = build_router(services.state.clone());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            app::serve(listener, router, token).await.unwrap();
+        }));
+        if opts.acknowledger {
+            tasks.push(tokio::spawn(
+                services.acknowledger.clone().run(shutdown.clone()),
+            ));
+        }
+        TestApp {
+            url: format!("http://{addr}"),
+            addr,
+            prefix,
+            store: services.state.store.clone(),
+            metrics,
+            http: reqwest::Client::new(),
+            redis: redis::Client::open(opts.redis_url.as_str()).unwrap(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Sends a GitHub delivery signed with the test secret.
+    pub async fn github(&self, event: &str, delivery: &str, body: &[u8]) -> Response {
+        let sig = repobox::webhooks::verify::github_signature(GITHUB_SECRET, body);
+        self.github_raw(event, Some(delivery), body, Some(&sig))
+            .await
+    }
+
+    pub async fn github_json(&self, event: &str, payload: &Value) -> Response {
+        let body = serde_json::to_vec(payload).unwrap();
+        self.github(event, &ulid::Ulid::new().to_string(), &body)
+            .await
+    }
+
+    pub async fn github_raw(
+        &self,
+        event: &str,
+        delivery: Option<&str>,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/github", self.url))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .body(body.to_vec());
+        if let Some(d) = delivery {
+            req = req.header("x-github-delivery", d);
+        }
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        into_response(req.send().await.expect("request sent")).await
+    }
+
+    /// Sends a GitLab delivery with the test token.
+    pub async fn gitlab(&self, event: &str, payload: &Value) -> Response {
+        let body = serde_json::to_vec(payload).unwrap();
+        self.gitlab_raw(
+            event,
+            &ulid::Ulid::new().to_string(),
+            &body,
+            Some(GITLAB_SECRET),
+        )
+        .await
+    }
+
+    pub async fn gitlab_raw(
+        &self,
+        event: &str,
+        uuid: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/gitlab", self.url))
+            .header("content-type", "application/json")
+            .header("x-gitlab-event", event)
+            .header("x-gitlab-event-uuid", uuid)
+            .body(body.to_vec());
+        if let Some(t) = token {
+            req = req.header("x-gitlab-token", t);
+        }
+        into_response(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Every key under this test's prefix, sorted, without the prefix.
+    pub async fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn().await;
+        let mut keys = scan(&mut conn, &self.prefix).await;
+        keys.sort();
+        keys.into_iter()
+            .map(|k| k.trim_start_matches(&self.prefix).to_owned())
+            .collect()
+    }
+
+    pub async fn xlen(&self, stream: &str) -> usize {
+        let mut conn = self.conn().await;
+        conn.xlen(format!("{}{stream}", self.prefix)).await.unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Job {
+        let id: JobId = id.parse().expect("a job id");
+        self.store.get_job(id).await.unwrap().expect("job stored")
+    }
+
+    /// Raw fields of a job hash (to check fields the `Job` type does not carry).
+    pub async fn job_field(&self, id: &str, field: &str) -> Option<String> {
+        let mut conn = self.conn().await;
+        conn.hget(format!("{}job:{{{id}}}", self.prefix), field)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after 10 s.
+    pub async fn wait_until<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the app and deletes its keys.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let Ok(mut conn) = self.redis.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let keys = scan(&mut conn, &self.prefix).await;
+        for key in keys {
+            let _: Result<(), _> = conn.del(key).await;
+        }
+    }
+}
+
+async fn into_response(r: reqwest::Response) -> Response {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Response { status, body }
+}
+
+/// Every key that starts with `prefix`.
+pub async fn scan(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
+    use futures::StreamExt;
+    let Ok(iter) = conn.scan_match::<_, String>(format!("{prefix}*")).await else {
+        return Vec::new();
+    };
+    let found: Vec<Result<String, redis::RedisError>> = iter.collect().await;
+    found.into_iter().filter_map(Result::ok).collect()
+}
