@@ -84,8 +84,7 @@ impl Metrics {
             "Acknowledgement tasks by outcome",
             acknowledgements.clone(),
         );
-        let ack_latency =
-            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
+        let ack_latency = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
         registry.register(
             "acknowledgement_latency_seconds",
             "Time from intake to the reaction and progress comment being posted",
