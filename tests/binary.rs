@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::github::{FakeGitHub, INSTALLATION_TOKEN};
-use common::{GITHUB_SECRET, fixture_json, redis_url};
+use common::{GITHUB_SECRET, fixture_json, free_port, redis_url};
 use serde_json::json;
 
 const API_KEY: &str = "sk-ant-api03-testkey-abcdefghijklmnop";
@@ -24,14 +24,6 @@ fn repobox() -> Command {
         }
     }
     cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -8,16 +8,8 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Options, TestApp, fixture_json};
+use common::{Options, TestApp, fixture_json, free_port};
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_redis(port: u16) -> Child {
     Command::new("redis-server")

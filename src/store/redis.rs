@@ -149,6 +149,22 @@ impl RedisStore {
         }
     }
 
+    /// A group read's reply; `None` when Redis had lost the consumer group (a restart
+    /// without persistence), which is recreated so the next read works.
+    async fn unless_group_lost<T>(
+        &self,
+        reply: Result<T, RedisError>,
+    ) -> Result<Option<T>, StoreError> {
+        match reply {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_groups().await?;
+                Ok(None)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     fn decode_entries(ids: Vec<redis::streams::StreamId>, deliveries: u64) -> Vec<TaskEntry> {
         ids.into_iter()
             .map(|entry| {
@@ -175,10 +191,6 @@ impl RedisStore {
 
 fn unavailable(e: RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn is_nogroup(e: &RedisError) -> bool {
-    e.code() == Some("NOGROUP")
 }
 
 #[async_trait]
@@ -313,14 +325,8 @@ impl Store for RedisStore {
         let mut conn = self.blocking.clone();
         let reply: Result<Option<StreamReadReply>, RedisError> =
             conn.xread_options(&[&stream], &[">"], &opts).await;
-        let reply = match reply {
-            Ok(r) => r,
-            // Redis lost the group (a restart without persistence): recreate and go on.
-            Err(e) if is_nogroup(&e) => {
-                self.ensure_groups().await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(unavailable(e)),
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
         };
         Ok(reply
             .map(|r| {
@@ -350,13 +356,8 @@ impl Store for RedisStore {
                 StreamAutoClaimOptions::default().count(count),
             )
             .await;
-        let reply = match reply {
-            Ok(r) => r,
-            Err(e) if is_nogroup(&e) => {
-                self.ensure_groups().await?;
-                return Ok(Vec::new());
-            }
-            Err(e) => return Err(unavailable(e)),
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
         };
         let mut entries = Self::decode_entries(reply.claimed, 2);
         // XAUTOCLAIM does not report delivery counts; XPENDING does.
