@@ -38,9 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use base64::Engine;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use redis::aio::MultiplexedConnection;
-use sha2::Sha256;
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use ulid::Ulid;
@@ -216,9 +214,7 @@ fn payload() -> anyhow::Result<Bytes> {
 }
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key size");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    repobox::webhooks::verify::github_signature(WEBHOOK_SECRET, body)
 }
 
 enum Outcome {
