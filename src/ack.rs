@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::forges::{Forge, ForgeError, Forges};
+use crate::forges::{Forge, ForgeError, Forges, with_retries};
 use crate::job::{Job, JobId, JobStatus, TriggerKind, rfc3339};
 use crate::model::Reaction;
 use crate::progress;
@@ -54,27 +54,6 @@ pub struct Acknowledger {
     pub trigger: String,
     /// Consumer name in the group; unique per process.
     pub consumer: String,
-}
-
-/// Calls `f` up to three times while it fails transiently, with a short backoff.
-async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ForgeError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ForgeError>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Err(e) if e.is_transient() && attempt < 3 => {
-                debug!(error = %e, attempt, "forge call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 3;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 impl Acknowledger {

@@ -1,7 +1,8 @@
-//! Wiring: shared state, the HTTP router, and the process roles (`serve`, `all`).
+//! Wiring: shared state, the HTTP router, and the process roles (`serve`, `runner`,
+//! `all`).
 //!
-//! `build_router(state)` and `serve(listener, ...)` are what tests call on
-//! `127.0.0.1:0`; `run_serve` is what the binary calls.
+//! `build_router(state)`, `serve(listener, ...)` and `build_runner` are what tests call;
+//! `run_serve`, `run_runner` and `run_all` are what the binary calls.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -15,12 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
+use std::time::Duration;
+
 use crate::ack::Acknowledger;
-use crate::config::Config;
+use crate::agent::Agent;
+use crate::agent::command::CommandAgent;
+use crate::config::{AgentKind, Config, SandboxKind};
 use crate::forges::Forges;
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
 use crate::model::ForgeKind;
+use crate::runner::{Runner, RunnerSettings};
 use crate::secret::Secret;
 use crate::store::{RedisStore, Store};
 use crate::telemetry::Metrics;
@@ -104,14 +110,12 @@ pub async fn serve(
 pub struct Services {
     pub state: AppState,
     pub acknowledger: Arc<Acknowledger>,
+    /// The forges, shared with a runner in the same process (`all`).
+    pub forges: Forges,
 }
 
-/// Builds the store, forges, state and acknowledger from the configuration.
-pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
-    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
-        config.redis_url.expose(),
-        &config.redis_prefix,
-    )?);
+/// The configured forges, and the handle on GitLab's bot username (learned later).
+pub fn build_forges(config: &Config) -> anyhow::Result<(Forges, Arc<OnceLock<String>>)> {
     let mut forges = Forges::default();
     let mut gitlab_bot_username = Arc::new(OnceLock::new());
     if let Some(app) = config.github_app()? {
@@ -131,6 +135,16 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         });
         forges.gitlab = Some(gitlab);
     }
+    Ok((forges, gitlab_bot_username))
+}
+
+/// Builds the store, forges, state and acknowledger from the configuration.
+pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
+        config.redis_url.expose(),
+        &config.redis_prefix,
+    )?);
+    let (forges, gitlab_bot_username) = build_forges(config)?;
     let github_webhook_secrets = config
         .github_webhook_secret
         .as_ref()
@@ -165,7 +179,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
-        forges,
+        forges: forges.clone(),
         metrics,
         public_url: config.public_url.clone(),
         trigger: config.trigger.clone(),
@@ -174,7 +188,90 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
     Ok(Services {
         state,
         acknowledger,
+        forges,
     })
+}
+
+/// The agent `REPOBOX_AGENT` names.
+pub fn build_agent(config: &Config) -> anyhow::Result<Arc<dyn Agent>> {
+    match config.agent {
+        AgentKind::Command => {
+            let command = config.agent_command.clone().ok_or_else(|| {
+                anyhow::anyhow!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command")
+            })?;
+            Ok(Arc::new(CommandAgent { command }))
+        }
+        AgentKind::Claude => anyhow::bail!(
+            "REPOBOX_AGENT=claude: the built-in Claude agent is not available in this build yet; set REPOBOX_AGENT=command and REPOBOX_AGENT_COMMAND"
+        ),
+    }
+}
+
+/// A runner over the given store and forges, configured from `config`.
+pub fn build_runner(
+    config: &Config,
+    store: Arc<dyn Store>,
+    forges: Forges,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<Runner>> {
+    let agent = build_agent(config)?;
+    if config.sandbox == SandboxKind::None {
+        warn!("REPOBOX_SANDBOX=none: agent commands run without isolation");
+    }
+    std::fs::create_dir_all(&config.workdir).with_context(|| {
+        format!(
+            "REPOBOX_WORKDIR: cannot create {}",
+            config.workdir.display()
+        )
+    })?;
+    let workdir = config
+        .workdir
+        .canonicalize()
+        .with_context(|| format!("REPOBOX_WORKDIR: {}", config.workdir.display()))?;
+    Ok(Arc::new(Runner::new(
+        store,
+        forges,
+        agent,
+        metrics,
+        RunnerSettings {
+            consumer: consumer_name(),
+            workers: config.workers,
+            per_user_limit: config.per_user_limit,
+            job_timeout: config.job_timeout,
+            visibility_timeout: config.visibility_timeout,
+            workdir,
+            public_url: config.public_url.clone(),
+            trigger: config.trigger.clone(),
+            sandbox: config.sandbox,
+            sandbox_network: config.sandbox_network,
+            progress_interval: Duration::from_secs(5),
+            max_deliveries: 5,
+        },
+    )))
+}
+
+/// `repobox runner`: job workers only.
+pub async fn run_runner(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
+        config.redis_url.expose(),
+        &config.redis_prefix,
+    )?);
+    let (forges, _) = build_forges(&config)?;
+    let runner = build_runner(&config, store.clone(), forges, metrics)?;
+    if let Err(e) = store.ensure_groups().await {
+        warn!(error = %e, "Redis not reachable at start; retrying");
+    }
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown requested");
+        signal.cancel();
+    });
+    runner.run(shutdown).await;
+    Ok(())
 }
 
 /// A consumer name unique to this process: host, pid and a random suffix.
@@ -199,8 +296,17 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `repobox serve` (and the intake half of `repobox all`).
+/// `repobox serve`.
 pub async fn run_serve(config: Config) -> anyhow::Result<()> {
+    run_http(config, false).await
+}
+
+/// `repobox all`: `serve` and a runner in one process.
+pub async fn run_all(config: Config) -> anyhow::Result<()> {
+    run_http(config, true).await
+}
+
+async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
     let (_key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
     info!(source = %key_source, "secret key loaded");
@@ -216,6 +322,22 @@ pub async fn run_serve(config: Config) -> anyhow::Result<()> {
     info!(%addr, public_url = %config.public_url, "repobox serve listening");
     let shutdown = CancellationToken::new();
     let ack = tokio::spawn(services.acknowledger.clone().run(shutdown.clone()));
+    let runner = if with_runner {
+        match build_runner(
+            &config,
+            services.state.store.clone(),
+            services.forges.clone(),
+            services.state.metrics.clone(),
+        ) {
+            Ok(runner) => Some(tokio::spawn(runner.run(shutdown.clone()))),
+            Err(e) => {
+                warn!(error = %e, "no job workers in this process: jobs wait in jobs:stream");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -225,6 +347,9 @@ pub async fn run_serve(config: Config) -> anyhow::Result<()> {
     serve(listener, build_router(services.state), shutdown.clone()).await?;
     shutdown.cancel();
     let _ = ack.await;
+    if let Some(runner) = runner {
+        let _ = runner.await;
+    }
     info!("stopped");
     Ok(())
 }

@@ -47,8 +47,19 @@ pub enum JobsCmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
-    /// One job's record.
-    Show { id: String },
+    /// One job's record and log; follows the log while the job runs.
+    Show {
+        id: String,
+        /// Print what is there and exit, even while the job runs.
+        #[arg(long)]
+        no_follow: bool,
+        /// The record as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a job: a queued one is cancelled when a runner picks it up, a running one
+    /// is stopped within seconds. Either way the thread gets the final comment.
+    Cancel { id: String },
 }
 
 /// Entry point of the binary.
@@ -62,17 +73,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match command {
         Cmd::Keygen => unreachable!("handled above"),
         Cmd::Serve => app::run_serve(cli.config).await?,
-        Cmd::All => {
-            tracing::warn!(
-                "the runner is not built yet: `all` runs intake and acknowledgement; jobs wait in jobs:stream"
-            );
-            app::run_serve(cli.config).await?
-        }
-        Cmd::Runner => {
-            anyhow::bail!(
-                "`repobox runner` is not built yet: jobs are queued in jobs:stream and wait for it"
-            )
-        }
+        Cmd::All => app::run_all(cli.config).await?,
+        Cmd::Runner => app::run_runner(cli.config).await?,
         Cmd::Doctor => {
             let checks = doctor::run_checks(&cli.config).await;
             if !doctor::print(&checks) {
@@ -102,16 +104,116 @@ async fn jobs(config: &Config, action: JobsCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        JobsCmd::Show { id } => {
-            let id: JobId = id
-                .parse()
-                .map_err(|_| anyhow::anyhow!("`{id}` is not a job id"))?;
+        JobsCmd::Show {
+            id,
+            no_follow,
+            json,
+        } => {
+            let id = parse_id(&id)?;
             let job = store
                 .get_job(id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+                return Ok(());
+            }
+            print!("{}", describe(&job));
+            println!("--- log ---");
+            follow_log(&store, id, !no_follow).await?;
+        }
+        JobsCmd::Cancel { id } => {
+            let id = parse_id(&id)?;
+            let job = store
+                .get_job(id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no job {id}"))?;
+            if job.status.is_final() {
+                println!("job {id} is already {}", job.status.as_str());
+            } else {
+                store
+                    .set_job_fields(id, &[("cancel_requested", "1".to_owned())])
+                    .await?;
+                println!("cancel requested for job {id} ({})", job.status.as_str());
+            }
         }
     }
     Ok(())
+}
+
+fn parse_id(id: &str) -> anyhow::Result<JobId> {
+    id.parse()
+        .map_err(|_| anyhow::anyhow!("`{id}` is not a job id"))
+}
+
+/// The record as a few readable lines.
+fn describe(job: &crate::job::Job) -> String {
+    let mut out = format!(
+        "job {}  {}\n{}:{} {} {} “{}”\nrequested by @{} ({}) at {}\n",
+        job.id,
+        job.status.as_str(),
+        job.repo.forge,
+        job.repo.full_name,
+        job.thread.kind.as_str(),
+        job.thread.number,
+        job.thread_title,
+        job.requester.login,
+        job.trigger.as_str(),
+        crate::job::rfc3339(job.created_at),
+    );
+    if !job.instructions.is_empty() {
+        out.push_str(&format!("instructions: {}\n", job.instructions));
+    }
+    for (label, value) in [
+        ("branch", &job.branch),
+        ("base", &job.base),
+        ("commit", &job.commit_sha),
+        ("pull/merge request", &job.pr_url),
+        ("error", &job.error),
+    ] {
+        if let Some(v) = value {
+            out.push_str(&format!("{label}: {v}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "agent turns: {} · {} · attempts: {}\n",
+        job.agent_turns,
+        crate::progress::cost_text(job),
+        job.attempts
+    ));
+    if let Some(summary) = &job.summary {
+        out.push_str(&format!("summary:\n{summary}\n"));
+    }
+    out
+}
+
+/// Prints the job log; with `follow`, keeps printing until the job is final.
+async fn follow_log(store: &RedisStore, id: JobId, follow: bool) -> anyhow::Result<()> {
+    let mut after = "0".to_owned();
+    loop {
+        let block = follow.then_some(std::time::Duration::from_secs(1));
+        let lines = store.read_log(id, &after, 500, block).await?;
+        for l in &lines {
+            println!("{}", l.line);
+        }
+        if let Some(last) = lines.last() {
+            after = last.id.clone();
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        let done = store.get_job(id).await?.is_none_or(|j| j.status.is_final());
+        if done {
+            // Lines written just before the final state.
+            for l in store.read_log(id, &after, 500, None).await? {
+                println!("{}", l.line);
+            }
+            let job = store.get_job(id).await?;
+            if let Some(job) = job {
+                println!("--- {} ---", job.status.as_str());
+            }
+            return Ok(());
+        }
+    }
 }

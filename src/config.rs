@@ -210,6 +210,18 @@ pub struct Config {
     /// Wall-clock limit of one job (e.g. `30m`, `1h`).
     #[arg(long, env = "REPOBOX_JOB_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration, global = true)]
     pub job_timeout: Duration,
+    /// How long a job entry may go without its runner's heartbeat before another runner
+    /// takes it over (a runner that died mid-job).
+    #[arg(long, env = "REPOBOX_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub visibility_timeout: Duration,
+    /// Give the agent's sandbox network access (off by default).
+    #[arg(
+        long,
+        env = "REPOBOX_SANDBOX_NETWORK",
+        default_value_t = false,
+        global = true
+    )]
+    pub sandbox_network: bool,
     /// Git mirror cache and job work trees.
     #[arg(
         long,
@@ -271,6 +283,9 @@ impl Config {
         }
         if self.per_user_limit == 0 {
             bail!("REPOBOX_PER_USER_LIMIT must be at least 1");
+        }
+        if self.visibility_timeout < Duration::from_secs(1) {
+            bail!("REPOBOX_VISIBILITY_TIMEOUT must be at least 1s");
         }
         if self.agent == AgentKind::Command && self.agent_command.is_none() {
             bail!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command");

@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::path::Path;
-use std::process::Command;
 
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::forges::github::GitHub;
@@ -168,17 +167,9 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Status::Warn,
             "REPOBOX_SANDBOX=none: the agent runs unconfined",
         ),
-        SandboxKind::Bwrap => match Command::new("bwrap").arg("--version").output() {
-            Ok(out) if out.status.success() => check(
-                "sandbox",
-                Status::Ok,
-                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            ),
-            _ => check(
-                "sandbox",
-                Status::Fail,
-                "bwrap not found: apt-get install bubblewrap",
-            ),
+        SandboxKind::Bwrap => match crate::sandbox::check(SandboxKind::Bwrap).await {
+            Ok(text) => check("sandbox", Status::Ok, text),
+            Err(hint) => check("sandbox", Status::Fail, hint),
         },
     });
     checks

@@ -157,6 +157,20 @@ pub struct Job {
     pub delivery_id: Option<String>,
     /// A cancel was requested (the runner checks this while it works).
     pub cancel_requested: bool,
+    /// The commit the runner pushed (set after the push, so a re-delivered job skips
+    /// straight to the pull/merge request).
+    pub pushed_sha: Option<String>,
+    /// The agent's summary of what it changed and why.
+    pub summary: Option<String>,
+    /// How many times a runner started the job (more than 1 after a re-delivery).
+    pub attempts: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub files_changed: u64,
+    pub additions: u64,
+    pub deletions: u64,
 }
 
 impl Job {
@@ -195,6 +209,14 @@ impl Job {
             cost_usd: 0.0,
             delivery_id: None,
             cancel_requested: false,
+            pushed_sha: None,
+            summary: None,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            files_changed: 0,
+            additions: 0,
+            deletions: 0,
         }
     }
 
@@ -268,6 +290,20 @@ impl Job {
         );
         opt("error", self.error.clone());
         opt("delivery_id", self.delivery_id.clone());
+        opt("pushed_sha", self.pushed_sha.clone());
+        opt("summary", self.summary.clone());
+        opt("started_at", self.started_at.map(rfc3339));
+        opt("finished_at", self.finished_at.map(rfc3339));
+        for (k, v) in [
+            ("attempts", self.attempts),
+            ("files_changed", self.files_changed),
+            ("additions", self.additions),
+            ("deletions", self.deletions),
+        ] {
+            if v > 0 {
+                f.push((k, v.to_string()));
+            }
+        }
         f
     }
 
@@ -285,6 +321,9 @@ impl Job {
         let time = |k: &str| -> Result<OffsetDateTime, String> {
             OffsetDateTime::parse(req(k)?, &Rfc3339)
                 .map_err(|_| format!("job record field `{k}` is malformed"))
+        };
+        let opt_time = |k: &str| -> Result<Option<OffsetDateTime>, String> {
+            get(k).map(|_| time(k)).transpose()
         };
         let forge: ForgeKind = parse("forge", req("forge")?)?;
         let trigger_comment = match (get("trigger_comment_kind"), opt_num("trigger_comment_id")?) {
@@ -341,6 +380,14 @@ impl Job {
                 .unwrap_or(0.0),
             delivery_id: get("delivery_id").map(str::to_owned),
             cancel_requested: get("cancel_requested") == Some("1"),
+            pushed_sha: get("pushed_sha").map(str::to_owned),
+            summary: get("summary").map(str::to_owned),
+            attempts: opt_num("attempts")?.unwrap_or(0),
+            started_at: opt_time("started_at")?,
+            finished_at: opt_time("finished_at")?,
+            files_changed: opt_num("files_changed")?.unwrap_or(0),
+            additions: opt_num("additions")?.unwrap_or(0),
+            deletions: opt_num("deletions")?.unwrap_or(0),
         })
     }
 }
@@ -387,6 +434,14 @@ mod tests {
         });
         job.progress_comment_id = Some(5);
         job.cost_usd = 0.125;
+        job.pushed_sha = Some("abc123".into());
+        job.summary = Some("Fixed it.".into());
+        job.attempts = 2;
+        job.started_at = Some(OffsetDateTime::from_unix_timestamp(1_700_000_100).unwrap());
+        job.finished_at = Some(OffsetDateTime::from_unix_timestamp(1_700_000_200).unwrap());
+        job.files_changed = 3;
+        job.additions = 10;
+        job.deletions = 4;
         job
     }
 

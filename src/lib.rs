@@ -5,9 +5,10 @@
 //! Layout: `webhooks` (verify, parse, enqueue) → `store` (Redis) → `ack` (authorize,
 //! react, progress comment, dispatch) → `runner`. `forges` holds everything
 //! GitHub/GitLab-specific; `commands` is the pure comment parser.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod ack;
+pub mod agent;
 pub mod app;
 pub mod cli;
 pub mod commands;
@@ -15,10 +16,12 @@ pub mod config;
 pub mod doctor;
 pub mod event;
 pub mod forges;
+pub mod git;
 pub mod job;
 pub mod model;
 pub mod progress;
 pub mod runner;
+pub mod sandbox;
 pub mod secret;
 pub mod store;
 pub mod task;

@@ -85,3 +85,179 @@ pub fn cancel_requested(job: &Job) -> String {
         job.id
     )
 }
+
+/// Where a running job stands, for the progress comment's checklist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checklist {
+    /// Short SHA the work tree was prepared at.
+    pub cloned_at: Option<String>,
+    pub agent: StepState,
+    /// The branch the job pushes to, once chosen.
+    pub branch: Option<String>,
+    pub pushed: bool,
+    /// Link to the pull/merge request, once opened (or found).
+    pub change_request: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StepState {
+    #[default]
+    Pending,
+    Active,
+    Done,
+}
+
+/// How a job ended, for the final progress comment (SPEC section 5).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Final {
+    Succeeded {
+        url: String,
+        number: u64,
+        /// The commits went onto an existing pull/merge request.
+        updated_existing: bool,
+    },
+    NoChanges,
+    Failed {
+        error: String,
+    },
+    Cancelled,
+    Rejected {
+        reason: String,
+    },
+}
+
+fn mark(done: bool) -> &'static str {
+    if done { "[x]" } else { "[ ]" }
+}
+
+fn checklist_lines(job: &Job, c: &Checklist) -> String {
+    let name = change_request_name(job);
+    let cloned = match &c.cloned_at {
+        Some(sha) => format!("- [x] Cloned `{}` at `{sha}`", job.repo.full_name),
+        None => format!("- [ ] Clone `{}`", job.repo.full_name),
+    };
+    let agent = match c.agent {
+        StepState::Pending => "- [ ] Agent".to_owned(),
+        StepState::Active => "- [ ] Agent working…".to_owned(),
+        StepState::Done => "- [x] Agent finished".to_owned(),
+    };
+    let push = match &c.branch {
+        Some(b) => format!("- {} Push branch `{b}`", mark(c.pushed)),
+        None => "- [ ] Push branch".to_owned(),
+    };
+    let open = match &c.change_request {
+        Some(url) => format!("- [x] [{}]({url})", capitalise(name)),
+        None if job.thread.kind == ThreadKind::Issue => format!("- [ ] Open {name}"),
+        None => format!("- [ ] Update this {name}"),
+    };
+    format!(
+        "- [x] Queued — requested by @{}\n{cloned}\n{agent}\n{push}\n{open}",
+        job.requester.login
+    )
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// The progress comment while a runner works on the job.
+pub fn running(job: &Job, public_url: &str, c: &Checklist) -> String {
+    format!(
+        "{}\n\n{}\n",
+        header(job, public_url),
+        checklist_lines(job, c)
+    )
+}
+
+/// `1m 05s` style.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {:02}s", secs / 60, secs % 60),
+        _ => format!("{}h {:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+/// Tokens and cost, or a plain statement that this agent reports none.
+pub fn cost_text(job: &Job) -> String {
+    if job.input_tokens == 0 && job.output_tokens == 0 {
+        return "tokens not reported by this agent".to_owned();
+    }
+    format!(
+        "{} tokens in, {} out · ${:.4}",
+        job.input_tokens, job.output_tokens, job.cost_usd
+    )
+}
+
+fn reference(job: &Job, number: u64) -> String {
+    match job.repo.forge {
+        ForgeKind::GitHub => format!("#{number}"),
+        ForgeKind::GitLab => format!("!{number}"),
+    }
+}
+
+/// The final progress comment. `duration` is the job's run time.
+pub fn finished(
+    job: &Job,
+    public_url: &str,
+    trigger: &str,
+    c: &Checklist,
+    outcome: &Final,
+    duration: std::time::Duration,
+) -> String {
+    let name = change_request_name(job);
+    let url = public_url.trim_end_matches('/');
+    let log = format!("{url}/jobs/{}", job.id);
+    let summary = job
+        .summary
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("\n\n{s}"))
+        .unwrap_or_default();
+    let headline = match outcome {
+        Final::Succeeded {
+            url,
+            number,
+            updated_existing,
+        } => {
+            let verb = if *updated_existing {
+                "Pushed to"
+            } else {
+                "Opened"
+            };
+            format!(
+                "✅ **{verb} {name} [{r}]({url})** · {files} file{s} changed (+{add} −{del}) · {time} · {cost}{summary}",
+                r = reference(job, *number),
+                files = job.files_changed,
+                s = if job.files_changed == 1 { "" } else { "s" },
+                add = job.additions,
+                del = job.deletions,
+                time = duration_text(duration),
+                cost = cost_text(job),
+            )
+        }
+        Final::NoChanges => format!(
+            "ℹ️ **No changes** — the agent finished without changing any file · {} · {}{summary}",
+            duration_text(duration),
+            cost_text(job)
+        ),
+        Final::Failed { error } => format!(
+            "❌ **Failed**: {error}\n\nSee the [log]({log}). `{trigger} retry` runs the job again."
+        ),
+        Final::Cancelled => {
+            "🛑 **Cancelled** — the agent was stopped and nothing was pushed.".to_owned()
+        }
+        Final::Rejected { reason } => format!("⛔ **Rejected**: {reason}"),
+    };
+    format!(
+        "{}\n\n{headline}\n\n<details><summary>Steps</summary>\n\n{}\n\n</details>\n",
+        header(job, public_url),
+        checklist_lines(job, c)
+    )
+}

@@ -71,9 +71,65 @@ pub fn redact(text: &str, secrets: &[&Secret]) -> String {
     out
 }
 
+/// Prefixes of well-known token formats (GitHub, GitLab, Anthropic).
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "ghs_",
+    "gho_",
+    "ghu_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "gldt-",
+    "sk-ant-",
+];
+
+/// Masks anything that looks like a forge or API token, even one Repobox was never told
+/// about (e.g. a token an agent command printed). Applied to agent output and errors.
+pub fn mask_known_tokens(text: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = TOKEN_PREFIXES
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| (i, *p)))
+        .min_by_key(|(i, _)| *i)
+    {
+        let starts_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_token_char(c));
+        let len = rest[at..]
+            .find(|c: char| !is_token_char(c))
+            .unwrap_or(rest.len() - at);
+        out.push_str(&rest[..at]);
+        let candidate = &rest[at..at + len];
+        if starts_word && len >= prefix.len() + 8 {
+            out.push_str(&mask_token(candidate));
+        } else {
+            out.push_str(candidate);
+        }
+        rest = &rest[at + len.max(1)..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_token_shapes_are_masked_anywhere() {
+        let text = "token=ghs_16C7e42F292c6912E7710c838347Ae178B4a and glpat-abcdefghij0123 \
+                    but not myghp_short or sk-ant-x";
+        let out = mask_known_tokens(text);
+        assert!(!out.contains("16C7e42F"), "{out}");
+        assert!(out.contains("ghs_****8B4a"), "{out}");
+        assert!(out.contains("glpat-****0123"), "{out}");
+        assert!(out.contains("sk-ant-x"), "{out}");
+        assert_eq!(mask_known_tokens("plain text"), "plain text");
+    }
 
     #[test]
     fn masks_keep_prefix_and_last_four() {

@@ -59,6 +59,7 @@ pub struct Metrics {
     jobs_queued: Family<ForgeLabels, Counter>,
     acknowledgements: Family<OutcomeLabels, Counter>,
     ack_latency: Histogram,
+    job_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -90,8 +91,16 @@ impl Metrics {
             "Time from intake to the reaction and progress comment being posted",
             ack_latency.clone(),
         );
+        let job_duration =
+            Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
+        registry.register(
+            "job_run_seconds",
+            "Time a runner spent on one delivery of a job",
+            job_duration.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            job_duration,
             deliveries,
             jobs_queued,
             acknowledgements,
@@ -125,6 +134,10 @@ impl Metrics {
 
     pub fn ack_latency(&self, seconds: f64) {
         self.ack_latency.observe(seconds);
+    }
+
+    pub fn job_run(&self, seconds: f64) {
+        self.job_duration.observe(seconds);
     }
 
     /// Prometheus text exposition.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::git::Credentials;
 use crate::model::{AccessLevel, CommentRef, ForgeKind, Reaction, RepoRef, ThreadRef, UserRef};
 
 /// A failed forge call. The text is safe to log and to show: it never carries a token.
@@ -73,6 +74,102 @@ pub trait Forge: Send + Sync + 'static {
         comment_id: u64,
         body: &str,
     ) -> Result<(), ForgeError>;
+
+    /// Clone URL and default branch.
+    async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError>;
+
+    /// Credentials for git over HTTPS, scoped as narrowly as the forge allows (GitHub: a
+    /// token for this one repository with contents and pull-request write access).
+    async fn git_credentials(&self, repo: &RepoRef) -> Result<Credentials, ForgeError>;
+
+    /// A pull/merge request by number.
+    async fn change_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<ChangeRequest, ForgeError>;
+
+    /// The open pull/merge request whose head is `head_branch` in this repository, if any.
+    async fn find_change_request(
+        &self,
+        repo: &RepoRef,
+        head_branch: &str,
+    ) -> Result<Option<ChangeRequest>, ForgeError>;
+
+    /// Opens a pull/merge request from `new.head` into `new.base`.
+    async fn open_change_request(
+        &self,
+        repo: &RepoRef,
+        new: NewChangeRequest<'_>,
+    ) -> Result<ChangeRequest, ForgeError>;
+
+    /// Author identity of the bot's commits.
+    async fn bot_identity(&self, repo: &RepoRef) -> Result<GitIdentity, ForgeError>;
+
+    /// `Co-authored-by:` identity of a user.
+    fn co_author(&self, user: &UserRef) -> GitIdentity;
+}
+
+/// Where a repository is fetched from and what its default branch is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoInfo {
+    /// HTTPS clone URL, without credentials.
+    pub clone_url: String,
+    pub default_branch: String,
+}
+
+/// A pull request (GitHub) or merge request (GitLab), as the runner needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRequest {
+    pub number: u64,
+    pub url: String,
+    pub head_branch: String,
+    pub head_sha: String,
+    pub base_branch: String,
+    /// The head branch lives in the same repository (not a fork), so the bot may push there.
+    pub same_repo: bool,
+    /// The ref under which the forge publishes the head in the base repository
+    /// (`refs/pull/N/head`, `refs/merge-requests/N/head`).
+    pub head_ref: String,
+    pub open: bool,
+}
+
+/// Calls `f` up to three times while it fails transiently, with a short backoff.
+pub async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ForgeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ForgeError>>,
+{
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && attempt < 3 => {
+                tracing::debug!(error = %e, attempt, "forge call failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 3;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// What the runner asks the forge to open.
+#[derive(Debug, Clone)]
+pub struct NewChangeRequest<'a> {
+    pub head: &'a str,
+    pub base: &'a str,
+    pub title: &'a str,
+    pub body: &'a str,
+    pub draft: bool,
+}
+
+/// A name and e-mail for commits (the bot as author, the requester as co-author).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitIdentity {
+    pub name: String,
+    pub email: String,
 }
 
 /// The configured forges.

@@ -56,6 +56,45 @@ pub struct TaskEntry {
     pub deliveries: u64,
 }
 
+/// An entry read from `jobs:stream`.
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub entry_id: String,
+    /// The job id, or why the entry could not be decoded (poison entries are acknowledged).
+    pub job: Result<JobId, String>,
+    /// How many times this entry has been handed out (1 on first delivery).
+    pub deliveries: u64,
+}
+
+/// Whether a runner may start a job now (SPEC section 6: per-user limit, and one job at
+/// a time per thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The job holds a slot for its user and its thread; run it.
+    Admitted,
+    /// A limit is reached: the entry was acknowledged and the job waits, in order, in a
+    /// waiting list; it is appended to `jobs:stream` again when a slot frees up.
+    Deferred,
+}
+
+/// What [`Store::start_job`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Marked `running` (again, on a re-delivery).
+    Running,
+    /// The record is missing.
+    Missing,
+    /// Already in a final state (e.g. cancelled while it waited).
+    Final(String),
+}
+
+/// One line of a job's log, with its stream id (the SSE event id / resume point).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub id: String,
+    pub line: String,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Answers when the backend is reachable.
@@ -111,4 +150,77 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks an intake task done and removes it from the stream.
     async fn ack_task(&self, entry_id: &str) -> Result<(), StoreError>;
+
+    /// New job entries for this runner consumer, waiting up to `block`.
+    async fn read_jobs(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<JobEntry>, StoreError>;
+
+    /// Takes over job entries another runner left unacknowledged for `min_idle` (it died).
+    async fn claim_stale_jobs(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<JobEntry>, StoreError>;
+
+    /// Heartbeat: resets the idle time of entries this runner works on (so no one claims
+    /// them) and extends the job's slots by `lease`.
+    async fn touch_job(
+        &self,
+        consumer: &str,
+        entry_id: &str,
+        job: &Job,
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Acknowledges and deletes a job entry (a malformed one, or one whose record is gone).
+    async fn ack_job(&self, entry_id: &str) -> Result<(), StoreError>;
+
+    /// Takes a slot for the job's user and thread, or defers the job (see [`Admission`]).
+    async fn admit(
+        &self,
+        entry_id: &str,
+        job: &Job,
+        user_limit: usize,
+        lease: Duration,
+    ) -> Result<Admission, StoreError>;
+
+    /// Marks a job `running` unless it is final or gone.
+    async fn start_job(&self, id: JobId, consumer: &str) -> Result<Start, StoreError>;
+
+    /// Done with an entry: acknowledge it, free the job's slots and start the next waiting
+    /// jobs of that user and thread. With `requeue` the job is appended to `jobs:stream`
+    /// again in the same step (a runner handing back its work on shutdown).
+    async fn release(
+        &self,
+        entry_id: Option<&str>,
+        job: &Job,
+        user_limit: usize,
+        lease: Duration,
+        requeue: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Starts waiting jobs whose slots freed up without a release (a runner died holding
+    /// them and its lease ran out). Returns how many were started.
+    async fn promote_waiting(&self, lease: Duration) -> Result<usize, StoreError>;
+
+    /// Appends lines to the job's log (`job:{<id>}:output`, capped).
+    async fn append_log(&self, id: JobId, lines: &[String]) -> Result<(), StoreError>;
+
+    /// Log lines after stream id `after` (`0` for the start), waiting up to `block` for
+    /// the first one when given.
+    async fn read_log(
+        &self,
+        id: JobId,
+        after: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<LogLine>, StoreError>;
+
+    /// One admin setting from the `settings` hash (SPEC section 9), if set.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
 }

@@ -18,7 +18,10 @@ use redis::streams::{StreamAutoClaimOptions, StreamReadOptions, StreamReadReply}
 use redis::{AsyncCommands, FromRedisValue, RedisError, Script};
 use time::OffsetDateTime;
 
-use super::{Accepted, DELIVERY_TTL, Delivery, Store, StoreError, TaskEntry};
+use super::{
+    Accepted, Admission, DELIVERY_TTL, Delivery, JobEntry, LogLine, Start, Store, StoreError,
+    TaskEntry,
+};
 use crate::job::{Job, JobId, rfc3339};
 use crate::model::{RepoRef, ThreadRef};
 use crate::task::Task;
@@ -42,6 +45,112 @@ if #KEYS > 2 then
 end
 redis.call('XADD', KEYS[2], '*', 'task', ARGV[3])
 return 1
+";
+
+/// Lines kept per job log (approximate trim, `XADD MAXLEN ~`).
+const LOG_MAX_LINES: usize = 20_000;
+
+/// Shared Lua: the current Redis time in ms, and `promote`, which moves waiting jobs
+/// into `jobs:stream` while their gate has room, reserving a slot for each.
+const GATE_LIB: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function promote(stream, wait, run, limit, index, now, lease)
+  redis.call('ZREMRANGEBYSCORE', run, '-inf', now)
+  local started = 0
+  while redis.call('ZCARD', run) < limit do
+    local id = redis.call('LPOP', wait)
+    if not id then break end
+    redis.call('ZADD', run, now + lease, id)
+    redis.call('XADD', stream, '*', 'job', id)
+    started = started + 1
+  end
+  if redis.call('LLEN', wait) == 0 then redis.call('HDEL', index, wait) end
+  return started
+end
+";
+
+/// KEYS: stream, user run, user wait, thread run, thread wait, wait index.
+/// ARGV: group, entry id, job id, user limit, lease ms. Returns 1 admitted, 0 deferred.
+const ADMIT_SCRIPT: &str = r"
+local now = now_ms()
+local lease = tonumber(ARGV[5])
+local limit = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local in_user = redis.call('ZSCORE', KEYS[2], ARGV[3])
+local in_thread = redis.call('ZSCORE', KEYS[4], ARGV[3])
+local user_ok = in_user or redis.call('ZCARD', KEYS[2]) < limit
+local thread_ok = in_thread or redis.call('ZCARD', KEYS[4]) < 1
+if user_ok and thread_ok then
+  redis.call('ZADD', KEYS[2], now + lease, ARGV[3])
+  redis.call('ZADD', KEYS[4], now + lease, ARGV[3])
+  return 1
+end
+-- Defer: give back any slot reserved for this job, wait behind the full gate.
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
+local wait, run, wait_limit = KEYS[3], KEYS[2], limit
+if not thread_ok then wait, run, wait_limit = KEYS[5], KEYS[4], 1 end
+redis.call('RPUSH', wait, ARGV[3])
+redis.call('HSET', KEYS[6], wait, run .. '\n' .. wait_limit)
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if in_user then promote(KEYS[1], KEYS[3], KEYS[2], limit, KEYS[6], now, lease) end
+if in_thread then promote(KEYS[1], KEYS[5], KEYS[4], 1, KEYS[6], now, lease) end
+return 0
+";
+
+/// KEYS: as ADMIT. ARGV: group, entry id ('' for none), job id, user limit, lease ms,
+/// requeue flag.
+const RELEASE_SCRIPT: &str = r"
+local now = now_ms()
+local lease = tonumber(ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+if ARGV[6] == '1' then redis.call('XADD', KEYS[1], '*', 'job', ARGV[3]) end
+promote(KEYS[1], KEYS[3], KEYS[2], tonumber(ARGV[4]), KEYS[6], now, lease)
+promote(KEYS[1], KEYS[5], KEYS[4], 1, KEYS[6], now, lease)
+return 1
+";
+
+/// KEYS: stream, wait index. ARGV: lease ms.
+const PROMOTE_ALL_SCRIPT: &str = r"
+local now = now_ms()
+local started = 0
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  local run, limit = string.match(entries[i + 1], '^(.*)\n(%d+)$')
+  if run then
+    started = started + promote(KEYS[1], entries[i], run, tonumber(limit), KEYS[2], now, tonumber(ARGV[1]))
+  end
+end
+return started
+";
+
+/// KEYS: stream, user run, thread run. ARGV: group, consumer, entry id, job id, lease ms.
+const TOUCH_SCRIPT: &str = r"
+local now = now_ms()
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[5]), ARGV[4])
+redis.call('ZADD', KEYS[3], 'XX', now + tonumber(ARGV[5]), ARGV[4])
+return 1
+";
+
+/// KEYS: job hash. ARGV: consumer, now (RFC 3339).
+const START_SCRIPT: &str = r"
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'queued' and status ~= 'running' then return status end
+redis.call('HSET', KEYS[1], 'status', 'running', 'runner', ARGV[1], 'started_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 'running'
 ";
 
 /// Key names under the configured prefix.
@@ -95,6 +204,43 @@ impl Keys {
             thread.number
         )
     }
+    /// Slots of a user's running jobs (sorted set: job id → lease expiry, ms).
+    pub fn running_user(&self, job: &Job) -> String {
+        format!(
+            "{}running:user:{}:{}",
+            self.prefix, job.repo.forge, job.requester.id
+        )
+    }
+    /// A user's jobs waiting for a slot, in order (list).
+    pub fn waiting_user(&self, job: &Job) -> String {
+        format!(
+            "{}waiting:user:{}:{}",
+            self.prefix, job.repo.forge, job.requester.id
+        )
+    }
+    fn thread_suffix(job: &Job) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            job.repo.forge,
+            job.repo.full_name,
+            job.thread.kind.as_str(),
+            job.thread.number
+        )
+    }
+    /// The slot of a thread's running job (at most one).
+    pub fn running_thread(&self, job: &Job) -> String {
+        format!("{}running:thread:{}", self.prefix, Self::thread_suffix(job))
+    }
+    pub fn waiting_thread(&self, job: &Job) -> String {
+        format!("{}waiting:thread:{}", self.prefix, Self::thread_suffix(job))
+    }
+    /// Every non-empty waiting list → `<running key>\n<limit>`.
+    pub fn waiting_index(&self) -> String {
+        format!("{}waiting:index", self.prefix)
+    }
+    pub fn settings(&self) -> String {
+        format!("{}settings", self.prefix)
+    }
     pub fn delivery(&self, d: Delivery<'_>) -> String {
         format!("{}delivery:{}:{}", self.prefix, d.forge, d.id)
     }
@@ -105,6 +251,11 @@ pub struct RedisStore {
     conn: ConnectionManager,
     blocking: ConnectionManager,
     accept: Script,
+    admit: Script,
+    release: Script,
+    promote_all: Script,
+    touch: Script,
+    start: Script,
 }
 
 impl RedisStore {
@@ -131,6 +282,11 @@ impl RedisStore {
             conn,
             blocking,
             accept: Script::new(ACCEPT_SCRIPT),
+            admit: Script::new(&format!("{GATE_LIB}{ADMIT_SCRIPT}")),
+            release: Script::new(&format!("{GATE_LIB}{RELEASE_SCRIPT}")),
+            promote_all: Script::new(&format!("{GATE_LIB}{PROMOTE_ALL_SCRIPT}")),
+            touch: Script::new(&format!("{GATE_LIB}{TOUCH_SCRIPT}")),
+            start: Script::new(START_SCRIPT),
         })
     }
 
@@ -186,6 +342,60 @@ impl RedisStore {
                 }
             })
             .collect()
+    }
+}
+
+fn decode_job_entries(ids: Vec<redis::streams::StreamId>, deliveries: u64) -> Vec<JobEntry> {
+    ids.into_iter()
+        .map(|entry| {
+            let job = entry
+                .map
+                .get("job")
+                .ok_or_else(|| "entry has no `job` field".to_owned())
+                .and_then(|v| String::from_redis_value(v.clone()).map_err(|e| e.to_string()))
+                .and_then(|id| {
+                    id.parse::<JobId>()
+                        .map_err(|e| format!("bad job id `{id}`: {e}"))
+                });
+            JobEntry {
+                deliveries: entry
+                    .delivered_count
+                    .map(|n| n as u64)
+                    .unwrap_or(deliveries),
+                entry_id: entry.id,
+                job,
+            }
+        })
+        .collect()
+}
+
+impl RedisStore {
+    fn gate_keys(&self, inv: &mut redis::ScriptInvocation<'_>, job: &Job) {
+        inv.key(self.keys.jobs_stream())
+            .key(self.keys.running_user(job))
+            .key(self.keys.waiting_user(job))
+            .key(self.keys.running_thread(job))
+            .key(self.keys.waiting_thread(job))
+            .key(self.keys.waiting_index());
+    }
+
+    /// Delivery counts of claimed entries (XAUTOCLAIM does not report them; XPENDING does).
+    async fn delivery_count(
+        &self,
+        stream: &str,
+        group: &str,
+        entry_id: &str,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let pending: redis::streams::StreamPendingCountReply = conn
+            .xpending_count(stream, group, entry_id, entry_id, 1)
+            .await
+            .map_err(unavailable)?;
+        Ok(pending
+            .ids
+            .first()
+            .map(|p| p.times_delivered as u64)
+            .unwrap_or(2))
     }
 }
 
@@ -384,5 +594,225 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn read_jobs(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<JobEntry>, StoreError> {
+        let opts = StreamReadOptions::default()
+            .group(RUNNERS_GROUP, consumer)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let stream = self.keys.jobs_stream();
+        let mut conn = self.blocking.clone();
+        let reply: Result<Option<StreamReadReply>, RedisError> =
+            conn.xread_options(&[&stream], &[">"], &opts).await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| decode_job_entries(k.ids, 1))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn claim_stale_jobs(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<JobEntry>, StoreError> {
+        let stream = self.keys.jobs_stream();
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = conn
+            .xautoclaim_options(
+                &stream,
+                RUNNERS_GROUP,
+                consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            )
+            .await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        let mut entries = decode_job_entries(reply.claimed, 2);
+        for entry in &mut entries {
+            entry.deliveries = self
+                .delivery_count(&stream, RUNNERS_GROUP, &entry.entry_id)
+                .await?;
+        }
+        Ok(entries)
+    }
+
+    async fn touch_job(
+        &self,
+        consumer: &str,
+        entry_id: &str,
+        job: &Job,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.touch.prepare_invoke();
+        inv.key(self.keys.jobs_stream())
+            .key(self.keys.running_user(job))
+            .key(self.keys.running_thread(job))
+            .arg(RUNNERS_GROUP)
+            .arg(consumer)
+            .arg(entry_id)
+            .arg(job.id.to_string())
+            .arg(lease.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ack_job(&self, entry_id: &str) -> Result<(), StoreError> {
+        let stream = self.keys.jobs_stream();
+        let mut conn = self.conn.clone();
+        let (_acked, _deleted): (i64, i64) = redis::pipe()
+            .atomic()
+            .xack(&stream, RUNNERS_GROUP, &[entry_id])
+            .xdel(&stream, &[entry_id])
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn admit(
+        &self,
+        entry_id: &str,
+        job: &Job,
+        user_limit: usize,
+        lease: Duration,
+    ) -> Result<Admission, StoreError> {
+        let mut inv = self.admit.prepare_invoke();
+        self.gate_keys(&mut inv, job);
+        inv.arg(RUNNERS_GROUP)
+            .arg(entry_id)
+            .arg(job.id.to_string())
+            .arg(user_limit.max(1))
+            .arg(lease.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let admitted: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(if admitted == 1 {
+            Admission::Admitted
+        } else {
+            Admission::Deferred
+        })
+    }
+
+    async fn start_job(&self, id: JobId, consumer: &str) -> Result<Start, StoreError> {
+        let mut inv = self.start.prepare_invoke();
+        inv.key(self.keys.job(id))
+            .arg(consumer)
+            .arg(rfc3339(OffsetDateTime::now_utc()));
+        let mut conn = self.conn.clone();
+        let status: String = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(match status.as_str() {
+            "running" => Start::Running,
+            "missing" => Start::Missing,
+            _ => Start::Final(status),
+        })
+    }
+
+    async fn release(
+        &self,
+        entry_id: Option<&str>,
+        job: &Job,
+        user_limit: usize,
+        lease: Duration,
+        requeue: bool,
+    ) -> Result<(), StoreError> {
+        let mut inv = self.release.prepare_invoke();
+        self.gate_keys(&mut inv, job);
+        inv.arg(RUNNERS_GROUP)
+            .arg(entry_id.unwrap_or(""))
+            .arg(job.id.to_string())
+            .arg(user_limit.max(1))
+            .arg(lease.as_millis() as u64)
+            .arg(if requeue { "1" } else { "0" });
+        let mut conn = self.conn.clone();
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn promote_waiting(&self, lease: Duration) -> Result<usize, StoreError> {
+        let mut inv = self.promote_all.prepare_invoke();
+        inv.key(self.keys.jobs_stream())
+            .key(self.keys.waiting_index())
+            .arg(lease.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let started: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        Ok(started.max(0) as usize)
+    }
+
+    async fn append_log(&self, id: JobId, lines: &[String]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.job_output(id);
+        let mut pipe = redis::pipe();
+        for line in lines {
+            pipe.xadd_maxlen(
+                &key,
+                redis::streams::StreamMaxlen::Approx(LOG_MAX_LINES),
+                "*",
+                &[("line", line.as_str())],
+            )
+            .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
+    }
+
+    async fn read_log(
+        &self,
+        id: JobId,
+        after: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let key = self.keys.job_output(id);
+        let mut opts = StreamReadOptions::default().count(count);
+        let mut conn = match block {
+            Some(b) => {
+                opts = opts.block(b.as_millis() as usize);
+                self.blocking.clone()
+            }
+            None => self.conn.clone(),
+        };
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[&key], &[after], &opts)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| LogLine {
+                line: entry
+                    .map
+                    .get("line")
+                    .and_then(|v| String::from_redis_value(v.clone()).ok())
+                    .unwrap_or_default(),
+                id: entry.id,
+            })
+            .collect())
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hget(self.keys.settings(), name)
+            .await
+            .map_err(unavailable)
     }
 }

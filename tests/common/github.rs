@@ -4,8 +4,8 @@
 //! installation token the fake minted.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
@@ -86,7 +86,13 @@ impl Match for InstallationAuth {
 
 pub struct FakeGitHub {
     pub server: MockServer,
+    /// Pull requests the fake knows (preloaded or created through the API).
+    pub pulls: Arc<Mutex<Vec<Value>>>,
 }
+
+/// The App's bot user (`octoapp[bot]`, after the App example's slug).
+pub const BOT_LOGIN: &str = "octoapp[bot]";
+pub const BOT_USER_ID: u64 = 41898282;
 
 impl FakeGitHub {
     /// `permissions`: login → GitHub permission (`admin`, `write`, `read`, `none`);
@@ -191,7 +197,148 @@ impl FakeGitHub {
             .respond_with(ResponseTemplate::new(200).set_body_json(updated))
             .mount(&server)
             .await;
-        FakeGitHub { server }
+        FakeGitHub {
+            server,
+            pulls: Arc::default(),
+        }
+    }
+
+    /// Serves what a runner asks about `full_name`: the repository (cloned from
+    /// `clone_url`), its pull requests (stateful: created ones are listed and fetched),
+    /// and the App's bot user.
+    pub async fn serve_repo(&self, full_name: &str, clone_url: &str, default_branch: &str) {
+        let mut repo = example("repos__get.response.200.default-response");
+        repo["full_name"] = json!(full_name);
+        repo["clone_url"] = json!(clone_url);
+        repo["default_branch"] = json!(default_branch);
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path(format!("/repos/{full_name}")))
+            .and(InstallationAuth)
+            .respond_with(ResponseTemplate::new(200).set_body_json(repo))
+            .mount(&self.server)
+            .await;
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path(format!("/users/{BOT_LOGIN}")))
+            .and(InstallationAuth)
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "login": BOT_LOGIN, "id": BOT_USER_ID, "type": "Bot", "site_admin": false
+            })))
+            .mount(&self.server)
+            .await;
+        let pulls = self.pulls.clone();
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/repos/[^/]+/[^/]+/pulls/\d+$"))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let number: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
+                let pulls = pulls.lock().unwrap();
+                match pulls.iter().find(|p| p["number"] == json!(number)) {
+                    Some(p) => ResponseTemplate::new(200).set_body_json(p.clone()),
+                    None => {
+                        ResponseTemplate::new(404).set_body_json(json!({"message": "Not Found"}))
+                    }
+                }
+            })
+            .mount(&self.server)
+            .await;
+        let pulls = self.pulls.clone();
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/repos/[^/]+/[^/]+/pulls$"))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+                let pulls = pulls.lock().unwrap();
+                let found: Vec<Value> = pulls
+                    .iter()
+                    .filter(|p| {
+                        let owner = p["head"]["repo"]["owner"]["login"]
+                            .as_str()
+                            .unwrap_or_default();
+                        let head =
+                            format!("{owner}:{}", p["head"]["ref"].as_str().unwrap_or_default());
+                        query.get("head").is_none_or(|h| *h == head)
+                            && query.get("state").is_none_or(|s| p["state"] == json!(s))
+                    })
+                    .cloned()
+                    .collect();
+                ResponseTemplate::new(200).set_body_json(found)
+            })
+            .mount(&self.server)
+            .await;
+        let pulls = self.pulls.clone();
+        let full = full_name.to_owned();
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/repos/[^/]+/[^/]+/pulls$"))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let (Some(head), Some(base), Some(title)) = (
+                    sent["head"].as_str(),
+                    sent["base"].as_str(),
+                    sent["title"].as_str(),
+                ) else {
+                    return ResponseTemplate::new(422)
+                        .set_body_json(json!({"message": "Validation Failed"}));
+                };
+                let mut pulls = pulls.lock().unwrap();
+                let number = 100 + pulls.len() as u64;
+                let pull = pull_json(
+                    &full,
+                    number,
+                    head,
+                    "0000000000000000000000000000000000000000",
+                    base,
+                    true,
+                    title,
+                    sent["body"].as_str().unwrap_or_default(),
+                    sent["draft"].as_bool().unwrap_or(false),
+                );
+                pulls.push(pull.clone());
+                ResponseTemplate::new(201).set_body_json(pull)
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Preloads a pull request (a PR thread to run a job on).
+    pub fn add_pull(
+        &self,
+        full_name: &str,
+        number: u64,
+        head: &str,
+        head_sha: &str,
+        base: &str,
+        same_repo: bool,
+    ) {
+        self.pulls.lock().unwrap().push(pull_json(
+            full_name,
+            number,
+            head,
+            head_sha,
+            base,
+            same_repo,
+            "A pull request",
+            "",
+            false,
+        ));
+    }
+
+    /// Bodies of pull requests created through the API.
+    pub async fn created_pulls(&self) -> Vec<Value> {
+        self.calls("POST", "/pulls")
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect()
+    }
+
+    /// Every body the progress comment `id` was edited to, in order.
+    pub async fn comment_edits(&self, id: u64) -> Vec<String> {
+        self.calls("PATCH", &format!("/issues/comments/{id}"))
+            .await
+            .into_iter()
+            .map(|(_, b)| b["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
     }
 
     pub fn uri(&self) -> String {
@@ -247,4 +394,40 @@ impl FakeGitHub {
             .map(|(p, b)| (p, b["body"].as_str().unwrap_or_default().to_owned()))
             .collect()
     }
+}
+
+/// A pull request in GitHub's shape (from the `pulls/get` example).
+#[allow(clippy::too_many_arguments)]
+fn pull_json(
+    full_name: &str,
+    number: u64,
+    head: &str,
+    head_sha: &str,
+    base: &str,
+    same_repo: bool,
+    title: &str,
+    body: &str,
+    draft: bool,
+) -> Value {
+    let mut p = example("pulls__get.response.200.default");
+    let (owner, _) = full_name.split_once('/').unwrap();
+    p["number"] = json!(number);
+    p["title"] = json!(title);
+    p["body"] = json!(body);
+    p["draft"] = json!(draft);
+    p["state"] = json!("open");
+    p["html_url"] = json!(format!("https://github.com/{full_name}/pull/{number}"));
+    p["head"]["ref"] = json!(head);
+    p["head"]["sha"] = json!(head_sha);
+    let head_repo = if same_repo {
+        full_name.to_owned()
+    } else {
+        format!("forker/{}", full_name.split_once('/').unwrap().1)
+    };
+    p["head"]["repo"]["full_name"] = json!(head_repo);
+    p["head"]["repo"]["owner"]["login"] = json!(head_repo.split_once('/').unwrap().0);
+    p["base"]["ref"] = json!(base);
+    p["base"]["repo"]["full_name"] = json!(full_name);
+    p["base"]["repo"]["owner"]["login"] = json!(owner);
+    p
 }

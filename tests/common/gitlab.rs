@@ -3,8 +3,8 @@
 //! Every endpoint only answers the bot's `PRIVATE-TOKEN`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path, path_regex};
@@ -15,6 +15,8 @@ pub const BOT_USERNAME: &str = "repobox-bot";
 
 pub struct FakeGitLab {
     pub server: MockServer,
+    /// Merge requests the fake knows (preloaded or created through the API).
+    pub merge_requests: Arc<Mutex<Vec<Value>>>,
 }
 
 impl FakeGitLab {
@@ -86,7 +88,159 @@ impl FakeGitLab {
             })
             .mount(&server)
             .await;
-        FakeGitLab { server }
+        FakeGitLab {
+            server,
+            merge_requests: Arc::default(),
+        }
+    }
+
+    /// Serves the project `id` (`path`), cloned from `clone_url`, and its merge requests
+    /// (stateful: created ones are listed and fetched).
+    pub async fn serve_project(
+        &self,
+        id: u64,
+        full_path: &str,
+        clone_url: &str,
+        default_branch: &str,
+    ) {
+        let path_str = full_path;
+        let encoded = path_str.replace('/', "%2F");
+        let project = json!({
+            "id": id, "path_with_namespace": path_str, "default_branch": default_branch,
+            "http_url_to_repo": clone_url, "web_url": format!("http://gitlab.example/{path_str}"),
+            "name": path_str.rsplit('/').next().unwrap(), "visibility": "private"
+        });
+        for p in [
+            format!("/api/v4/projects/{id}"),
+            format!("/api/v4/projects/{encoded}"),
+        ] {
+            Mock::given(method("GET"))
+                .and(path(p))
+                .and(header("private-token", TOKEN))
+                .respond_with(ResponseTemplate::new(200).set_body_json(project.clone()))
+                .mount(&self.server)
+                .await;
+        }
+        let mrs = self.merge_requests.clone();
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests/\d+$"))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let iid: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
+                match mrs.lock().unwrap().iter().find(|m| m["iid"] == json!(iid)) {
+                    Some(m) => ResponseTemplate::new(200).set_body_json(m.clone()),
+                    None => ResponseTemplate::new(404)
+                        .set_body_json(json!({"message": "404 Not found"})),
+                }
+            })
+            .mount(&self.server)
+            .await;
+        let mrs = self.merge_requests.clone();
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests$"))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let q = form_or_json(req);
+                let found: Vec<Value> = mrs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|m| {
+                        q.get("source_branch")
+                            .is_none_or(|b| m["source_branch"] == *b)
+                            && q.get("state").is_none_or(|s| m["state"] == *s)
+                    })
+                    .cloned()
+                    .collect();
+                ResponseTemplate::new(200).set_body_json(found)
+            })
+            .mount(&self.server)
+            .await;
+        let mrs = self.merge_requests.clone();
+        let path_owned = path_str.to_owned();
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests$"))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let sent = form_or_json(req);
+                let (Some(source), Some(target), Some(title)) = (
+                    sent["source_branch"].as_str(),
+                    sent["target_branch"].as_str(),
+                    sent["title"].as_str(),
+                ) else {
+                    return ResponseTemplate::new(400)
+                        .set_body_json(json!({"message": "400 Bad request"}));
+                };
+                let mut mrs = mrs.lock().unwrap();
+                let iid = 50 + mrs.len() as u64;
+                let mr = merge_request_json(
+                    id,
+                    &path_owned,
+                    iid,
+                    source,
+                    "",
+                    target,
+                    true,
+                    title,
+                    sent["description"].as_str().unwrap_or_default(),
+                );
+                mrs.push(mr.clone());
+                ResponseTemplate::new(201).set_body_json(mr)
+            })
+            .mount(&self.server)
+            .await;
+    }
+
+    /// Preloads a merge request (an MR thread to run a job on).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_merge_request(
+        &self,
+        project_id: u64,
+        path: &str,
+        iid: u64,
+        source: &str,
+        sha: &str,
+        target: &str,
+        same_project: bool,
+    ) {
+        self.merge_requests.lock().unwrap().push(merge_request_json(
+            project_id,
+            path,
+            iid,
+            source,
+            sha,
+            target,
+            same_project,
+            "A merge request",
+            "",
+        ));
+    }
+
+    /// Form bodies of merge requests created through the API.
+    pub async fn created_merge_requests(&self) -> Vec<Value> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| r.method.as_str() == "POST" && r.url.path().ends_with("/merge_requests"))
+            .map(|r| form_or_json(&r))
+            .collect()
+    }
+
+    /// Every body note `id` was edited to, in order.
+    pub async fn note_edits(&self, id: u64) -> Vec<String> {
+        self.requests()
+            .await
+            .into_iter()
+            .filter(|r| {
+                r.method.as_str() == "PUT" && r.url.path().ends_with(&format!("/notes/{id}"))
+            })
+            .map(|r| {
+                form_or_json(&r)["body"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
     }
 
     pub fn args(&self) -> Vec<String> {
@@ -148,4 +302,29 @@ fn form_or_json(req: &Request) -> Value {
         }
     }
     Value::Object(map)
+}
+
+/// A merge request in GitLab's API shape.
+#[allow(clippy::too_many_arguments)]
+fn merge_request_json(
+    project_id: u64,
+    path: &str,
+    iid: u64,
+    source: &str,
+    sha: &str,
+    target: &str,
+    same_project: bool,
+    title: &str,
+    description: &str,
+) -> Value {
+    json!({
+        "id": 1000 + iid, "iid": iid, "project_id": project_id, "title": title,
+        "description": description, "state": "opened",
+        "source_branch": source, "target_branch": target, "sha": sha,
+        "source_project_id": if same_project { project_id } else { project_id + 1 },
+        "target_project_id": project_id,
+        "web_url": format!("http://gitlab.example/{path}/-/merge_requests/{iid}"),
+        "draft": title.starts_with("Draft:"), "work_in_progress": title.starts_with("Draft:"),
+        "author": { "id": 99, "username": BOT_USERNAME }
+    })
 }

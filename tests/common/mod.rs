@@ -3,6 +3,7 @@
 //! `gitlab.rs`) and helpers that sign and send real webhook payloads.
 #![allow(dead_code)]
 
+pub mod git_server;
 pub mod github;
 pub mod gitlab;
 
@@ -58,6 +59,8 @@ pub struct Options {
     pub args: Vec<String>,
     pub redis_url: String,
     pub acknowledger: bool,
+    /// Runs a job runner in the same process (as `repobox all` does).
+    pub runner: bool,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             args: Vec::new(),
             redis_url: redis_url(),
             acknowledger: true,
+            runner: false,
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct Response {
 
 impl TestApp {
     pub async fn start(opts: Options) -> TestApp {
+        // `REPOBOX_LOG=debug cargo test -- --nocapture` shows the app's log.
+        if std::env::var_os("REPOBOX_LOG").is_some() {
+            repobox::telemetry::init_logging(false);
+        }
         let prefix = format!("test:{}:", ulid::Ulid::new());
         let mut args: Vec<String> = vec![
             "repobox".into(),
@@ -127,6 +135,16 @@ impl TestApp {
             tasks.push(tokio::spawn(
                 services.acknowledger.clone().run(shutdown.clone()),
             ));
+        }
+        if opts.runner {
+            let runner = app::build_runner(
+                &cli.config,
+                services.state.store.clone(),
+                services.forges.clone(),
+                metrics.clone(),
+            )
+            .expect("runner builds");
+            tasks.push(tokio::spawn(runner.run(shutdown.clone())));
         }
         TestApp {
             url: format!("http://{addr}"),

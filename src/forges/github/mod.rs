@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{Forge, ForgeError};
+use super::{ChangeRequest, Forge, ForgeError, GitIdentity, NewChangeRequest, RepoInfo};
+use crate::git::Credentials;
 use crate::model::{
     AccessLevel, CommentKind, CommentRef, ForgeKind, Reaction, RepoRef, ThreadRef, UserRef,
 };
@@ -29,6 +30,15 @@ use crate::secret::{Secret, redact};
 pub const ACK_PERMISSIONS: &[(&str, &str)] = &[
     ("issues", "write"),
     ("pull_requests", "write"),
+    ("metadata", "read"),
+];
+
+/// Permissions of the token a runner pushes with. `workflows` is deliberately absent:
+/// GitHub itself then refuses pushes that touch `.github/workflows/`.
+pub const RUN_PERMISSIONS: &[(&str, &str)] = &[
+    ("contents", "write"),
+    ("pull_requests", "write"),
+    ("issues", "write"),
     ("metadata", "read"),
 ];
 
@@ -50,6 +60,59 @@ pub struct GitHub {
     /// Installation id per repository, for events whose payload does not name it.
     installations: Mutex<HashMap<String, u64>>,
     tokens: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+    bot: tokio::sync::OnceCell<GitIdentity>,
+}
+
+#[derive(Deserialize)]
+struct RepoBody {
+    clone_url: String,
+    default_branch: String,
+}
+
+#[derive(Deserialize)]
+struct PullBranch {
+    #[serde(rename = "ref")]
+    branch: String,
+    sha: String,
+    repo: Option<PullRepo>,
+}
+
+#[derive(Deserialize)]
+struct PullRepo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct PullBody {
+    number: u64,
+    html_url: String,
+    state: String,
+    head: PullBranch,
+    base: PullBranch,
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    id: u64,
+}
+
+impl PullBody {
+    fn into_change_request(self, repo: &RepoRef) -> ChangeRequest {
+        ChangeRequest {
+            same_repo: self
+                .head
+                .repo
+                .as_ref()
+                .is_some_and(|r| r.full_name.eq_ignore_ascii_case(&repo.full_name)),
+            head_ref: format!("refs/pull/{}/head", self.number),
+            number: self.number,
+            url: self.html_url,
+            head_branch: self.head.branch,
+            head_sha: self.head.sha,
+            base_branch: self.base.branch,
+            open: self.state == "open",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -101,6 +164,7 @@ impl GitHub {
             app,
             installations: Mutex::default(),
             tokens: Mutex::default(),
+            bot: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -301,6 +365,112 @@ impl Forge for GitHub {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError> {
+        let client = self.client(repo).await?;
+        let body: RepoBody = client
+            .get(format!("/repos/{}", repo.full_name), None::<&()>)
+            .await
+            .map_err(map_err)?;
+        Ok(RepoInfo {
+            clone_url: body.clone_url,
+            default_branch: body.default_branch,
+        })
+    }
+
+    async fn git_credentials(&self, repo: &RepoRef) -> Result<Credentials, ForgeError> {
+        let (token, _) = self.installation_token(repo, RUN_PERMISSIONS).await?;
+        Ok(Credentials {
+            username: "x-access-token".into(),
+            password: token,
+        })
+    }
+
+    async fn change_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<ChangeRequest, ForgeError> {
+        let client = self.client(repo).await?;
+        let pull: PullBody = client
+            .get(
+                format!("/repos/{}/pulls/{number}", repo.full_name),
+                None::<&()>,
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(pull.into_change_request(repo))
+    }
+
+    async fn find_change_request(
+        &self,
+        repo: &RepoRef,
+        head_branch: &str,
+    ) -> Result<Option<ChangeRequest>, ForgeError> {
+        let client = self.client(repo).await?;
+        let (owner, _) = repo.owner_and_name();
+        let query = [
+            ("head", format!("{owner}:{head_branch}")),
+            ("state", "open".to_owned()),
+        ];
+        let pulls: Vec<PullBody> = client
+            .get(format!("/repos/{}/pulls", repo.full_name), Some(&query))
+            .await
+            .map_err(map_err)?;
+        Ok(pulls
+            .into_iter()
+            .find(|p| p.head.branch == head_branch)
+            .map(|p| p.into_change_request(repo)))
+    }
+
+    async fn open_change_request(
+        &self,
+        repo: &RepoRef,
+        new: NewChangeRequest<'_>,
+    ) -> Result<ChangeRequest, ForgeError> {
+        let client = self.client(repo).await?;
+        let pull: PullBody = client
+            .post(
+                format!("/repos/{}/pulls", repo.full_name),
+                Some(&json!({
+                    "title": new.title,
+                    "head": new.head,
+                    "base": new.base,
+                    "body": new.body,
+                    "draft": new.draft,
+                })),
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(pull.into_change_request(repo))
+    }
+
+    async fn bot_identity(&self, repo: &RepoRef) -> Result<GitIdentity, ForgeError> {
+        self.bot
+            .get_or_try_init(|| async {
+                let slug = self.app_name().await?;
+                let login = format!("{slug}[bot]");
+                let user: UserBody = self
+                    .client(repo)
+                    .await?
+                    .get(format!("/users/{login}"), None::<&()>)
+                    .await
+                    .map_err(map_err)?;
+                Ok(GitIdentity {
+                    email: format!("{}+{login}@users.noreply.github.com", user.id),
+                    name: login,
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    fn co_author(&self, user: &UserRef) -> GitIdentity {
+        GitIdentity {
+            name: user.login.clone(),
+            email: format!("{}+{}@users.noreply.github.com", user.id, user.login),
+        }
     }
 }
 

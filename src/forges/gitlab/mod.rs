@@ -15,7 +15,8 @@ use gitlab::{AsyncGitlab, GitlabBuilder};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{Forge, ForgeError};
+use super::{ChangeRequest, Forge, ForgeError, GitIdentity, NewChangeRequest, RepoInfo};
+use crate::git::Credentials;
 use crate::model::{
     AccessLevel, CommentRef, ForgeKind, Reaction, RepoRef, ThreadKind, ThreadRef, UserRef,
 };
@@ -29,6 +30,8 @@ pub struct GitLab {
     client: OnceCell<AsyncGitlab>,
     /// Username of the token's user, learned when the client is built.
     bot_username: Arc<std::sync::OnceLock<String>>,
+    /// Commit identity of the token's user, learned with the username.
+    identity: std::sync::OnceLock<GitIdentity>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +47,47 @@ struct Note {
 #[derive(Deserialize)]
 struct CurrentUser {
     username: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    commit_email: Option<String>,
+    #[serde(default)]
+    public_email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ProjectBody {
+    http_url_to_repo: String,
+    #[serde(default)]
+    default_branch: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MergeRequestBody {
+    iid: u64,
+    web_url: String,
+    state: String,
+    source_branch: String,
+    target_branch: String,
+    #[serde(default)]
+    sha: Option<String>,
+    source_project_id: u64,
+    target_project_id: u64,
+}
+
+impl MergeRequestBody {
+    fn into_change_request(self) -> ChangeRequest {
+        ChangeRequest {
+            head_ref: format!("refs/merge-requests/{}/head", self.iid),
+            number: self.iid,
+            url: self.web_url,
+            same_repo: self.source_project_id == self.target_project_id,
+            head_branch: self.source_branch,
+            head_sha: self.sha.unwrap_or_default(),
+            base_branch: self.target_branch,
+            open: self.state == "opened",
+        }
+    }
 }
 
 fn status(e: &api::ApiError<gitlab::RestError>) -> Option<u16> {
@@ -91,6 +135,7 @@ impl GitLab {
             token,
             client: OnceCell::new(),
             bot_username: Arc::default(),
+            identity: std::sync::OnceLock::new(),
         })
     }
 
@@ -119,6 +164,17 @@ impl GitLab {
                     .query_async(&client)
                     .await
                     .map_err(|e| map_err(&self.token, e))?;
+                let host = self.host.split([':', '/']).next().unwrap_or("gitlab");
+                let identity = GitIdentity {
+                    name: me.name.clone().unwrap_or_else(|| me.username.clone()),
+                    email: me
+                        .commit_email
+                        .clone()
+                        .or(me.public_email.clone())
+                        .filter(|e| !e.is_empty())
+                        .unwrap_or_else(|| format!("{}@noreply.{host}", me.username)),
+                };
+                let _ = self.identity.set(identity);
                 let _ = self.bot_username.set(me.username);
                 Ok(client)
             })
@@ -275,5 +331,108 @@ impl Forge for GitLab {
             }
         };
         result.map_err(|e| map_err(&self.token, e))
+    }
+
+    async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError> {
+        let client = self.client().await?;
+        let project: ProjectBody = api::projects::Project::builder()
+            .project(Self::project(repo))
+            .build()
+            .expect("all fields set")
+            .query_async(client)
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        Ok(RepoInfo {
+            clone_url: project.http_url_to_repo,
+            default_branch: project.default_branch.unwrap_or_else(|| "main".into()),
+        })
+    }
+
+    async fn git_credentials(&self, _repo: &RepoRef) -> Result<Credentials, ForgeError> {
+        Ok(Credentials {
+            username: "oauth2".into(),
+            password: self.token.clone(),
+        })
+    }
+
+    async fn change_request(
+        &self,
+        repo: &RepoRef,
+        number: u64,
+    ) -> Result<ChangeRequest, ForgeError> {
+        let client = self.client().await?;
+        let mr: MergeRequestBody = api::projects::merge_requests::MergeRequest::builder()
+            .project(Self::project(repo))
+            .merge_request(number)
+            .build()
+            .expect("all fields set")
+            .query_async(client)
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        Ok(mr.into_change_request())
+    }
+
+    async fn find_change_request(
+        &self,
+        repo: &RepoRef,
+        head_branch: &str,
+    ) -> Result<Option<ChangeRequest>, ForgeError> {
+        let client = self.client().await?;
+        let found: Vec<MergeRequestBody> = api::projects::merge_requests::MergeRequests::builder()
+            .project(Self::project(repo))
+            .source_branch(head_branch)
+            .state(api::projects::merge_requests::MergeRequestState::Opened)
+            .build()
+            .expect("all fields set")
+            .query_async(client)
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        Ok(found
+            .into_iter()
+            .find(|mr| mr.source_branch == head_branch)
+            .map(MergeRequestBody::into_change_request))
+    }
+
+    async fn open_change_request(
+        &self,
+        repo: &RepoRef,
+        new: NewChangeRequest<'_>,
+    ) -> Result<ChangeRequest, ForgeError> {
+        let client = self.client().await?;
+        // GitLab marks drafts by the title prefix.
+        let title = if new.draft {
+            format!("Draft: {}", new.title)
+        } else {
+            new.title.to_owned()
+        };
+        let mr: MergeRequestBody = api::projects::merge_requests::CreateMergeRequest::builder()
+            .project(Self::project(repo))
+            .source_branch(new.head)
+            .target_branch(new.base)
+            .title(title)
+            .description(new.body)
+            .remove_source_branch(true)
+            .build()
+            .expect("all fields set")
+            .query_async(client)
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        Ok(mr.into_change_request())
+    }
+
+    async fn bot_identity(&self, _repo: &RepoRef) -> Result<GitIdentity, ForgeError> {
+        self.client().await?;
+        self.identity
+            .get()
+            .cloned()
+            .ok_or_else(|| ForgeError::Transient("GitLab did not say who the bot is".into()))
+    }
+
+    fn co_author(&self, user: &UserRef) -> GitIdentity {
+        let host = self.host.split([':', '/']).next().unwrap_or("gitlab");
+        GitIdentity {
+            name: user.login.clone(),
+            email: format!("{}@noreply.{host}", user.login),
+        }
     }
 }

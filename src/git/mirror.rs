@@ -1,0 +1,305 @@
+//! Bare mirrors under `<workdir>/mirrors/`: one per repository, created on first use and
+//! fetched incrementally after that. The fetch runs under an exclusive file lock so
+//! runners on several threads or processes sharing the work dir never fetch into the
+//! same mirror at once.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository};
+
+use super::transport::{self, AuthAttempts};
+use super::worktree::{self, WorkTree};
+use super::{Credentials, GitError};
+
+/// Where remote branches land in a mirror.
+const ORIGIN_PREFIX: &str = "refs/remotes/origin/";
+/// Where extra refs (e.g. `refs/pull/7/head`) land: `refs/remotes/extra/pull/7/head`.
+const EXTRA_PREFIX: &str = "refs/remotes/extra/";
+
+/// The set of mirrors (and job work trees) under one work dir (`REPOBOX_WORKDIR`).
+#[derive(Debug, Clone)]
+pub struct Mirrors {
+    workdir: PathBuf,
+}
+
+impl Mirrors {
+    pub fn new(workdir: impl Into<PathBuf>) -> Self {
+        Self {
+            workdir: workdir.into(),
+        }
+    }
+
+    /// Makes sure the bare mirror for `key` (a stable id such as
+    /// `github/octo-org/hello-world`) exists, then fetches every branch of `url` into
+    /// `refs/remotes/origin/*` (pruning deleted ones) and each of `extra_refs` (full
+    /// names such as `refs/pull/7/head`) into `refs/remotes/extra/<name without refs/>`.
+    pub fn fetch(
+        &self,
+        key: &str,
+        url: &str,
+        creds: &Credentials,
+        extra_refs: &[&str],
+    ) -> Result<Mirror, GitError> {
+        let rel = sanitize_key(key);
+        let mirrors = self.workdir.join("mirrors");
+        let path = mirrors.join(format!("{rel}.git"));
+        let lock_path = mirrors.join(format!("{rel}.lock"));
+        let refspecs = refspecs(extra_refs)?;
+        let _lock = lock_exclusive(&lock_path)?;
+        let repo = open_or_init(&path)?;
+        fetch_into(&repo, url, creds, &refspecs)?;
+        Ok(Mirror {
+            path,
+            lock_path,
+            workdir: self.workdir.clone(),
+        })
+    }
+}
+
+/// One bare mirror, as left by the last fetch.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    path: PathBuf,
+    lock_path: PathBuf,
+    workdir: PathBuf,
+}
+
+impl Mirror {
+    /// The commit `refs/remotes/origin/<branch>` points at, `None` if absent.
+    pub fn remote_branch(&self, branch: &str) -> Result<Option<String>, GitError> {
+        self.resolve(&format!("{ORIGIN_PREFIX}{branch}"))
+    }
+
+    /// The commit a fetched extra ref points at, `None` if absent. Takes the name as
+    /// passed to `Mirrors::fetch` (`refs/pull/7/head`).
+    pub fn extra_ref(&self, refname: &str) -> Result<Option<String>, GitError> {
+        self.resolve(&extra_destination(refname))
+    }
+
+    /// Creates a fresh linked work tree at `<workdir>/trees/<job_id>` on the new branch
+    /// `repobox-job/<job_id>` starting at `base_sha`, checked out; replaces a leftover
+    /// tree of the same job (a runner that crashed).
+    pub fn add_worktree(&self, job_id: &str, base_sha: &str) -> Result<WorkTree, GitError> {
+        let _lock = lock_exclusive(&self.lock_path)?;
+        let repo = self.open()?;
+        worktree::add(&repo, &self.workdir.join("trees"), job_id, base_sha)
+    }
+
+    /// The text of `path` in commit `sha` (`None` when the file is absent, is not a
+    /// regular file, or is not UTF-8). Read from the object database: no work tree, so
+    /// a symlink in the repository cannot point the read elsewhere.
+    pub fn read_file(&self, sha: &str, path: &str) -> Result<Option<String>, GitError> {
+        let repo = self.open()?;
+        let oid = Oid::from_str(sha).map_err(|e| GitError::other("read file", e))?;
+        let tree = repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|e| GitError::other("read file", e))?;
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            return Ok(None);
+        };
+        if entry.filemode() != i32::from(git2::FileMode::Blob) {
+            return Ok(None);
+        }
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(|e| GitError::other("read file", e))?;
+        Ok(std::str::from_utf8(blob.content()).ok().map(str::to_owned))
+    }
+
+    /// The bare repository's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(&self) -> Result<Repository, GitError> {
+        Repository::open_bare(&self.path).map_err(|e| GitError::other("open mirror", e))
+    }
+
+    fn resolve(&self, refname: &str) -> Result<Option<String>, GitError> {
+        let repo = self.open()?;
+        match repo.refname_to_id(refname) {
+            Ok(oid) => Ok(Some(peel_to_commit(&repo, oid)?)),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(GitError::other(&format!("read {refname}"), e)),
+        }
+    }
+}
+
+fn peel_to_commit(repo: &Repository, oid: Oid) -> Result<String, GitError> {
+    let obj = repo
+        .find_object(oid, None)
+        .and_then(|o| o.peel_to_commit())
+        .map_err(|e| GitError::other("peel to commit", e))?;
+    Ok(obj.id().to_string())
+}
+
+/// The fetch refspecs: all branches, plus one forced refspec per extra ref.
+fn refspecs(extra_refs: &[&str]) -> Result<Vec<String>, GitError> {
+    let mut specs = vec![format!("+refs/heads/*:{ORIGIN_PREFIX}*")];
+    for name in extra_refs {
+        let valid = name.starts_with("refs/")
+            && !name.contains('*')
+            && git2::Reference::is_valid_name(name);
+        if !valid {
+            return Err(GitError::Other(format!("not a full ref name: {name:?}")));
+        }
+        specs.push(format!("+{name}:{}", extra_destination(name)));
+    }
+    Ok(specs)
+}
+
+fn extra_destination(refname: &str) -> String {
+    format!(
+        "{EXTRA_PREFIX}{}",
+        refname.strip_prefix("refs/").unwrap_or(refname)
+    )
+}
+
+/// Fetches `refspecs` from `url` with the token only in the credential callback, an
+/// anonymous remote (nothing written to the config) and no `FETCH_HEAD`.
+fn fetch_into(
+    repo: &Repository,
+    url: &str,
+    creds: &Credentials,
+    refspecs: &[String],
+) -> Result<(), GitError> {
+    let shown_url = transport::clean(url, &creds.password);
+    let attempts = AuthAttempts::default();
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| GitError::other(&format!("remote {shown_url}"), e))?;
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(transport::callbacks(creds, &attempts))
+        .prune(FetchPrune::On)
+        .update_fetchhead(false)
+        .download_tags(AutotagOption::None);
+    remote
+        .fetch(refspecs, Some(&mut opts), Some("repobox: fetch"))
+        .map_err(|e| {
+            transport::map_remote_error(
+                &format!("fetch from {shown_url}"),
+                &e,
+                &creds.password,
+                &attempts,
+            )
+        })
+}
+
+/// Opens the bare mirror at `path`, creating it on first use.
+fn open_or_init(path: &Path) -> Result<Repository, GitError> {
+    if path.join("HEAD").is_file()
+        && let Ok(repo) = Repository::open_bare(path)
+    {
+        return Ok(repo);
+    }
+    let repo = Repository::init_bare(path).map_err(|e| GitError::other("create mirror", e))?;
+    configure(&repo)?;
+    Ok(repo)
+}
+
+/// Mirror settings: no reflogs (nobody reads them) and no automatic gc by a git CLI
+/// that might run against the directory while a work tree is in use.
+fn configure(repo: &Repository) -> Result<(), GitError> {
+    let mut config = repo
+        .config()
+        .map_err(|e| GitError::other("mirror config", e))?;
+    config
+        .set_bool("core.logAllRefUpdates", false)
+        .and_then(|()| config.set_i64("gc.auto", 0))
+        .map_err(|e| GitError::other("mirror config", e))
+}
+
+/// Takes an exclusive lock on `path` (created if needed); released when the file drops.
+fn lock_exclusive(path: &Path) -> Result<File, GitError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| GitError::other(&format!("create {}", parent.display()), e))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| GitError::other(&format!("open {}", path.display()), e))?;
+    file.lock()
+        .map_err(|e| GitError::other(&format!("lock {}", path.display()), e))?;
+    Ok(file)
+}
+
+/// A relative path made of safe components (`[A-Za-z0-9._-]`, no leading dot, no
+/// empty ones) from a mirror key.
+pub(super) fn sanitize_key(key: &str) -> String {
+    let parts: Vec<String> = key
+        .split(['/', '\\'])
+        .filter(|p| !p.is_empty())
+        .map(sanitize_component)
+        .collect();
+    if parts.is_empty() {
+        "_".to_owned()
+    } else {
+        parts.join("/")
+    }
+}
+
+pub(super) fn sanitize_component(part: &str) -> String {
+    let mapped: String = part
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if mapped.is_empty() {
+        "_".to_owned()
+    } else if mapped.starts_with('.') || mapped.ends_with(".lock") || mapped.ends_with(".git") {
+        format!("_{mapped}")
+            .replace(".lock", "_lock")
+            .replace(".git", "_git")
+    } else {
+        mapped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_become_safe_relative_paths() {
+        assert_eq!(
+            sanitize_key("github/octo-org/hello-world"),
+            "github/octo-org/hello-world"
+        );
+        assert_eq!(sanitize_key("../../etc/passwd"), "_../_../etc/passwd");
+        assert_eq!(sanitize_key("/abs//x y"), "abs/x_y");
+        assert_eq!(sanitize_key(""), "_");
+        assert_eq!(sanitize_component(""), "_");
+        assert_eq!(sanitize_component("job/1"), "job_1");
+        assert_eq!(sanitize_component(".."), "_..");
+        assert_eq!(
+            sanitize_key("gitlab/grp/sub/proj.git"),
+            "gitlab/grp/sub/_proj_git"
+        );
+    }
+
+    #[test]
+    fn extra_refs_map_under_extra() {
+        assert_eq!(
+            extra_destination("refs/pull/7/head"),
+            "refs/remotes/extra/pull/7/head"
+        );
+        let specs = refspecs(&["refs/merge-requests/3/head"]).unwrap();
+        assert_eq!(
+            specs[1],
+            "+refs/merge-requests/3/head:refs/remotes/extra/merge-requests/3/head"
+        );
+        assert!(refspecs(&["pull/7/head"]).is_err());
+        assert!(refspecs(&["refs/pull/*"]).is_err());
+        assert!(refspecs(&["refs/bad..name"]).is_err());
+    }
+}

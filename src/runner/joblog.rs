@@ -1,0 +1,90 @@
+//! The job log (`job:{<id>}:output`): runner steps and the agent's output, appended in
+//! batches by one task per job so a chatty agent costs one Redis round trip per batch.
+//! Every line is masked (the job's own secrets and anything shaped like a token) before
+//! it is stored: the log is shown on the dashboard.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::agent::LogSink;
+use crate::job::JobId;
+use crate::secret::{Secret, mask_known_tokens, redact};
+use crate::store::Store;
+
+/// Longest stored line; longer ones are cut (an agent printing a minified file).
+const MAX_LINE: usize = 4_000;
+const BATCH: usize = 256;
+
+pub struct JobLog {
+    tx: LogSink,
+    task: JoinHandle<()>,
+}
+
+impl JobLog {
+    pub fn start(store: Arc<dyn Store>, id: JobId, secrets: Vec<Secret>) -> JobLog {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let secrets: Vec<&Secret> = secrets.iter().collect();
+                let lines: Vec<String> =
+                    batch.drain(..).map(|line| clean(&line, &secrets)).collect();
+                if let Err(e) = append_with_retries(store.as_ref(), id, &lines).await {
+                    warn!(job = %id, error = %e, lines = lines.len(), "job log lines lost");
+                }
+            }
+        });
+        JobLog { tx, task }
+    }
+
+    /// A sender for the agent (its output goes straight into the log).
+    pub fn sink(&self) -> LogSink {
+        self.tx.clone()
+    }
+
+    /// A runner step, marked so it stands out from agent output.
+    pub fn step(&self, text: impl AsRef<str>) {
+        let _ = self.tx.send(format!("==> {}", text.as_ref()));
+    }
+
+    /// Flushes what is buffered and stops the writer. Agent senders still alive are cut off.
+    pub async fn close(self) {
+        drop(self.tx);
+        // The writer ends once every sender is gone; agents have returned by now.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn clean(line: &str, secrets: &[&Secret]) -> String {
+    let mut line = mask_known_tokens(&redact(line, secrets));
+    if line.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str(" …(line cut)");
+    }
+    line
+}
+
+async fn append_with_retries(
+    store: &dyn Store,
+    id: JobId,
+    lines: &[String],
+) -> Result<(), crate::store::StoreError> {
+    let mut delay = std::time::Duration::from_millis(200);
+    let mut last = None;
+    for _ in 0..5 {
+        match store.append_log(id, lines).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    Err(last.expect("at least one attempt"))
+}

@@ -1,0 +1,710 @@
+//! End-to-end runner scenarios, in the style of bors's `BorsTester`: every scenario
+//! starts from a signed webhook through the real router, over a real Redis, real git
+//! remotes served by `git http-backend` (they only accept the forge's token), stateful
+//! HTTP fakes of GitHub and GitLab, the `command` agent in the real bubblewrap sandbox,
+//! and ends by checking that the token leaked nowhere.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::git_server::{self, GitServer};
+use common::github::{BOT_LOGIN, FakeGitHub, INSTALLATION_TOKEN};
+use common::gitlab::{self as gl, FakeGitLab};
+use common::{Options, TestApp, fixture_json};
+use redis::AsyncCommands;
+use repobox::job::{Job, JobStatus};
+use serde_json::{Value, json};
+
+const REPO: &str = "Codertocat/Hello-World";
+const REPO_GIT: &str = "Codertocat/Hello-World.git";
+const GL_PROJECT: u64 = 5;
+const GL_PATH: &str = "gitlab-org/gitlab-test";
+const GL_GIT: &str = "gitlab-org/gitlab-test.git";
+const ISSUE_BRANCH: &str = "repobox/1-spelling-error-in-the-readme-file";
+
+/// An agent that fixes the README and writes a summary.
+const FIXING_AGENT: &str = r#"echo "agent got: $(head -c 40)"; echo "fixed" >> README.md; printf 'Fix the README spelling\n\nCorrected the typo in README.md.\n' > "$REPOBOX_SUMMARY_FILE""#;
+
+/// An agent that waits, polling its scratch directory, until the test drops a `go` file
+/// there; then behaves like [`FIXING_AGENT`].
+const GATED_AGENT: &str = r#"echo "AGENT STARTED"; d=$(dirname "$REPOBOX_SUMMARY_FILE"); while [ ! -e "$d/go" ]; do sleep 0.05; done; echo "fixed" >> README.md; printf 'Fix it\n\nDone.\n' > "$REPOBOX_SUMMARY_FILE""#;
+
+struct World {
+    app: TestApp,
+    github: FakeGitHub,
+    gitlab: FakeGitLab,
+    github_git: GitServer,
+    gitlab_git: GitServer,
+    git_root: tempfile::TempDir,
+    workdir: tempfile::TempDir,
+}
+
+struct Setup<'a> {
+    agent: &'a str,
+    extra: Vec<String>,
+    runner: bool,
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            agent: FIXING_AGENT,
+            extra: Vec::new(),
+            runner: true,
+        }
+    }
+}
+
+async fn world(setup: Setup<'_>) -> World {
+    let git_root = tempfile::tempdir().unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    git_server::init_bare_repo(
+        git_root.path(),
+        REPO_GIT,
+        &[
+            ("README.md", "# Hello Wrold\n"),
+            ("src/lib.rs", "pub fn hello() {}\n"),
+        ],
+    );
+    git_server::init_bare_repo(git_root.path(), GL_GIT, &[("README.md", "# test\n")]);
+    let github_git = GitServer::start(git_root.path().to_owned(), INSTALLATION_TOKEN).await;
+    let gitlab_git = GitServer::start(git_root.path().to_owned(), gl::TOKEN).await;
+    let github = FakeGitHub::start(&[("Codertocat", "write"), ("Octo2", "write")]).await;
+    github
+        .serve_repo(REPO, &github_git.url(REPO_GIT), "main")
+        .await;
+    let gitlab = FakeGitLab::start(&[(1, 40)]).await;
+    gitlab
+        .serve_project(GL_PROJECT, GL_PATH, &gitlab_git.url(GL_GIT), "main")
+        .await;
+    let mut args = github.args();
+    args.extend(gitlab.args());
+    args.extend(
+        [
+            "--agent",
+            "command",
+            "--agent-command",
+            setup.agent,
+            "--workdir",
+            workdir.path().to_str().unwrap(),
+            "--visibility-timeout",
+            "2s",
+        ]
+        .map(String::from),
+    );
+    args.extend(setup.extra);
+    let app = TestApp::start(Options {
+        args,
+        runner: setup.runner,
+        ..Options::default()
+    })
+    .await;
+    World {
+        app,
+        github,
+        gitlab,
+        github_git,
+        gitlab_git,
+        git_root,
+        workdir,
+    }
+}
+
+fn issue_comment(body: &str, number: u64, login: &str, user_id: u64) -> Value {
+    let mut p = fixture_json("github/webhooks/issue_comment.created.json");
+    p["comment"]["body"] = json!(body);
+    p["comment"]["id"] = json!(ulid::Ulid::new().0 as u64 & 0xffff_ffff);
+    p["comment"]["user"]["login"] = json!(login);
+    p["comment"]["user"]["id"] = json!(user_id);
+    p["sender"]["login"] = json!(login);
+    p["sender"]["id"] = json!(user_id);
+    p["issue"]["number"] = json!(number);
+    if number != 1 {
+        p["issue"]["title"] = json!(format!("Issue number {number}"));
+    }
+    p
+}
+
+impl World {
+    async fn comment(&self, body: &str) -> String {
+        self.comment_on(body, 1, "Codertocat", 21031067).await
+    }
+
+    async fn comment_on(&self, body: &str, number: u64, login: &str, user_id: u64) -> String {
+        let r = self
+            .app
+            .github_json(
+                "issue_comment",
+                &issue_comment(body, number, login, user_id),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        r.body["job"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits (up to 60 s: debug builds and cold git) until the job is final.
+    async fn finished(&self, id: &str) -> Job {
+        self.wait("a final state", id, |j| j.status.is_final(), 60)
+            .await
+    }
+
+    async fn wait(&self, what: &str, id: &str, check: impl Fn(&Job) -> bool, secs: u64) -> Job {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.app.job(id).await;
+            if check(&job) {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; job is {:?} ({:?})",
+                job.status,
+                job.error
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the job's log has a line containing `text` `times` times.
+    async fn log_has(&self, id: &str, text: &str, times: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = self.log(id).await;
+            if lines.iter().filter(|l| l.contains(text)).count() >= times {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log never showed `{text}` x{times}: {lines:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn log(&self, id: &str) -> Vec<String> {
+        self.app
+            .store
+            .read_log(id.parse().unwrap(), "0", 10_000, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.line)
+            .collect()
+    }
+
+    /// Lets a [`GATED_AGENT`] of job `id` (in `workdir`) go on.
+    fn release(&self, workdir: &Path, id: &str) {
+        let dir = workdir.join("scratch").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("go"), "").unwrap();
+    }
+
+    fn remote_ref(&self, repo: &str, branch: &str) -> Option<String> {
+        git_server::rev_parse(self.git_root.path(), repo, &format!("refs/heads/{branch}"))
+    }
+
+    fn remote_git(&self, repo: &str, args: &[&str]) -> String {
+        git_server::git(&self.git_root.path().join(repo), args)
+    }
+
+    /// The token is in no file under the work directory (mirror configs, work trees),
+    /// no Redis key, and no URL the git servers saw.
+    async fn assert_no_token_leak(&self, tokens: &[&str]) {
+        assert_no_token_in_dir(self.workdir.path(), tokens);
+        let dump = redis_text(&self.app).await;
+        for t in tokens {
+            assert!(!dump.contains(t), "a token is stored in Redis");
+        }
+        for server in [&self.github_git, &self.gitlab_git] {
+            for r in server.requests() {
+                for t in tokens {
+                    assert!(!r.uri.contains(t), "token in a git URL: {}", r.uri);
+                }
+            }
+        }
+    }
+}
+
+fn assert_no_token_in_dir(dir: &Path, tokens: &[&str]) {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let text = String::from_utf8_lossy(&bytes);
+                for t in tokens {
+                    assert!(!text.contains(t), "token found in {}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Every value of every key under the test's prefix, as text.
+async fn redis_text(app: &TestApp) -> String {
+    let mut conn = app.conn().await;
+    let mut out = String::new();
+    for key in common::scan(&mut conn, &app.prefix).await {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let value: redis::Value = match kind.as_str() {
+            "string" => conn.get(&key).await.unwrap(),
+            "hash" => conn.hgetall(&key).await.unwrap(),
+            "list" => conn.lrange(&key, 0, -1).await.unwrap(),
+            "set" => conn.smembers(&key).await.unwrap(),
+            "zset" => conn.zrange(&key, 0, -1).await.unwrap(),
+            "stream" => conn.xrange_all(&key).await.unwrap(),
+            _ => redis::Value::Nil,
+        };
+        out.push_str(&format!("{key} {value:?}\n"));
+    }
+    out
+}
+
+fn progress_comment_id(job: &Job) -> u64 {
+    job.progress_comment_id
+        .expect("the job has a progress comment")
+}
+
+#[tokio::test]
+async fn github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_comment() {
+    let w = world(Setup::default()).await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+
+    // The agent's change is on the pushed branch, on top of main.
+    let readme = w.remote_git(REPO_GIT, &["show", &format!("{ISSUE_BRANCH}:README.md")]);
+    assert_eq!(readme, "# Hello Wrold\nfixed");
+    let parent = w.remote_git(REPO_GIT, &["rev-parse", &format!("{ISSUE_BRANCH}^")]);
+    assert_eq!(Some(parent), w.remote_ref(REPO_GIT, "main"));
+    let message = w.remote_git(
+        REPO_GIT,
+        &["log", "-1", "--format=%an <%ae>%n%B", ISSUE_BRANCH],
+    );
+    assert!(
+        message.starts_with(&format!(
+            "{BOT_LOGIN} <41898282+{BOT_LOGIN}@users.noreply.github.com>\nFix the README spelling"
+        )),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("Co-authored-by: Codertocat <21031067+Codertocat@users.noreply.github.com>"),
+        "{message}"
+    );
+    assert_eq!(job.commit_sha, w.remote_ref(REPO_GIT, ISSUE_BRANCH));
+
+    // One pull request, right head, base and body.
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert_eq!(pulls[0]["head"], ISSUE_BRANCH);
+    assert_eq!(pulls[0]["base"], "main");
+    assert_eq!(pulls[0]["title"], "Fix the README spelling");
+    let body = pulls[0]["body"].as_str().unwrap();
+    assert!(body.contains("Corrected the typo in README.md."), "{body}");
+    assert!(body.contains("Closes #1"), "{body}");
+    assert!(body.contains("@Codertocat"), "{body}");
+    assert!(
+        body.contains(&format!("https://repobox.example.com/jobs/{id}")),
+        "{body}"
+    );
+    assert_eq!(
+        job.pr_url.as_deref(),
+        Some("https://github.com/Codertocat/Hello-World/pull/100")
+    );
+
+    // Eyes on the trigger, one progress comment, edited in place to the success state.
+    let reactions = w.github.reactions().await;
+    assert_eq!(reactions.len(), 1);
+    assert_eq!(reactions[0].1, "eyes");
+    assert_eq!(w.github.comments().await.len(), 1, "exactly one comment");
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    let last = edits.last().expect("the progress comment was edited");
+    assert!(
+        last.contains(
+            "✅ **Opened pull request [#100](https://github.com/Codertocat/Hello-World/pull/100)**"
+        ),
+        "{last}"
+    );
+    assert!(last.contains("1 file changed (+1 −0)"), "{last}");
+    assert!(
+        last.contains(&format!("- [x] Push branch `{ISSUE_BRANCH}`")),
+        "{last}"
+    );
+
+    // The log holds the runner's steps and the agent's output.
+    let log = w.log(&id).await;
+    assert!(
+        log.iter().any(|l| l.starts_with("==> Fetching")),
+        "{log:#?}"
+    );
+    assert!(log.iter().any(|l| l.starts_with("agent got: ")), "{log:#?}");
+    // The work tree is gone after the job.
+    assert!(!w.workdir.path().join("trees").join(&id).exists());
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn gitlab_issue_becomes_a_merge_request() {
+    let w = world(Setup::default()).await;
+    let mut note = fixture_json("gitlab/docs/note_hook.issue.json");
+    note["object_attributes"]["note"] = json!("/repobox fix the spelling");
+    let r = w.app.gitlab("Note Hook", &note).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["job"].as_str().unwrap().to_owned();
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+
+    let branch = "repobox/17-test";
+    let readme = w.remote_git(GL_GIT, &["show", &format!("{branch}:README.md")]);
+    assert_eq!(readme, "# test\nfixed");
+    let mrs = w.gitlab.created_merge_requests().await;
+    assert_eq!(mrs.len(), 1, "{mrs:#?}");
+    assert_eq!(mrs[0]["source_branch"], branch);
+    assert_eq!(mrs[0]["target_branch"], "main");
+    let description = mrs[0]["description"].as_str().unwrap();
+    assert!(description.contains("Closes #17"), "{description}");
+    assert!(description.contains("@root"), "{description}");
+    assert_eq!(w.gitlab.awards().await.len(), 1);
+    assert_eq!(w.gitlab.notes().await.len(), 1, "exactly one note");
+    let edits = w.gitlab.note_edits(progress_comment_id(&job)).await;
+    let last = edits.last().expect("the progress note was edited");
+    assert!(last.contains("✅ **Opened merge request [!50]"), "{last}");
+    w.assert_no_token_leak(&[gl::TOKEN]).await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request() {
+    let w = world(Setup::default()).await;
+    let head = git_server::push_commit(
+        w.git_root.path(),
+        REPO_GIT,
+        "feature",
+        &[("feature.txt", "wip\n")],
+        "Work in progress",
+    );
+    git_server::set_ref(w.git_root.path(), REPO_GIT, "refs/pull/7/head", &head);
+    w.github.add_pull(REPO, 7, "feature", &head, "main", true);
+    let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
+    payload["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
+    let r = w.app.github_json("issue_comment", &payload).await;
+    assert_eq!(r.status, 202);
+    let id = r.body["job"].as_str().unwrap().to_owned();
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+
+    let new_head = w.remote_ref(REPO_GIT, "feature").unwrap();
+    assert_ne!(new_head, head);
+    let parent = w.remote_git(REPO_GIT, &["rev-parse", "feature^"]);
+    assert_eq!(parent, head, "one commit on top of the PR head");
+    assert!(w.github.created_pulls().await.is_empty(), "no new PR");
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    assert!(
+        edits
+            .last()
+            .unwrap()
+            .contains("✅ **Pushed to pull request [#7]"),
+        "{edits:#?}"
+    );
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_protected_pull_request_head_gets_a_new_pull_request_into_it() {
+    let w = world(Setup::default()).await;
+    let head = git_server::push_commit(
+        w.git_root.path(),
+        REPO_GIT,
+        "feature",
+        &[("feature.txt", "wip\n")],
+        "Work in progress",
+    );
+    git_server::set_ref(w.git_root.path(), REPO_GIT, "refs/pull/7/head", &head);
+    git_server::install_reject_hook(w.git_root.path(), REPO_GIT, "feature");
+    w.github.add_pull(REPO, 7, "feature", &head, "main", true);
+    let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
+    payload["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
+    let r = w.app.github_json("issue_comment", &payload).await;
+    let id = r.body["job"].as_str().unwrap().to_owned();
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(
+        w.remote_ref(REPO_GIT, "feature"),
+        Some(head),
+        "the head is untouched"
+    );
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0]["base"], "feature");
+    assert_eq!(pulls[0]["head"], "repobox/7-issue-number-7");
+    assert!(w.remote_ref(REPO_GIT, "repobox/7-issue-number-7").is_some());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_changes_nothing_gets_a_no_changes_comment_and_no_branch() {
+    let w = world(Setup {
+        agent: "echo 'Nothing to fix: the README is already right.' > \"$REPOBOX_SUMMARY_FILE\"",
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::NoChanges);
+    assert_eq!(
+        w.remote_ref(REPO_GIT, ISSUE_BRANCH),
+        None,
+        "no branch pushed"
+    );
+    assert!(w.github.created_pulls().await.is_empty());
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    let last = edits.last().unwrap();
+    assert!(last.contains("ℹ️ **No changes**"), "{last}");
+    assert!(
+        last.contains("Nothing to fix: the README is already right."),
+        "{last}"
+    );
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_agent_gets_a_failed_comment_with_the_error_masked() {
+    let w = world(Setup {
+        agent: "echo 'using ghs_16C7e42F292c6912E7710c838347Ae178B4a' >&2; exit 3",
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.clone().unwrap();
+    assert!(error.contains("status 3"), "{error}");
+    assert!(error.contains("ghs_****8B4a"), "{error}");
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    let last = edits.last().unwrap();
+    assert!(last.contains("❌ **Failed**"), "{last}");
+    assert!(last.contains("ghs_****8B4a"), "{last}");
+    assert!(last.contains("/repobox retry"), "{last}");
+    assert_eq!(w.remote_ref(REPO_GIT, ISSUE_BRANCH), None);
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_agent_and_leaves_a_final_comment() {
+    let w = world(Setup {
+        agent: "echo AGENT STARTED; sleep 600",
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    w.log_has(&id, "AGENT STARTED", 1).await;
+    let asked = tokio::time::Instant::now();
+    w.comment("/repobox cancel").await;
+    let job = w.finished(&id).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "stopped within 5 s (took {:?})",
+        asked.elapsed()
+    );
+    assert_eq!(job.status, JobStatus::Cancelled);
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    w.app
+        .wait_until("the final comment", || async {
+            w.github
+                .comment_edits(progress_comment_id(&job))
+                .await
+                .last()
+                .is_some_and(|b| b.contains("🛑 **Cancelled**"))
+        })
+        .await;
+    assert!(!edits.is_empty());
+    assert_eq!(w.remote_ref(REPO_GIT, ISSUE_BRANCH), None);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_job_timeout_stops_the_agent_and_fails_the_job() {
+    let w = world(Setup {
+        agent: "echo AGENT STARTED; sleep 600",
+        extra: vec!["--job-timeout".into(), "3s".into()],
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(
+        job.error.as_deref().unwrap().contains("timed out after 3s"),
+        "{:?}",
+        job.error
+    );
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_runs_a_new_job_on_a_suffixed_branch() {
+    let w = world(Setup::default()).await;
+    let first = w.comment("/repobox fix the spelling").await;
+    assert_eq!(w.finished(&first).await.status, JobStatus::Succeeded);
+    w.comment("/repobox retry").await;
+    w.app
+        .wait_until("a second job", || async {
+            w.app.store.recent_jobs(10).await.unwrap().len() == 2
+        })
+        .await;
+    let second = w.app.store.recent_jobs(1).await.unwrap()[0].to_string();
+    assert_ne!(second, first);
+    let job = w.finished(&second).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.instructions, "fix the spelling");
+    let suffixed = format!("{ISSUE_BRANCH}-2");
+    assert_eq!(job.branch.as_deref(), Some(suffixed.as_str()));
+    assert!(w.remote_ref(REPO_GIT, &suffixed).is_some());
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 2);
+    assert_eq!(pulls[1]["head"], suffixed.as_str());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_user_limit_queues_a_users_excess_jobs_without_blocking_others() {
+    let w = world(Setup {
+        agent: GATED_AGENT,
+        extra: vec![
+            "--per-user-limit".into(),
+            "1".into(),
+            "--workers".into(),
+            "3".into(),
+        ],
+        ..Setup::default()
+    })
+    .await;
+    let a1 = w
+        .comment_on("/repobox one", 1, "Codertocat", 21031067)
+        .await;
+    w.log_has(&a1, "AGENT STARTED", 1).await;
+    let a2 = w
+        .comment_on("/repobox two", 2, "Codertocat", 21031067)
+        .await;
+    let b1 = w.comment_on("/repobox three", 3, "Octo2", 4242).await;
+    // The other user's job runs while the first user's second job waits.
+    w.log_has(&b1, "AGENT STARTED", 1).await;
+    let mut conn = w.app.conn().await;
+    let waiting: Vec<String> = conn
+        .lrange(
+            format!("{}waiting:user:github:21031067", w.app.prefix),
+            0,
+            -1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(waiting, vec![a2.clone()]);
+    assert_eq!(w.app.job(&a2).await.status, JobStatus::Queued);
+    assert_eq!(w.app.job(&a1).await.status, JobStatus::Running);
+    assert_eq!(w.app.job(&b1).await.status, JobStatus::Running);
+
+    // When the first job ends, the waiting one starts.
+    w.release(w.workdir.path(), &a1);
+    assert_eq!(w.finished(&a1).await.status, JobStatus::Succeeded);
+    w.log_has(&a2, "AGENT STARTED", 1).await;
+    w.release(w.workdir.path(), &a2);
+    w.release(w.workdir.path(), &b1);
+    for id in [&a2, &b1] {
+        let job = w.finished(id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    }
+    w.app.stop().await;
+}
+
+/// Starts `repobox runner` as a real process against the test's Redis and fakes.
+fn spawn_runner(w: &World, workdir: &Path, log: &Path) -> std::process::Child {
+    let mut args: Vec<String> = vec![
+        "--redis-prefix".into(),
+        w.app.prefix.clone(),
+        "--public-url".into(),
+        "https://repobox.example.com".into(),
+        "--agent".into(),
+        "command".into(),
+        "--agent-command".into(),
+        GATED_AGENT.into(),
+        "--workdir".into(),
+        workdir.to_str().unwrap().into(),
+        "--visibility-timeout".into(),
+        "2s".into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    args.extend(w.github.args());
+    args.push("runner".into());
+    std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
+        .args(&args)
+        .env("REPOBOX_REDIS_URL", common::redis_url())
+        .env("REPOBOX_LOG", "debug")
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_runner_killed_mid_job_is_replaced_and_the_job_has_one_pr_and_one_comment() {
+    let w = world(Setup {
+        agent: GATED_AGENT,
+        runner: false,
+        ..Setup::default()
+    })
+    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let (work1, work2) = (w.workdir.path().join("one"), w.workdir.path().join("two"));
+    let mut first = spawn_runner(&w, &work1, &logs.path().join("first.log"));
+    let id = w.comment("/repobox fix the spelling").await;
+    w.log_has(&id, "AGENT STARTED", 1).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+
+    let mut second = spawn_runner(&w, &work2, &logs.path().join("second.log"));
+    w.log_has(&id, "(attempt 2)", 1).await;
+    w.log_has(&id, "AGENT STARTED", 2).await;
+    w.release(&work2, &id);
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.attempts, 2);
+    assert_eq!(w.github.created_pulls().await.len(), 1, "exactly one PR");
+    assert_eq!(w.github.comments().await.len(), 1, "exactly one comment");
+
+    // A graceful stop of the second runner, then its whole log is checked for the token.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(second.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(second.wait().unwrap().success());
+    for name in ["first.log", "second.log"] {
+        let text = std::fs::read_to_string(logs.path().join(name)).unwrap();
+        assert!(!text.is_empty());
+        assert!(!text.contains(INSTALLATION_TOKEN), "token in {name}");
+    }
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
+}
