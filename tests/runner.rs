@@ -638,7 +638,7 @@ async fn the_per_user_limit_queues_a_users_excess_jobs_without_blocking_others()
 }
 
 /// Starts `repobox runner` as a real process against the test's Redis and fakes.
-fn spawn_runner(w: &World, workdir: &Path, log: &Path) -> std::process::Child {
+fn spawn_runner(w: &World, workdir: &Path, log: &Path, visibility: &str) -> std::process::Child {
     let mut args: Vec<String> = vec![
         "--redis-prefix".into(),
         w.app.prefix.clone(),
@@ -651,7 +651,7 @@ fn spawn_runner(w: &World, workdir: &Path, log: &Path) -> std::process::Child {
         "--workdir".into(),
         workdir.to_str().unwrap().into(),
         "--visibility-timeout".into(),
-        "2s".into(),
+        visibility.into(),
         "--log-format".into(),
         "json".into(),
     ];
@@ -677,13 +677,13 @@ async fn a_runner_killed_mid_job_is_replaced_and_the_job_has_one_pr_and_one_comm
     .await;
     let logs = tempfile::tempdir().unwrap();
     let (work1, work2) = (w.workdir.path().join("one"), w.workdir.path().join("two"));
-    let mut first = spawn_runner(&w, &work1, &logs.path().join("first.log"));
+    let mut first = spawn_runner(&w, &work1, &logs.path().join("first.log"), "2s");
     let id = w.comment("/repobox fix the spelling").await;
     w.log_has(&id, "AGENT STARTED", 1).await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
 
-    let mut second = spawn_runner(&w, &work2, &logs.path().join("second.log"));
+    let mut second = spawn_runner(&w, &work2, &logs.path().join("second.log"), "2s");
     w.log_has(&id, "(attempt 2)", 1).await;
     w.log_has(&id, "AGENT STARTED", 2).await;
     w.release(&work2, &id);
@@ -694,11 +694,7 @@ async fn a_runner_killed_mid_job_is_replaced_and_the_job_has_one_pr_and_one_comm
     assert_eq!(w.github.comments().await.len(), 1, "exactly one comment");
 
     // A graceful stop of the second runner, then its whole log is checked for the token.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(second.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    terminate(&second);
     assert!(second.wait().unwrap().success());
     for name in ["first.log", "second.log"] {
         let text = std::fs::read_to_string(logs.path().join(name)).unwrap();
@@ -707,4 +703,109 @@ async fn a_runner_killed_mid_job_is_replaced_and_the_job_has_one_pr_and_one_comm
     }
     w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
     w.app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_running_job_back_at_once() {
+    let w = world(Setup {
+        agent: GATED_AGENT,
+        runner: false,
+        ..Setup::default()
+    })
+    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let (work1, work2) = (w.workdir.path().join("one"), w.workdir.path().join("two"));
+    let mut first = spawn_runner(&w, &work1, &logs.path().join("first.log"), "60s");
+    let id = w.comment("/repobox fix the spelling").await;
+    w.log_has(&id, "AGENT STARTED", 1).await;
+    terminate(&first);
+    assert!(first.wait().unwrap().success(), "a clean exit on SIGTERM");
+    w.log_has(&id, "handed back", 1).await;
+    assert_eq!(w.app.job(&id).await.status, JobStatus::Queued);
+    assert!(!work1.join("trees").join(&id).exists(), "work tree removed");
+
+    // The visibility timeout is a minute: only a hand-back lets this runner start it now.
+    let mut second = spawn_runner(&w, &work2, &logs.path().join("second.log"), "60s");
+    w.log_has(&id, "(attempt 2)", 1).await;
+    w.log_has(&id, "AGENT STARTED", 2).await;
+    w.release(&work2, &id);
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(w.github.created_pulls().await.len(), 1);
+    assert_eq!(w.github.comments().await.len(), 1);
+    terminate(&second);
+    assert!(second.wait().unwrap().success());
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_show_prints_the_record_and_follows_the_log_until_the_job_ends() {
+    let w = world(Setup {
+        agent: GATED_AGENT,
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    w.log_has(&id, "AGENT STARTED", 1).await;
+    let show = tokio::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
+        .args(["--redis-prefix", &w.app.prefix, "jobs", "show", &id])
+        .env("REPOBOX_REDIS_URL", common::redis_url())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    w.release(w.workdir.path(), &id);
+    let out = show.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with(&format!("job {id}  ")), "{text}");
+    assert!(
+        text.contains("github:Codertocat/Hello-World issue 1"),
+        "{text}"
+    );
+    assert!(text.contains("AGENT STARTED"), "{text}");
+    assert!(text.contains("==> Job succeeded"), "{text}");
+    assert!(text.trim_end().ends_with("--- succeeded ---"), "{text}");
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_merge_request_thread_gets_commits_on_its_source_branch() {
+    let w = world(Setup::default()).await;
+    let head = git_server::push_commit(
+        w.git_root.path(),
+        GL_GIT,
+        "feature",
+        &[("feature.txt", "wip\n")],
+        "Work in progress",
+    );
+    git_server::set_ref(
+        w.git_root.path(),
+        GL_GIT,
+        "refs/merge-requests/1/head",
+        &head,
+    );
+    w.gitlab
+        .add_merge_request(GL_PROJECT, GL_PATH, 1, "feature", &head, "main", true);
+    let mut note = fixture_json("gitlab/docs/note_hook.merge_request.json");
+    note["object_attributes"]["note"] = json!("/repobox finish this");
+    note["merge_request"]["iid"] = json!(1);
+    note["user"]["id"] = json!(1);
+    let r = w.app.gitlab("Note Hook", &note).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["job"].as_str().unwrap().to_owned();
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let parent = w.remote_git(GL_GIT, &["rev-parse", "feature^"]);
+    assert_eq!(parent, head);
+    assert!(w.gitlab.created_merge_requests().await.is_empty());
+    w.assert_no_token_leak(&[gl::TOKEN]).await;
+    w.app.stop().await;
+}
+
+fn terminate(child: &std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
 }

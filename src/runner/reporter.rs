@@ -99,3 +99,147 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::forges::{ChangeRequest, GitIdentity, NewChangeRequest, RepoInfo};
+    use crate::git::Credentials;
+    use crate::model::{AccessLevel, CommentRef, ForgeKind, Reaction, ThreadKind, UserRef};
+
+    /// Records comment edits with the (paused, virtual) time they happened at. Only
+    /// `update_comment` is used by the reporter.
+    #[derive(Default)]
+    struct Edits(Mutex<Vec<(Duration, String)>>, Mutex<Option<Instant>>);
+
+    impl Edits {
+        fn seen(&self) -> Vec<(Duration, String)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Forge for Edits {
+        fn kind(&self) -> ForgeKind {
+            ForgeKind::GitHub
+        }
+        async fn update_comment(
+            &self,
+            _: &RepoRef,
+            _: ThreadRef,
+            _: u64,
+            body: &str,
+        ) -> Result<(), ForgeError> {
+            let start = *self.1.lock().unwrap().get_or_insert_with(Instant::now);
+            self.0
+                .lock()
+                .unwrap()
+                .push((start.elapsed(), body.to_owned()));
+            Ok(())
+        }
+        async fn access_level(&self, _: &RepoRef, _: &UserRef) -> Result<AccessLevel, ForgeError> {
+            unreachable!()
+        }
+        async fn react(
+            &self,
+            _: &RepoRef,
+            _: ThreadRef,
+            _: CommentRef,
+            _: Reaction,
+        ) -> Result<(), ForgeError> {
+            unreachable!()
+        }
+        async fn create_comment(
+            &self,
+            _: &RepoRef,
+            _: ThreadRef,
+            _: &str,
+        ) -> Result<u64, ForgeError> {
+            unreachable!()
+        }
+        async fn repository(&self, _: &RepoRef) -> Result<RepoInfo, ForgeError> {
+            unreachable!()
+        }
+        async fn git_credentials(&self, _: &RepoRef) -> Result<Credentials, ForgeError> {
+            unreachable!()
+        }
+        async fn change_request(&self, _: &RepoRef, _: u64) -> Result<ChangeRequest, ForgeError> {
+            unreachable!()
+        }
+        async fn find_change_request(
+            &self,
+            _: &RepoRef,
+            _: &str,
+        ) -> Result<Option<ChangeRequest>, ForgeError> {
+            unreachable!()
+        }
+        async fn open_change_request(
+            &self,
+            _: &RepoRef,
+            _: NewChangeRequest<'_>,
+        ) -> Result<ChangeRequest, ForgeError> {
+            unreachable!()
+        }
+        async fn bot_identity(&self, _: &RepoRef) -> Result<GitIdentity, ForgeError> {
+            unreachable!()
+        }
+        fn co_author(&self, _: &UserRef) -> GitIdentity {
+            unreachable!()
+        }
+    }
+
+    fn reporter(edits: &Arc<Edits>) -> Reporter {
+        Reporter::start(
+            edits.clone(),
+            RepoRef {
+                forge: ForgeKind::GitHub,
+                full_name: "acme/api".into(),
+                id: None,
+                installation_id: None,
+            },
+            ThreadRef {
+                kind: ThreadKind::Issue,
+                number: 1,
+            },
+            7,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Lets the reporter task run until it waits again (virtual time does not move).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn edits_are_throttled_coalesced_and_the_final_state_is_always_written() {
+        let edits = Arc::new(Edits::default());
+        let r = reporter(&edits);
+        r.update("one".into());
+        settle().await;
+        for body in ["two", "three", "four"] {
+            r.update(body.into());
+            settle().await;
+        }
+        // Within the first 5 s only the first state was written.
+        assert_eq!(edits.seen().len(), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        let seen = edits.seen();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].1, "four", "intermediate states coalesced");
+        assert!(seen[1].0 >= Duration::from_secs(5));
+        // The final state goes out at once, throttle or not.
+        r.update("five".into());
+        r.finish("done").await.unwrap();
+        let seen = edits.seen();
+        assert_eq!(seen.last().unwrap().1, "done");
+        assert!(seen.last().unwrap().0 < Duration::from_secs(10));
+    }
+}
