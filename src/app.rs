@@ -215,6 +215,17 @@ pub fn build_runner(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<Runner>> {
     let agent = build_agent(config)?;
+    build_runner_with_agent(config, store, forges, metrics, agent)
+}
+
+/// [`build_runner`] with a given agent (embedding, tests).
+pub fn build_runner_with_agent(
+    config: &Config,
+    store: Arc<dyn Store>,
+    forges: Forges,
+    metrics: Arc<Metrics>,
+    agent: Arc<dyn Agent>,
+) -> anyhow::Result<Arc<Runner>> {
     if config.sandbox == SandboxKind::None {
         warn!("REPOBOX_SANDBOX=none: agent commands run without isolation");
     }

@@ -14,6 +14,7 @@ use common::github::{BOT_LOGIN, FakeGitHub, INSTALLATION_TOKEN};
 use common::gitlab::{self as gl, FakeGitLab};
 use common::{Options, TestApp, fixture_json};
 use redis::AsyncCommands;
+use repobox::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
 use repobox::job::{Job, JobStatus};
 use serde_json::{Value, json};
 
@@ -45,6 +46,8 @@ struct Setup<'a> {
     agent: &'a str,
     extra: Vec<String>,
     runner: bool,
+    /// An agent object instead of the `command` agent (`agent` is then unused).
+    custom_agent: Option<std::sync::Arc<dyn Agent>>,
 }
 
 impl Default for Setup<'_> {
@@ -53,6 +56,7 @@ impl Default for Setup<'_> {
             agent: FIXING_AGENT,
             extra: Vec::new(),
             runner: true,
+            custom_agent: None,
         }
     }
 }
@@ -98,6 +102,7 @@ async fn world(setup: Setup<'_>) -> World {
     let app = TestApp::start(Options {
         args,
         runner: setup.runner,
+        agent: setup.custom_agent,
         ..Options::default()
     })
     .await;
@@ -808,4 +813,105 @@ fn terminate(child: &std::process::Child) {
         rustix::process::Signal::TERM,
     )
     .unwrap();
+}
+
+/// Panics on its first job, then edits the README like [`FIXING_AGENT`].
+struct PanicsOnce(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl Agent for PanicsOnce {
+    async fn run(&self, request: AgentRequest) -> Result<AgentOutcome, AgentError> {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("agent bug");
+        }
+        let readme = request.sandbox.work_tree.join("README.md");
+        let text = std::fs::read_to_string(&readme).unwrap();
+        std::fs::write(&readme, format!("{text}fixed\n")).unwrap();
+        Ok(AgentOutcome {
+            summary: "Fix it".into(),
+            turns: 1,
+            ..AgentOutcome::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_alone_and_the_worker_goes_on() {
+    let w = world(Setup {
+        custom_agent: Some(std::sync::Arc::new(PanicsOnce(Default::default()))),
+        extra: vec!["--workers".into(), "1".into()],
+        ..Setup::default()
+    })
+    .await;
+    let first = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&first).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.clone().unwrap();
+    assert!(error.starts_with("internal error"), "{error}");
+    assert!(
+        !error.contains("agent bug"),
+        "panic text is not shown: {error}"
+    );
+    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
+    assert!(
+        edits
+            .last()
+            .unwrap()
+            .contains("❌ **Failed**: internal error")
+    );
+
+    // The only worker survived and runs the next job.
+    let second = w
+        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .await;
+    let job = w.finished(&second).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn forge_errors_while_opening_the_pull_request_are_retried_then_reported() {
+    let w = world(Setup::default()).await;
+    // Two 502s: the third attempt opens the pull request.
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(format!("/repos/{REPO}/pulls")))
+        .respond_with(
+            wiremock::ResponseTemplate::new(502).set_body_json(json!({"message": "Bad Gateway"})),
+        )
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&w.github.server)
+        .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(
+        w.github.created_pulls().await.len(),
+        3,
+        "two failures, one success"
+    );
+    assert_eq!(w.github.pulls.lock().unwrap().len(), 1);
+
+    // A forge that keeps failing: the job fails with GitHub's answer, masked, and the
+    // pushed branch stays for a retry (which finds it and goes straight to the PR).
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(format!("/repos/{REPO}/pulls")))
+        .respond_with(
+            wiremock::ResponseTemplate::new(503)
+                .set_body_json(json!({"message": "Service Unavailable"})),
+        )
+        .with_priority(1)
+        .mount(&w.github.server)
+        .await;
+    let id = w
+        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.clone().unwrap();
+    assert!(error.contains("503"), "{error}");
+    assert!(job.pushed_sha.is_some());
+    assert!(w.remote_ref(REPO_GIT, "repobox/2-issue-number-2").is_some());
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
 }

@@ -326,6 +326,13 @@ impl Runner {
     /// which could hold anything) and the worker carries on.
     async fn crashed(&self, job: &Job) -> Result<(), StoreError> {
         let error = "internal error: the runner crashed on this job; see the runner's log";
+        // The work tree removed itself on unwind (WorkTree's Drop); the scratch dir did not.
+        let scratch = self
+            .settings
+            .workdir
+            .join("scratch")
+            .join(job.id.to_string());
+        let _ = tokio::fs::remove_dir_all(scratch).await;
         self.store
             .set_job_fields(
                 job.id,

@@ -168,7 +168,8 @@ impl Pipeline {
                 None
             }
         };
-        let watchers = self.start_watchers();
+        // Dropped on every way out, a panic included: stops the cancel watch and timer.
+        let watchers = self.start_watchers().drop_guard();
         let outcome = match gave_up {
             Some(n) => Outcome::Done(Final::Failed {
                 error: format!(
@@ -185,7 +186,7 @@ impl Pipeline {
                 }),
             },
         };
-        watchers.cancel();
+        drop(watchers);
         self.clean_up(&log).await;
         let handed_back = match outcome {
             Outcome::HandBack => {

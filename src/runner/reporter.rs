@@ -20,7 +20,18 @@ pub struct Reporter {
     comment_id: u64,
     tx: watch::Sender<String>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Taken by `finish`; aborted on drop (a pipeline that panicked must not have a
+    /// stale edit land after the failure is posted).
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Reporter {
@@ -40,8 +51,9 @@ impl Reporter {
                 let mut written = String::new();
                 loop {
                     tokio::select! {
-                        changed = rx.changed() => if changed.is_err() { break },
+                        biased;
                         _ = stop.cancelled() => break,
+                        changed = rx.changed() => if changed.is_err() { break },
                     }
                     let body = rx.borrow_and_update().clone();
                     if body == written {
@@ -54,8 +66,9 @@ impl Reporter {
                     }
                     // The throttle: nothing more until the interval has passed.
                     tokio::select! {
-                        _ = tokio::time::sleep_until(started + interval) => {}
+                        biased;
                         _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(started + interval) => {}
                     }
                 }
             })
@@ -67,7 +80,7 @@ impl Reporter {
             comment_id,
             tx,
             stop,
-            task,
+            task: Some(task),
         }
     }
 
@@ -77,9 +90,11 @@ impl Reporter {
     }
 
     /// Writes the final state now, whatever the throttle says, with a few retries.
-    pub async fn finish(self, body: &str) -> Result<(), ForgeError> {
+    pub async fn finish(mut self, body: &str) -> Result<(), ForgeError> {
         self.stop.cancel();
-        let _ = self.task.await;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
         let mut delay = Duration::from_millis(500);
         let mut attempt = 0;
         loop {

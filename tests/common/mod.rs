@@ -61,6 +61,8 @@ pub struct Options {
     pub acknowledger: bool,
     /// Runs a job runner in the same process (as `repobox all` does).
     pub runner: bool,
+    /// The runner's agent instead of the configured one.
+    pub agent: Option<Arc<dyn repobox::agent::Agent>>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             redis_url: redis_url(),
             acknowledger: true,
             runner: false,
+            agent: None,
         }
     }
 }
@@ -137,12 +140,13 @@ impl TestApp {
             ));
         }
         if opts.runner {
-            let runner = app::build_runner(
-                &cli.config,
-                services.state.store.clone(),
-                services.forges.clone(),
-                metrics.clone(),
-            )
+            let (store, forges) = (services.state.store.clone(), services.forges.clone());
+            let runner = match opts.agent.clone() {
+                Some(agent) => {
+                    app::build_runner_with_agent(&cli.config, store, forges, metrics.clone(), agent)
+                }
+                None => app::build_runner(&cli.config, store, forges, metrics.clone()),
+            }
             .expect("runner builds");
             tasks.push(tokio::spawn(runner.run(shutdown.clone())));
         }
