@@ -28,6 +28,9 @@ const ISSUE_BRANCH: &str = "repobox/1-spelling-error-in-the-readme-file";
 /// An agent that fixes the README and writes a summary.
 const FIXING_AGENT: &str = r#"echo "agent got: $(head -c 40)"; echo "fixed" >> README.md; printf 'Fix the README spelling\n\nCorrected the typo in README.md.\n' > "$REPOBOX_SUMMARY_FILE""#;
 
+/// An agent that starts and never finishes on its own.
+const SLEEPING_AGENT: &str = "echo AGENT STARTED; sleep 600";
+
 /// An agent that waits, polling its scratch directory, until the test drops a `go` file
 /// there; then behaves like [`FIXING_AGENT`].
 const GATED_AGENT: &str = r#"echo "AGENT STARTED"; d=$(dirname "$REPOBOX_SUMMARY_FILE"); while [ ! -e "$d/go" ]; do sleep 0.05; done; echo "fixed" >> README.md; printf 'Fix it\n\nDone.\n' > "$REPOBOX_SUMMARY_FILE""#;
@@ -147,6 +150,41 @@ impl World {
             .await;
         assert_eq!(r.status, 202, "{:?}", r.body);
         r.body["job"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Opens pull request #7 from `feature` (one commit on `main`; `protected`: the
+    /// remote refuses pushes to it) and comments a command on it. Returns the head
+    /// commit and the job id.
+    async fn command_on_pull_request(&self, protected: bool) -> (String, String) {
+        let root = self.git_root.path();
+        let head = git_server::push_commit(
+            root,
+            REPO_GIT,
+            "feature",
+            &[("feature.txt", "wip\n")],
+            "Work in progress",
+        );
+        git_server::set_ref(root, REPO_GIT, "refs/pull/7/head", &head);
+        if protected {
+            git_server::install_reject_hook(root, REPO_GIT, "feature");
+        }
+        self.github
+            .add_pull(REPO, 7, "feature", &head, "main", true);
+        let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
+        payload["issue"]["pull_request"] =
+            json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
+        let r = self.app.github_json("issue_comment", &payload).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        (head, r.body["job"].as_str().unwrap().to_owned())
+    }
+
+    /// The last body the job's GitHub progress comment was edited to.
+    async fn final_comment(&self, job: &Job) -> String {
+        let edits = self.github.comment_edits(progress_comment_id(job)).await;
+        edits
+            .last()
+            .cloned()
+            .expect("the progress comment was edited")
     }
 
     /// Waits (up to 60 s: debug builds and cold git) until the job is final.
@@ -398,21 +436,7 @@ async fn gitlab_issue_becomes_a_merge_request() {
 #[tokio::test]
 async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request() {
     let w = world(Setup::default()).await;
-    let head = git_server::push_commit(
-        w.git_root.path(),
-        REPO_GIT,
-        "feature",
-        &[("feature.txt", "wip\n")],
-        "Work in progress",
-    );
-    git_server::set_ref(w.git_root.path(), REPO_GIT, "refs/pull/7/head", &head);
-    w.github.add_pull(REPO, 7, "feature", &head, "main", true);
-    let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
-    payload["issue"]["pull_request"] =
-        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
-    let r = w.app.github_json("issue_comment", &payload).await;
-    assert_eq!(r.status, 202);
-    let id = r.body["job"].as_str().unwrap().to_owned();
+    let (head, id) = w.command_on_pull_request(false).await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 
@@ -436,21 +460,7 @@ async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_r
 #[tokio::test]
 async fn a_protected_pull_request_head_gets_a_new_pull_request_into_it() {
     let w = world(Setup::default()).await;
-    let head = git_server::push_commit(
-        w.git_root.path(),
-        REPO_GIT,
-        "feature",
-        &[("feature.txt", "wip\n")],
-        "Work in progress",
-    );
-    git_server::set_ref(w.git_root.path(), REPO_GIT, "refs/pull/7/head", &head);
-    git_server::install_reject_hook(w.git_root.path(), REPO_GIT, "feature");
-    w.github.add_pull(REPO, 7, "feature", &head, "main", true);
-    let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
-    payload["issue"]["pull_request"] =
-        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
-    let r = w.app.github_json("issue_comment", &payload).await;
-    let id = r.body["job"].as_str().unwrap().to_owned();
+    let (head, id) = w.command_on_pull_request(true).await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(
@@ -482,8 +492,7 @@ async fn an_agent_that_changes_nothing_gets_a_no_changes_comment_and_no_branch()
         "no branch pushed"
     );
     assert!(w.github.created_pulls().await.is_empty());
-    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
-    let last = edits.last().unwrap();
+    let last = w.final_comment(&job).await;
     assert!(last.contains("ℹ️ **No changes**"), "{last}");
     assert!(
         last.contains("Nothing to fix: the README is already right."),
@@ -505,8 +514,7 @@ async fn a_failing_agent_gets_a_failed_comment_with_the_error_masked() {
     let error = job.error.clone().unwrap();
     assert!(error.contains("status 3"), "{error}");
     assert!(error.contains("ghs_****8B4a"), "{error}");
-    let edits = w.github.comment_edits(progress_comment_id(&job)).await;
-    let last = edits.last().unwrap();
+    let last = w.final_comment(&job).await;
     assert!(last.contains("❌ **Failed**"), "{last}");
     assert!(last.contains("ghs_****8B4a"), "{last}");
     assert!(last.contains("/repobox retry"), "{last}");
@@ -518,7 +526,7 @@ async fn a_failing_agent_gets_a_failed_comment_with_the_error_masked() {
 #[tokio::test]
 async fn cancel_stops_the_agent_and_leaves_a_final_comment() {
     let w = world(Setup {
-        agent: "echo AGENT STARTED; sleep 600",
+        agent: SLEEPING_AGENT,
         ..Setup::default()
     })
     .await;
@@ -551,7 +559,7 @@ async fn cancel_stops_the_agent_and_leaves_a_final_comment() {
 #[tokio::test]
 async fn the_job_timeout_stops_the_agent_and_fails_the_job() {
     let w = world(Setup {
-        agent: "echo AGENT STARTED; sleep 600",
+        agent: SLEEPING_AGENT,
         extra: vec!["--job-timeout".into(), "3s".into()],
         ..Setup::default()
     })

@@ -257,16 +257,7 @@ impl Runner {
                 status = job.status.as_str(),
                 "job already final; dropping entry"
             );
-            return self
-                .store
-                .release(
-                    Some(&entry.entry_id),
-                    &job,
-                    s.per_user_limit,
-                    s.lease(),
-                    false,
-                )
-                .await;
+            return self.release(entry, &job, false).await;
         }
         if self
             .store
@@ -279,18 +270,7 @@ impl Runner {
         }
         match self.store.start_job(id, &s.consumer).await? {
             Start::Running => {}
-            Start::Missing | Start::Final(_) => {
-                return self
-                    .store
-                    .release(
-                        Some(&entry.entry_id),
-                        &job,
-                        s.per_user_limit,
-                        s.lease(),
-                        false,
-                    )
-                    .await;
-            }
+            Start::Missing | Start::Final(_) => return self.release(entry, &job, false).await,
         }
         let stop = Stop::new();
         self.in_flight
@@ -311,13 +291,19 @@ impl Runner {
             }
         };
         self.metrics.job_run(started.elapsed().as_secs_f64());
+        self.release(entry, &job, handed_back).await
+    }
+
+    /// Acknowledges the entry and frees the job's slots (see [`Store::release`]).
+    async fn release(&self, entry: &JobEntry, job: &Job, requeue: bool) -> Result<(), StoreError> {
+        let s = &self.settings;
         self.store
             .release(
                 Some(&entry.entry_id),
-                &job,
+                job,
                 s.per_user_limit,
                 s.lease(),
-                handed_back,
+                requeue,
             )
             .await
     }

@@ -320,56 +320,143 @@ impl RedisStore {
             Err(e) => Err(unavailable(e)),
         }
     }
-
-    fn decode_entries(ids: Vec<redis::streams::StreamId>, deliveries: u64) -> Vec<TaskEntry> {
-        ids.into_iter()
-            .map(|entry| {
-                let task = entry
-                    .map
-                    .get("task")
-                    .ok_or_else(|| "entry has no `task` field".to_owned())
-                    .and_then(|v| String::from_redis_value(v.clone()).map_err(|e| e.to_string()))
-                    .and_then(|json| {
-                        serde_json::from_str::<Task>(&json).map_err(|e| e.to_string())
-                    });
-                TaskEntry {
-                    deliveries: entry
-                        .delivered_count
-                        .map(|n| n as u64)
-                        .unwrap_or(deliveries),
-                    entry_id: entry.id,
-                    task,
-                }
-            })
-            .collect()
-    }
 }
 
-fn decode_job_entries(ids: Vec<redis::streams::StreamId>, deliveries: u64) -> Vec<JobEntry> {
+/// An entry read from a consumer group: its id, the text of its one field (or why it
+/// has none), and how often it has been handed out.
+struct RawEntry {
+    id: String,
+    field: Result<String, String>,
+    deliveries: u64,
+}
+
+fn raw_entries(ids: Vec<redis::streams::StreamId>, field: &str, deliveries: u64) -> Vec<RawEntry> {
     ids.into_iter()
-        .map(|entry| {
-            let job = entry
+        .map(|entry| RawEntry {
+            field: entry
                 .map
-                .get("job")
-                .ok_or_else(|| "entry has no `job` field".to_owned())
-                .and_then(|v| String::from_redis_value(v.clone()).map_err(|e| e.to_string()))
-                .and_then(|id| {
-                    id.parse::<JobId>()
-                        .map_err(|e| format!("bad job id `{id}`: {e}"))
-                });
-            JobEntry {
-                deliveries: entry
-                    .delivered_count
-                    .map(|n| n as u64)
-                    .unwrap_or(deliveries),
-                entry_id: entry.id,
-                job,
-            }
+                .get(field)
+                .ok_or_else(|| format!("entry has no `{field}` field"))
+                .and_then(|v| String::from_redis_value(v.clone()).map_err(|e| e.to_string())),
+            deliveries: entry
+                .delivered_count
+                .map(|n| n as u64)
+                .unwrap_or(deliveries),
+            id: entry.id,
         })
         .collect()
 }
 
+impl RawEntry {
+    fn into_task(self) -> TaskEntry {
+        TaskEntry {
+            task: self
+                .field
+                .and_then(|json| serde_json::from_str::<Task>(&json).map_err(|e| e.to_string())),
+            entry_id: self.id,
+            deliveries: self.deliveries,
+        }
+    }
+
+    fn into_job(self) -> JobEntry {
+        JobEntry {
+            job: self.field.and_then(|id| {
+                id.parse::<JobId>()
+                    .map_err(|e| format!("bad job id `{id}`: {e}"))
+            }),
+            entry_id: self.id,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
 impl RedisStore {
+    /// New entries of `stream` for `consumer` in `group`, waiting up to `block`.
+    async fn group_read(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        field: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let opts = StreamReadOptions::default()
+            .group(group, consumer)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let mut conn = self.blocking.clone();
+        let reply: Result<Option<StreamReadReply>, RedisError> =
+            conn.xread_options(&[stream], &[">"], &opts).await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| raw_entries(k.ids, field, 1))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Entries other consumers left unacknowledged for `min_idle`, now this consumer's.
+    async fn group_claim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        field: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = conn
+            .xautoclaim_options(
+                stream,
+                group,
+                consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            )
+            .await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        let mut entries = raw_entries(reply.claimed, field, 2);
+        // XAUTOCLAIM does not report delivery counts; XPENDING does.
+        for entry in &mut entries {
+            let pending: redis::streams::StreamPendingCountReply = conn
+                .xpending_count(stream, group, &entry.id, &entry.id, 1)
+                .await
+                .map_err(unavailable)?;
+            if let Some(p) = pending.ids.first() {
+                entry.deliveries = p.times_delivered as u64;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Acknowledges an entry and removes it from the stream.
+    async fn ack_delete(
+        &self,
+        stream: &str,
+        group: &str,
+        entry_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let (_acked, _deleted): (i64, i64) = redis::pipe()
+            .atomic()
+            .xack(stream, group, &[entry_id])
+            .xdel(stream, &[entry_id])
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     fn gate_keys(&self, inv: &mut redis::ScriptInvocation<'_>, job: &Job) {
         inv.key(self.keys.jobs_stream())
             .key(self.keys.running_user(job))
@@ -377,25 +464,6 @@ impl RedisStore {
             .key(self.keys.running_thread(job))
             .key(self.keys.waiting_thread(job))
             .key(self.keys.waiting_index());
-    }
-
-    /// Delivery counts of claimed entries (XAUTOCLAIM does not report them; XPENDING does).
-    async fn delivery_count(
-        &self,
-        stream: &str,
-        group: &str,
-        entry_id: &str,
-    ) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        let pending: redis::streams::StreamPendingCountReply = conn
-            .xpending_count(stream, group, entry_id, entry_id, 1)
-            .await
-            .map_err(unavailable)?;
-        Ok(pending
-            .ids
-            .first()
-            .map(|p| p.times_delivered as u64)
-            .unwrap_or(2))
     }
 }
 
@@ -527,25 +595,11 @@ impl Store for RedisStore {
         count: usize,
         block: Duration,
     ) -> Result<Vec<TaskEntry>, StoreError> {
-        let opts = StreamReadOptions::default()
-            .group(ACK_GROUP, consumer)
-            .count(count)
-            .block(block.as_millis() as usize);
         let stream = self.keys.intake_stream();
-        let mut conn = self.blocking.clone();
-        let reply: Result<Option<StreamReadReply>, RedisError> =
-            conn.xread_options(&[&stream], &[">"], &opts).await;
-        let Some(reply) = self.unless_group_lost(reply).await? else {
-            return Ok(Vec::new());
-        };
-        Ok(reply
-            .map(|r| {
-                r.keys
-                    .into_iter()
-                    .flat_map(|k| Self::decode_entries(k.ids, 1))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let raw = self
+            .group_read(&stream, ACK_GROUP, consumer, "task", count, block)
+            .await?;
+        Ok(raw.into_iter().map(RawEntry::into_task).collect())
     }
 
     async fn claim_stale_tasks(
@@ -555,45 +609,15 @@ impl Store for RedisStore {
         count: usize,
     ) -> Result<Vec<TaskEntry>, StoreError> {
         let stream = self.keys.intake_stream();
-        let mut conn = self.conn.clone();
-        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = conn
-            .xautoclaim_options(
-                &stream,
-                ACK_GROUP,
-                consumer,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count),
-            )
-            .await;
-        let Some(reply) = self.unless_group_lost(reply).await? else {
-            return Ok(Vec::new());
-        };
-        let mut entries = Self::decode_entries(reply.claimed, 2);
-        // XAUTOCLAIM does not report delivery counts; XPENDING does.
-        for entry in &mut entries {
-            let pending: redis::streams::StreamPendingCountReply = conn
-                .xpending_count(&stream, ACK_GROUP, &entry.entry_id, &entry.entry_id, 1)
-                .await
-                .map_err(unavailable)?;
-            if let Some(p) = pending.ids.first() {
-                entry.deliveries = p.times_delivered as u64;
-            }
-        }
-        Ok(entries)
+        let raw = self
+            .group_claim(&stream, ACK_GROUP, consumer, "task", min_idle, count)
+            .await?;
+        Ok(raw.into_iter().map(RawEntry::into_task).collect())
     }
 
     async fn ack_task(&self, entry_id: &str) -> Result<(), StoreError> {
-        let stream = self.keys.intake_stream();
-        let mut conn = self.conn.clone();
-        let (_acked, _deleted): (i64, i64) = redis::pipe()
-            .atomic()
-            .xack(&stream, ACK_GROUP, &[entry_id])
-            .xdel(&stream, &[entry_id])
-            .query_async(&mut conn)
+        self.ack_delete(&self.keys.intake_stream(), ACK_GROUP, entry_id)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn read_jobs(
@@ -602,25 +626,11 @@ impl Store for RedisStore {
         count: usize,
         block: Duration,
     ) -> Result<Vec<JobEntry>, StoreError> {
-        let opts = StreamReadOptions::default()
-            .group(RUNNERS_GROUP, consumer)
-            .count(count)
-            .block(block.as_millis() as usize);
         let stream = self.keys.jobs_stream();
-        let mut conn = self.blocking.clone();
-        let reply: Result<Option<StreamReadReply>, RedisError> =
-            conn.xread_options(&[&stream], &[">"], &opts).await;
-        let Some(reply) = self.unless_group_lost(reply).await? else {
-            return Ok(Vec::new());
-        };
-        Ok(reply
-            .map(|r| {
-                r.keys
-                    .into_iter()
-                    .flat_map(|k| decode_job_entries(k.ids, 1))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let raw = self
+            .group_read(&stream, RUNNERS_GROUP, consumer, "job", count, block)
+            .await?;
+        Ok(raw.into_iter().map(RawEntry::into_job).collect())
     }
 
     async fn claim_stale_jobs(
@@ -630,27 +640,10 @@ impl Store for RedisStore {
         count: usize,
     ) -> Result<Vec<JobEntry>, StoreError> {
         let stream = self.keys.jobs_stream();
-        let mut conn = self.conn.clone();
-        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = conn
-            .xautoclaim_options(
-                &stream,
-                RUNNERS_GROUP,
-                consumer,
-                min_idle.as_millis() as u64,
-                "0-0",
-                StreamAutoClaimOptions::default().count(count),
-            )
-            .await;
-        let Some(reply) = self.unless_group_lost(reply).await? else {
-            return Ok(Vec::new());
-        };
-        let mut entries = decode_job_entries(reply.claimed, 2);
-        for entry in &mut entries {
-            entry.deliveries = self
-                .delivery_count(&stream, RUNNERS_GROUP, &entry.entry_id)
-                .await?;
-        }
-        Ok(entries)
+        let raw = self
+            .group_claim(&stream, RUNNERS_GROUP, consumer, "job", min_idle, count)
+            .await?;
+        Ok(raw.into_iter().map(RawEntry::into_job).collect())
     }
 
     async fn touch_job(
@@ -675,16 +668,8 @@ impl Store for RedisStore {
     }
 
     async fn ack_job(&self, entry_id: &str) -> Result<(), StoreError> {
-        let stream = self.keys.jobs_stream();
-        let mut conn = self.conn.clone();
-        let (_acked, _deleted): (i64, i64) = redis::pipe()
-            .atomic()
-            .xack(&stream, RUNNERS_GROUP, &[entry_id])
-            .xdel(&stream, &[entry_id])
-            .query_async(&mut conn)
+        self.ack_delete(&self.keys.jobs_stream(), RUNNERS_GROUP, entry_id)
             .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn admit(
