@@ -18,8 +18,11 @@
 //! - per-job latency `created_at → finished_at` (it includes the wait in the queue, as
 //!   every job is submitted at once), split into acknowledgement (`→ dispatched_at`),
 //!   queue wait (`→ started_at`) and run (`started_at → finished_at`);
-//! - CPU used by the runner processes (their children, bwrap and the agent, included),
-//!   this process (intake, acknowledger, the fakes and `git http-backend`) and Redis;
+//! - each runner step's duration, from the stream ids of the job log lines;
+//! - CPU used by the runner processes (their reaped children included), this process
+//!   (intake, acknowledger, the fakes and `git http-backend`) and Redis, per job and
+//!   against the whole machine. The cores may be shared with work this benchmark cannot
+//!   see, so each phase first prints the machine's load over one idle second;
 //! - forge and git requests per job.
 //!
 //! Before measuring, each runner work dir gets its mirror with one job run by a runner
@@ -28,10 +31,11 @@
 //!
 //! Run it with `cargo bench --bench runner` (needs Redis at redis://127.0.0.1:6379 or
 //! `REPOBOX_TEST_REDIS_URL`, git and bwrap). `BENCH_WORKERS` (default 4) sets
-//! `--workers` of each runner. Runner processes are killed if the benchmark fails or is
-//! interrupted, and the Redis keys (`test:<ulid>:`) are deleted at the end. The program
-//! exits non-zero unless every job ended `no_changes` with its progress comment saying
-//! so and every runner stopped cleanly on SIGTERM.
+//! `--workers` of each runner; `BENCH_SANDBOX=none` shows what the sandbox costs.
+//! Runner processes are killed if the benchmark fails or is interrupted, and the Redis
+//! keys (`test:<ulid>:`) are deleted at the end. The program exits non-zero unless every
+//! job ended `no_changes` with its progress comment saying so and every runner stopped
+//! cleanly on SIGTERM.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -47,8 +51,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use redis::AsyncCommands;
-use redis::streams::StreamInfoConsumersReply;
 use repobox::job::{Job, JobId, JobStatus};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -71,6 +73,12 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 const WARM_UP_DEADLINE: Duration = Duration::from_secs(30);
 const DRAIN_DEADLINE: Duration = Duration::from_secs(90);
+/// Warnings, plus the runner loop's own lines: start and stop, and the rare per-job
+/// ones (a job deferred by admission, claimed from a dead runner, already final).
+const LOG_FILTER: &str = "warn,repobox::runner=info,repobox::runner::pipeline=warn";
+const STARTED: &str = "runner started";
+/// Lines every runner logs once; not worth showing.
+const LIFECYCLE: [&str; 3] = [STARTED, "runner stopping", "runner stopped"];
 /// A runner blocks up to 2 s in XREADGROUP before it sees SIGTERM.
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
 
@@ -79,6 +87,8 @@ struct Settings {
     jobs: usize,
     workers: usize,
     runners: Vec<usize>,
+    /// `--sandbox` of the runners: `bwrap`, or `none` to see what the sandbox costs.
+    sandbox: String,
 }
 
 impl Settings {
@@ -87,6 +97,7 @@ impl Settings {
         let settings = Settings {
             jobs: env_or("BENCH_JOBS", 200)?,
             workers: env_or("BENCH_WORKERS", 4)?,
+            sandbox: env_or("BENCH_SANDBOX", "bwrap".to_owned())?,
             runners: runners
                 .split(',')
                 .map(|n| n.trim().parse::<usize>())
@@ -224,12 +235,11 @@ struct Runners {
 }
 
 impl Runners {
-    /// Starts runners on work dirs `indexes` and waits until each has joined the
-    /// `runners` group on `jobs:stream`.
+    /// Starts runners on work dirs `indexes` and waits until each consumes `jobs:stream`.
     async fn start(
         world: &World,
+        settings: &Settings,
         indexes: std::ops::Range<usize>,
-        workers: usize,
         per_user_limit: usize,
     ) -> anyhow::Result<Runners> {
         let mut runners = Runners {
@@ -240,10 +250,11 @@ impl Runners {
                 .scratch
                 .path()
                 .join(format!("runner-{index}-{}.log", ulid::Ulid::new()));
-            let child = spawn_runner(world, &world.workdir(index), &log, workers, per_user_limit)?;
+            let workdir = world.workdir(index);
+            let child = spawn_runner(world, settings, &workdir, &log, per_user_limit)?;
             runners.processes.push(RunnerProcess { child, log });
         }
-        runners.wait_registered(world).await?;
+        runners.wait_started().await?;
         Ok(runners)
     }
 
@@ -251,34 +262,26 @@ impl Runners {
         self.processes.iter().map(|p| p.child.id()).collect()
     }
 
-    async fn wait_registered(&mut self, world: &World) -> anyhow::Result<()> {
-        let mut conn = world.app.conn().await;
-        let stream = format!("{}jobs:stream", world.app.prefix);
+    /// Waits until every runner has logged that it started consuming. (Redis 7.0 only
+    /// lists a consumer in XINFO CONSUMERS once it was delivered an entry, so the group
+    /// cannot tell.)
+    async fn wait_started(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
+            let mut started = 0;
             for p in &mut self.processes {
                 if let Some(status) = p.child.try_wait()? {
-                    bail!(
-                        "`repobox runner` exited ({status}):\n{}",
-                        log_text(&p.log)
-                    );
+                    bail!("`repobox runner` exited ({status}):\n{}", log_text(&p.log));
+                }
+                if log_text(&p.log).contains(STARTED) {
+                    started += 1;
                 }
             }
-            let reply: Option<StreamInfoConsumersReply> =
-                conn.xinfo_consumers(&stream, "runners").await.ok();
-            let names: Vec<String> = reply
-                .map(|r| r.consumers.into_iter().map(|c| c.name).collect())
-                .unwrap_or_default();
-            // Consumer names are `<host>-<pid>-<ulid>`.
-            let joined = self.pids().iter().all(|pid| {
-                let part = format!("-{pid}-");
-                names.iter().any(|n| n.contains(&part))
-            });
-            if joined {
+            if started == self.processes.len() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("runners not reading jobs:stream after {READY_DEADLINE:?}");
+                bail!("runners not started after {READY_DEADLINE:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -320,14 +323,14 @@ impl Runners {
         problems
     }
 
-    /// Warning and error lines the runners logged.
+    /// What the runners logged besides starting and stopping.
     fn log_lines(&self) -> Vec<String> {
         self.processes
             .iter()
             .flat_map(|p| {
                 log_text(&p.log)
                     .lines()
-                    .filter(|l| !l.trim().is_empty())
+                    .filter(|l| !l.trim().is_empty() && !LIFECYCLE.iter().any(|m| l.contains(m)))
                     .map(str::to_owned)
                     .collect::<Vec<_>>()
             })
@@ -348,9 +351,9 @@ impl Drop for Runners {
 
 fn spawn_runner(
     world: &World,
+    settings: &Settings,
     workdir: &Path,
     log: &Path,
-    workers: usize,
     per_user_limit: usize,
 ) -> anyhow::Result<Child> {
     let mut args: Vec<String> = vec![
@@ -363,9 +366,9 @@ fn spawn_runner(
         "--agent-command".into(),
         "true".into(),
         "--sandbox".into(),
-        "bwrap".into(),
+        settings.sandbox.clone(),
         "--workers".into(),
-        workers.to_string(),
+        settings.workers.to_string(),
         "--per-user-limit".into(),
         per_user_limit.to_string(),
         "--visibility-timeout".into(),
@@ -380,7 +383,7 @@ fn spawn_runner(
     Command::new(env!("CARGO_BIN_EXE_repobox"))
         .args(&args)
         .env("REPOBOX_REDIS_URL", common::redis_url())
-        .env("REPOBOX_LOG", "warn")
+        .env("REPOBOX_LOG", LOG_FILTER)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -441,8 +444,7 @@ struct CpuSnapshot {
     runners: Option<f64>,
     bench: Option<f64>,
     redis: Option<f64>,
-    /// Busy and total jiffies of the whole machine.
-    machine: Option<(u64, u64)>,
+    machine: Option<Machine>,
 }
 
 impl CpuSnapshot {
@@ -456,30 +458,46 @@ impl CpuSnapshot {
             runners,
             bench: process_cpu_seconds("self"),
             redis: redis_cpu_seconds(redis).await,
-            machine: machine_jiffies(),
+            machine: Machine::read(),
         }
     }
 
-    /// "runners 140%  bench 35%  redis-server 20%  machine 95% busy" (100% = one core).
-    fn usage_since(&self, before: &CpuSnapshot) -> String {
+    /// "runners 140% (28.0 ms/job)  bench 35% (…)  redis-server 20% (…)" (100% = one
+    /// core), then the machine.
+    fn usage_since(&self, before: &CpuSnapshot, jobs: usize) -> String {
         let wall = self.at.duration_since(before.at).as_secs_f64();
         let share = |after: Option<f64>, before: Option<f64>| match (after, before) {
-            (Some(a), Some(b)) => format!("{:.0}%", (a - b) / wall * 100.0),
-            _ => "n/a".to_owned(),
-        };
-        let machine = match (self.machine, before.machine) {
-            (Some((busy, total)), Some((busy0, total0))) if total > total0 => format!(
-                "{:.0}%",
-                (busy - busy0) as f64 / (total - total0) as f64 * 100.0
+            (Some(a), Some(b)) => format!(
+                "{:.0}% ({:.1} ms/job)",
+                (a - b) / wall * 100.0,
+                (a - b) / jobs as f64 * 1000.0
             ),
             _ => "n/a".to_owned(),
         };
+        let machine = match (self.machine, before.machine) {
+            (Some(after), Some(before)) => after.usage_since(&before),
+            _ => "n/a".to_owned(),
+        };
         format!(
-            "  cpu        runners {}  bench {}  redis-server {}  (100% = one core); machine {machine} busy",
+            "  cpu        runners {}  bench {}  redis-server {}  (100% = one core)\n  machine    {machine} (100% = all cores)",
             share(self.runners, before.runners),
             share(self.bench, before.bench),
             share(self.redis, before.redis),
         )
+    }
+}
+
+/// How busy the machine is for a second while nothing of ours runs: the cores may be
+/// shared with work this benchmark cannot see (other containers on the same VM).
+async fn background_load() -> String {
+    let before = Machine::read();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    match (Machine::read(), before) {
+        (Some(after), Some(before)) => format!(
+            "{} over 1 s before the phase, nothing of ours running",
+            after.usage_since(&before)
+        ),
+        _ => "n/a".to_owned(),
     }
 }
 
@@ -495,20 +513,53 @@ fn process_cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
-/// (busy, total) jiffies from the first line of /proc/stat.
-fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let values: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|v| v.parse().ok())
-        .collect::<Option<_>>()?;
-    let total: u64 = values.iter().sum();
-    let idle = values.get(3)? + values.get(4)?;
-    Some((total - idle, total))
+/// Jiffies of the whole machine, from the first line of /proc/stat.
+#[derive(Clone, Copy)]
+struct Machine {
+    user: u64,
+    system: u64,
+    /// Hard and soft interrupts.
+    irq: u64,
+    idle: u64,
+    total: u64,
+}
+
+impl Machine {
+    fn read() -> Option<Machine> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // user nice system idle iowait irq softirq steal
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|v| v.parse().ok())
+            .collect::<Option<_>>()?;
+        if v.len() < 8 {
+            return None;
+        }
+        Some(Machine {
+            user: v[0] + v[1],
+            system: v[2],
+            irq: v[5] + v[6],
+            idle: v[3] + v[4],
+            total: v.iter().sum(),
+        })
+    }
+
+    /// "97% busy: user 30%, system 60%, irq 7%" (shares of all cores).
+    fn usage_since(&self, before: &Machine) -> String {
+        let total = self.total.saturating_sub(before.total).max(1) as f64;
+        let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / total * 100.0;
+        format!(
+            "{:.0}% busy: user {:.0}%, system {:.0}%, irq {:.0}%",
+            100.0 - pct(self.idle, before.idle),
+            pct(self.user, before.user),
+            pct(self.system, before.system),
+            pct(self.irq, before.irq)
+        )
+    }
 }
 
 async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
@@ -518,8 +569,13 @@ async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> Opt
         .await
         .ok()?;
     let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+        info.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
@@ -590,7 +646,7 @@ fn spread(mut values: Vec<f64>) -> String {
 async fn warm_up(world: &World, settings: &Settings) -> anyhow::Result<()> {
     println!("== warm-up: one job per runner work dir (cold mirror) ==");
     for index in 0..settings.max_runners() {
-        let mut runners = Runners::start(world, index..index + 1, settings.workers, 10).await?;
+        let mut runners = Runners::start(world, settings, index..index + 1, 10).await?;
         let started = Instant::now();
         let ids = world.submit(1).await?;
         let jobs = wait_final(world, &ids, WARM_UP_DEADLINE).await?;
@@ -627,7 +683,9 @@ struct Phase {
 
 impl Phase {
     fn correct(&self) -> bool {
-        self.no_changes == self.jobs && self.comments_ok == self.jobs && self.stop_problems.is_empty()
+        self.no_changes == self.jobs
+            && self.comments_ok == self.jobs
+            && self.stop_problems.is_empty()
     }
 }
 
@@ -638,7 +696,8 @@ async fn measure(world: &World, settings: &Settings, count: usize) -> anyhow::Re
         if count == 1 { "" } else { "es" },
         settings.workers
     );
-    let mut runners = Runners::start(world, 0..count, settings.workers, m + 10).await?;
+    println!("  background {}", background_load().await);
+    let mut runners = Runners::start(world, settings, 0..count, m + 10).await?;
     let mut redis = world.app.conn().await;
     let marks = RequestMark::take(world).await;
     let before = CpuSnapshot::take(&runners.pids(), &mut redis).await;
@@ -695,9 +754,7 @@ async fn measure(world: &World, settings: &Settings, count: usize) -> anyhow::Re
     }
     let git_requests = world.git.requests().len() - marks.git;
 
-    println!(
-        "  submitted  {m} deliveries in {submitted_in:.2?} ({SUBMIT_CONCURRENCY} at a time)"
-    );
+    println!("  submitted  {m} deliveries in {submitted_in:.2?} ({SUBMIT_CONCURRENCY} at a time)");
     match wall {
         Some(w) => println!("  drained    last job final {w:.2} s after the first submission"),
         None => println!("  drained    no job finished"),
@@ -708,12 +765,30 @@ async fn measure(world: &World, settings: &Settings, count: usize) -> anyhow::Re
     println!("             dispatched → started {}", spread(queued));
     println!("             started → finished   {}", spread(run));
     let counts: Vec<String> = statuses.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("  outcomes   {} (expected no_changes {m})", counts.join("  "));
-    for job in jobs.iter().filter(|j| j.status != JobStatus::NoChanges).take(3) {
-        println!("    {} {}: {:?}", job.id, job.status.as_str(), job.error);
+    println!(
+        "  outcomes   {} (expected no_changes {m})",
+        counts.join("  ")
+    );
+    for job in jobs
+        .iter()
+        .filter(|j| j.status != JobStatus::NoChanges)
+        .take(3)
+    {
+        print_failed(world, job).await?;
     }
     println!("  comments   {comments_ok} of {m} progress comments end in \"No changes\"");
-    println!("{}", after.usage_since(&before));
+    println!("  steps      from the job logs (stream ids, 1 ms resolution)");
+    for (label, values) in step_times(world, &jobs).await? {
+        println!("    {label:<34} {}", spread(values));
+    }
+    let mut per_runner: BTreeMap<String, usize> = BTreeMap::new();
+    for job in &jobs {
+        let runner = world.app.job_field(&job.id.to_string(), "runner").await;
+        *per_runner.entry(runner.unwrap_or_default()).or_default() += 1;
+    }
+    let shares: Vec<String> = per_runner.values().map(usize::to_string).collect();
+    println!("  per runner {} jobs", shares.join(" / "));
+    println!("{}", after.usage_since(&before, m));
     let mut by_count: Vec<(String, usize)> = routes.into_iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     let github_total: usize = by_count.iter().map(|(_, n)| n).sum();
@@ -727,7 +802,7 @@ async fn measure(world: &World, settings: &Settings, count: usize) -> anyhow::Re
     }
     let lines = runners.log_lines();
     if !lines.is_empty() {
-        println!("  runner log {} lines (warn and above); the first:", lines.len());
+        println!("  runner log {} lines; the first:", lines.len());
         for line in lines.iter().take(5) {
             println!("    {line}");
         }
@@ -746,6 +821,66 @@ async fn measure(world: &World, settings: &Settings, count: usize) -> anyhow::Re
         p95: percentile(&sorted_total, 95.0),
         stop_problems,
     })
+}
+
+/// The runner's steps as its job log marks them, in order: a step lasts from its line
+/// to the next marked line. The last one ends at the line `Job <status>`.
+const STEPS: [(&str, &str); 6] = [
+    ("access, repository, token", "==> Runner "),
+    ("mirror fetch", "==> Fetching "),
+    ("config, branch name, work tree", "==> Fetched in "),
+    ("sandbox + agent", "==> Agent started"),
+    ("changed paths", "==> Agent finished"),
+    (
+        "clean up (work tree, scratch)",
+        "==> The agent changed nothing",
+    ),
+];
+const LAST_STEP_END: &str = "==> Job ";
+
+/// Durations (seconds) of each step over the `no_changes` jobs, the first entry being
+/// `started_at` to the job's first log line.
+async fn step_times(world: &World, jobs: &[Job]) -> anyhow::Result<Vec<(&'static str, Vec<f64>)>> {
+    let mut out: Vec<(&str, Vec<f64>)> = vec![("started_at → first log line", Vec::new())];
+    out.extend(STEPS.iter().map(|(label, _)| (*label, Vec::new())));
+    for job in jobs.iter().filter(|j| j.status == JobStatus::NoChanges) {
+        let lines = world.app.store.read_log(job.id, "0", 1_000, None).await?;
+        // Stream ids are `<milliseconds>-<sequence>`.
+        let at = |prefix: &str| {
+            lines
+                .iter()
+                .find(|l| l.line.starts_with(prefix))
+                .and_then(|l| l.id.split('-').next()?.parse::<i64>().ok())
+        };
+        let mut marks: Vec<Option<i64>> = STEPS.iter().map(|(_, prefix)| at(prefix)).collect();
+        marks.push(at(LAST_STEP_END));
+        if let (Some(started), Some(first)) = (job.started_at, marks[0]) {
+            let started_ms = (started.unix_timestamp_nanos() / 1_000_000) as i64;
+            out[0].1.push((first - started_ms) as f64 / 1000.0);
+        }
+        for (i, pair) in marks.windows(2).enumerate() {
+            if let [Some(from), Some(to)] = pair {
+                out[i + 1].1.push((to - from) as f64 / 1000.0);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A job that did not end `no_changes`: its error and the end of its log.
+async fn print_failed(world: &World, job: &Job) -> anyhow::Result<()> {
+    println!(
+        "    {} {} after {} attempt(s): {}",
+        job.id,
+        job.status.as_str(),
+        job.attempts,
+        job.error.as_deref().unwrap_or("no error recorded")
+    );
+    let lines = world.app.store.read_log(job.id, "0", 1_000, None).await?;
+    for line in lines.iter().rev().take(6).rev() {
+        println!("      | {}", line.line);
+    }
+    Ok(())
 }
 
 /// How many jobs' progress comments were last edited to the "No changes" state.
@@ -770,14 +905,17 @@ fn print_machine(settings: &Settings) {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     println!("machine: {cores} cores ({model})");
     println!(
-        "parameters: {} jobs per phase, runner processes {:?}, --workers {} each, agent `true` in bwrap, visibility timeout {VISIBILITY_TIMEOUT}, one requester on distinct issues, per-user limit above the job count",
-        settings.jobs, settings.runners, settings.workers
+        "parameters: {} jobs per phase, runner processes {:?}, --workers {} each, agent `true` with --sandbox {}, visibility timeout {VISIBILITY_TIMEOUT}, one requester on distinct issues, per-user limit above the job count",
+        settings.jobs, settings.runners, settings.workers, settings.sandbox
     );
 }
 
