@@ -1,13 +1,17 @@
 //! How fast a job's work tree is ready, against `git clone` of the same repository:
 //! cold (empty work dir: mirror fetch + work tree), warm (mirror present: no-op fetch +
-//! work tree) and the CLI clone, over real smart HTTP. Prints medians and ratios.
+//! a parked work tree reset to the base, the tree parked between runs as the runner
+//! does), warm without the pool (no-op fetch + fresh checkout) and the CLI clone, over
+//! real smart HTTP. Prints medians and ratios.
 //!
-//! `cargo bench --bench worktree` (env `BENCH_RUNS` changes the number of runs).
+//! `cargo bench --bench worktree` (env `BENCH_RUNS` changes the number of runs; the work
+//! dirs go to `TMPDIR`, e.g. `TMPDIR=/dev/shm` for tmpfs).
 
 #[path = "../tests/common/git_server.rs"]
 mod git_server;
 
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,12 +69,51 @@ fn main() {
     mirrors
         .fetch("github/bench/big", &url, &creds, &[])
         .expect("prime mirror");
+    // Each run is one job: its tree comes from the pool (after the first), the job
+    // changes and commits a few files, and `remove` parks the tree again.
+    let mut job = 0;
+    let mut reused = 0;
+    let mut last_inode = None;
+    let mut take_only = Vec::new();
     let warm = measure(runs + 2, || {
+        job += 1;
         let t = Instant::now();
         let mirror = mirrors
             .fetch("github/bench/big", &url, &creds, &[])
             .expect("warm fetch");
-        let tree = mirror.add_worktree("job", &sha).expect("work tree");
+        let fetched = t.elapsed();
+        let tree = mirror
+            .add_worktree(&format!("job-{job}"), &sha)
+            .expect("work tree");
+        let elapsed = t.elapsed();
+        take_only.push(elapsed - fetched);
+        if std::fs::metadata(tree.path().join("job-marker")).is_ok() {
+            unreachable!("a leftover of the previous job");
+        }
+        // The same directory inode as the previous job's tree: it came from the pool.
+        let inode = std::fs::metadata(tree.path()).expect("tree").ino();
+        reused += usize::from(last_inode == Some(inode));
+        last_inode = Some(inode);
+        run_job(tree.path(), job);
+        tree.commit_all("bench", "bench@example.com", "Job changes")
+            .expect("commit")
+            .expect("a commit");
+        tree.remove().expect("park tree");
+        elapsed
+    });
+    take_only.sort();
+    let warm_tree_only = take_only[take_only.len() / 2];
+
+    let no_pool = Mirrors::new(workdir.path()).parked_trees(0);
+    let warm_fresh = measure(runs, || {
+        job += 1;
+        let t = Instant::now();
+        let mirror = no_pool
+            .fetch("github/bench/big", &url, &creds, &[])
+            .expect("warm fetch");
+        let tree = mirror
+            .add_worktree(&format!("job-{job}"), &sha)
+            .expect("work tree");
         let elapsed = t.elapsed();
         tree.remove().expect("remove tree");
         elapsed
@@ -91,22 +134,39 @@ fn main() {
     });
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("runs: {runs} (median shown)");
+    let tmp = std::env::temp_dir();
+    println!("work dirs in {} (TMPDIR)", tmp.display());
     println!(
-        "cold  (fetch into empty mirror + work tree): {:8.1} ms",
+        "runs: {runs} (median shown); warm runs that reused a parked tree: {reused} of {}",
+        runs + 2
+    );
+    println!(
+        "cold  (fetch into empty mirror + work tree):   {:8.1} ms",
         ms(cold)
     );
     println!(
-        "warm  (no-op fetch + work tree):             {:8.1} ms",
+        "warm  (no-op fetch + parked tree reset):       {:8.1} ms",
         ms(warm)
     );
     println!(
-        "      of which no-op fetch:                  {:8.1} ms",
+        "      of which no-op fetch (alone):            {:8.1} ms",
         ms(warm_fetch_only)
     );
     println!(
-        "clone (git clone, CLI):                      {:8.1} ms",
+        "      of which add_worktree:                   {:8.1} ms",
+        ms(warm_tree_only)
+    );
+    println!(
+        "warm without pool (no-op fetch + checkout):    {:8.1} ms",
+        ms(warm_fresh)
+    );
+    println!(
+        "clone (git clone, CLI):                        {:8.1} ms",
         ms(clone)
+    );
+    println!(
+        "clone/warm without pool = {:.1}x",
+        ms(clone) / ms(warm_fresh)
     );
     let clone_over_warm = ms(clone) / ms(warm);
     let cold_over_clone = ms(cold) / ms(clone);
@@ -119,6 +179,19 @@ fn main() {
         verdict(cold_over_clone <= 1.5)
     );
     drop(server);
+}
+
+/// What a job does to its tree: changes a tracked file, adds one, leaves a build
+/// directory behind.
+fn run_job(tree: &Path, job: usize) {
+    let readme = tree.join("README.md");
+    let mut text = std::fs::read_to_string(&readme).expect("read README");
+    text.push_str(&format!("job {job}\n"));
+    std::fs::write(&readme, text).expect("write README");
+    std::fs::write(tree.join("job-marker"), format!("{job}\n")).expect("add file");
+    let build = tree.join("build/out");
+    std::fs::create_dir_all(&build).expect("build dir");
+    std::fs::write(build.join("artifact.o"), b"\0\x01").expect("artifact");
 }
 
 fn verdict(ok: bool) -> &'static str {

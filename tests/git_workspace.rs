@@ -337,6 +337,25 @@ fn work_tree_edit_commit_keeps_trailers_and_counts_lines() {
 }
 
 #[test]
+fn a_nested_repository_is_left_out_of_the_commit() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    let tree = mirror.add_worktree("job-nested", &fx.main_sha).unwrap();
+    let nested = tree.path().join("vendor/lib");
+    std::fs::create_dir_all(&nested).unwrap();
+    git(&nested, &["init", "--quiet"]);
+    std::fs::write(nested.join("x.txt"), "x\n").unwrap();
+    write(&tree, "kept.txt", "kept\n");
+
+    let info = tree
+        .commit_all("a", "a@example.com", "with a nested repo")
+        .unwrap()
+        .expect("the other change is committed");
+    let paths: Vec<&str> = info.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, vec!["kept.txt"]);
+}
+
+#[test]
 fn commit_without_changes_returns_none() {
     let fx = Fixture::new();
     let mirror = fx.fetch(&[]);
@@ -680,4 +699,591 @@ fn gitattributes_eol_conversion_is_applied_on_checkout() {
         ],
     );
     assert_eq!(blob, "echo hello\nexit", "stored with LF");
+}
+
+// --- Parked work trees --------------------------------------------------------------
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+/// Everything in a tree but its `.git` file, as `path -> (kind, mode, content or link
+/// target)`; never follows a symlink.
+fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".git" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.mode() & 0o7777;
+            let kind = meta.file_type();
+            let item = if kind.is_dir() {
+                stack.push(path.clone());
+                ('d', mode, Vec::new())
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                ('l', 0, target.into_os_string().into_encoded_bytes())
+            } else if kind.is_file() {
+                assert_eq!(meta.nlink(), 1, "{rel} has other links");
+                ('f', mode, std::fs::read(&path).unwrap())
+            } else {
+                ('?', mode, Vec::new())
+            };
+            out.insert(rel, item);
+        }
+    }
+    out
+}
+
+/// Which directory this is: inode and birth time (an inode number alone may be reused
+/// by a fresh tree made right after the old one was deleted).
+fn ino(path: &Path) -> (u64, Option<std::time::SystemTime>) {
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.ino(), meta.created().ok())
+}
+
+fn parked_count(mirror: &Mirror) -> usize {
+    std::fs::read_dir(mirror.path().with_extension("parked"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A fresh checkout of `sha` (pool off) to compare a reused tree with.
+fn fresh_snapshot(fx: &Fixture, sha: &str) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    let mirror = fx
+        .mirrors()
+        .parked_trees(0)
+        .fetch(KEY, &fx.url(), &creds(TOKEN), &[])
+        .unwrap();
+    let tree = mirror.add_worktree("fresh-reference", sha).unwrap();
+    let snap = snapshot(tree.path());
+    tree.remove().unwrap();
+    snap
+}
+
+/// What the git CLI sees in a tree: must be nothing at all, ignored files included.
+fn assert_git_clean(tree: &WorkTree) {
+    let status = git(
+        tree.path(),
+        &[
+            "status",
+            "--porcelain",
+            "--ignored",
+            "--untracked-files=all",
+        ],
+    );
+    assert_eq!(status, "", "git status in the reused tree");
+    assert_eq!(tree.changed_paths().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn removed_tree_is_reused_by_the_next_job_without_leftovers() {
+    let fx = Fixture::new();
+    let second = push_commit(fx.root(), REPO, "main", &[("second.txt", "2\n")], "second");
+    let mirror = fx.fetch(&[]);
+    let job_a = mirror.add_worktree("job-a", &fx.main_sha).unwrap();
+    let root_ino = ino(job_a.path());
+    let p = job_a.path().to_path_buf();
+    // What an agent may leave: edits, deletions, additions, ignored output, a nested
+    // repository, odd modes, a symlink, a FIFO, unreadable and read-only directories.
+    write(&job_a, "README.md", "rewritten\n");
+    std::fs::remove_file(p.join("obsolete.txt")).unwrap();
+    write(&job_a, "src/new.rs", "// new\n");
+    write(&job_a, "build.log", "ignored\n");
+    write(&job_a, "target/debug/out", "ignored\n");
+    write(&job_a, "target/dep/.git/config", "[core]\n");
+    write(&job_a, "target/dep/code.rs", "nested repo\n");
+    chmod(&p.join("src/lib.rs"), 0o755);
+    chmod(&p.join("docs/old-name.md"), 0o4777);
+    std::os::unix::fs::symlink("README.md", p.join("link")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(p.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    write(&job_a, "ro/inner/file", "read-only dir\n");
+    chmod(&p.join("ro/inner"), 0o555);
+    chmod(&p.join("ro"), 0o555);
+    write(&job_a, "locked/secret", "unreadable dir\n");
+    chmod(&p.join("locked"), 0o000);
+    chmod(&p.join("docs"), 0o700);
+    job_a
+        .commit_all("bot", "bot@example.com", "Job A")
+        .unwrap()
+        .unwrap();
+
+    job_a.remove().unwrap();
+
+    assert!(!p.exists(), "the job's path is gone");
+    assert_eq!(parked_count(&mirror), 1, "the tree is parked");
+    let branches = git(
+        fx.root(),
+        &[
+            "--git-dir",
+            &mirror.path().to_string_lossy(),
+            "branch",
+            "--list",
+        ],
+    );
+    assert!(!branches.contains("job-a"), "{branches}");
+
+    let job_b = mirror.add_worktree("job-b", &second).unwrap();
+
+    assert_eq!(job_b.path(), fx.workdir.path().join("trees/job-b"));
+    assert_eq!(ino(job_b.path()), root_ino, "the parked tree was reused");
+    assert_eq!(parked_count(&mirror), 0);
+    assert_eq!(job_b.branch(), "repobox-job/job-b");
+    assert_eq!(
+        job_b.git_dir(),
+        mirror.path().join("worktrees").join("job-b")
+    );
+    let dot_git = std::fs::read_to_string(job_b.path().join(".git")).unwrap();
+    assert_eq!(
+        dot_git.trim_end(),
+        format!("gitdir: {}", job_b.git_dir().display())
+    );
+    let head = git(
+        fx.root(),
+        &[
+            "--git-dir",
+            &mirror.path().to_string_lossy(),
+            "rev-parse",
+            "repobox-job/job-b",
+        ],
+    );
+    assert_eq!(head, second);
+    assert_git_clean(&job_b);
+    assert_eq!(snapshot(job_b.path()), fresh_snapshot(&fx, &second));
+    // The mirror's worktree list names the new job only, and nothing needs pruning.
+    let list = git(
+        fx.root(),
+        &[
+            "--git-dir",
+            &mirror.path().to_string_lossy(),
+            "worktree",
+            "list",
+            "--porcelain",
+        ],
+    );
+    assert!(list.contains("trees/job-b"), "{list}");
+    assert!(!list.contains("job-a"), "{list}");
+    let prune = git(
+        fx.root(),
+        &[
+            "--git-dir",
+            &mirror.path().to_string_lossy(),
+            "worktree",
+            "prune",
+            "--dry-run",
+            "--verbose",
+        ],
+    );
+    assert_eq!(prune, "");
+    // The reused tree works like a fresh one.
+    write(&job_b, "b.txt", "b\n");
+    let info = job_b
+        .commit_all("bot", "bot@example.com", "Job B")
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.files.len(), 1);
+    assert_eq!(job_b.changed_paths().unwrap(), vec!["b.txt".to_owned()]);
+}
+
+#[test]
+fn symlinks_planted_by_a_job_never_lead_the_cleanup_outside() {
+    let fx = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path();
+    std::fs::create_dir_all(o.join("sub")).unwrap();
+    std::fs::write(o.join("keep.txt"), "outside\n").unwrap();
+    std::fs::write(o.join("sub/deep.txt"), "outside too\n").unwrap();
+    std::fs::write(o.join("lib.rs"), "not the repo's\n").unwrap();
+    let before = snapshot(o);
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-links", &fx.main_sha).unwrap();
+    let root_ino = ino(job.path());
+    let p = job.path().to_path_buf();
+    // A tracked directory replaced by a symlink to the outside, plus untracked and
+    // ignored symlinks to it and a tracked file turned into one.
+    std::fs::remove_dir_all(p.join("src")).unwrap();
+    std::os::unix::fs::symlink(o, p.join("src")).unwrap();
+    std::os::unix::fs::symlink(o, p.join("escape")).unwrap();
+    std::os::unix::fs::symlink(o.join("keep.txt"), p.join("x.log")).unwrap();
+    std::fs::create_dir_all(p.join("target")).unwrap();
+    std::os::unix::fs::symlink(o.join("sub"), p.join("target/sub")).unwrap();
+    std::fs::remove_file(p.join("README.md")).unwrap();
+    std::os::unix::fs::symlink(o.join("keep.txt"), p.join("README.md")).unwrap();
+    job.remove().unwrap();
+    assert_eq!(parked_count(&mirror), 1);
+
+    let next = mirror
+        .add_worktree("job-after-links", &fx.main_sha)
+        .unwrap();
+    assert_eq!(ino(next.path()), root_ino, "reused");
+
+    assert_eq!(snapshot(o), before, "nothing outside the tree changed");
+    assert_git_clean(&next);
+    assert_eq!(snapshot(next.path()), fresh_snapshot(&fx, &fx.main_sha));
+    assert!(
+        std::fs::symlink_metadata(next.path().join("src"))
+            .unwrap()
+            .is_dir()
+    );
+    next.remove().unwrap();
+    // Deleting (not parking) a tree with such symlinks stays inside too.
+    let deleted = fx
+        .mirrors()
+        .parked_trees(0)
+        .fetch(KEY, &fx.url(), &creds(TOKEN), &[])
+        .unwrap()
+        .add_worktree("job-delete", &fx.main_sha)
+        .unwrap();
+    std::os::unix::fs::symlink(o, deleted.path().join("escape")).unwrap();
+    let path = deleted.path().to_path_buf();
+    deleted.remove().unwrap();
+    assert!(!path.exists());
+    assert_eq!(snapshot(o), before);
+}
+
+#[test]
+fn unreadable_directories_are_scrubbed() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-000", &fx.main_sha).unwrap();
+    let root_ino = ino(job.path());
+    let p = job.path().to_path_buf();
+    write(&job, "locked/a/b.txt", "hidden\n");
+    chmod(&p.join("locked/a"), 0o000);
+    chmod(&p.join("locked"), 0o000);
+    chmod(&p.join("docs"), 0o000);
+    chmod(&p.join("src"), 0o500);
+    job.remove().unwrap();
+    assert_eq!(parked_count(&mirror), 1);
+
+    let next = mirror.add_worktree("job-000-next", &fx.main_sha).unwrap();
+    assert_eq!(ino(next.path()), root_ino, "reused");
+
+    assert!(!next.path().join("locked").exists());
+    assert_git_clean(&next);
+    assert_eq!(snapshot(next.path()), fresh_snapshot(&fx, &fx.main_sha));
+}
+
+#[test]
+fn hard_links_do_not_connect_the_next_job_to_the_outside() {
+    let fx = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let shared = outside.path().join("shared.md");
+    std::fs::write(&shared, "# Hello\n\nline two\nline three\n").unwrap();
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-links", &fx.main_sha).unwrap();
+    let root_ino = ino(job.path());
+    let p = job.path().to_path_buf();
+    // In: a tracked file replaced by a link to an outside file with the same content.
+    std::fs::remove_file(p.join("README.md")).unwrap();
+    std::fs::hard_link(&shared, p.join("README.md")).unwrap();
+    // Out: a link kept outside to a tracked file, to read what the next job writes.
+    let peek = outside.path().join("peek.rs");
+    std::fs::hard_link(p.join("src/lib.rs"), &peek).unwrap();
+    job.remove().unwrap();
+
+    let next = mirror.add_worktree("job-next", &fx.main_sha).unwrap();
+    assert_eq!(ino(next.path()), root_ino, "reused");
+    assert_git_clean(&next);
+    std::fs::write(next.path().join("README.md"), "secret of the next job\n").unwrap();
+    std::fs::write(next.path().join("src/lib.rs"), "secret of the next job\n").unwrap();
+
+    assert_eq!(
+        std::fs::read_to_string(&shared).unwrap(),
+        "# Hello\n\nline two\nline three\n"
+    );
+    assert!(!std::fs::read_to_string(&peek).unwrap().contains("next job"));
+    assert_eq!(
+        std::fs::metadata(next.path().join("README.md"))
+            .unwrap()
+            .nlink(),
+        1
+    );
+}
+
+#[test]
+fn pool_keeps_at_most_the_configured_number_of_trees() {
+    let fx = Fixture::new();
+    let mirror = fx
+        .mirrors()
+        .parked_trees(2)
+        .fetch(KEY, &fx.url(), &creds(TOKEN), &[])
+        .unwrap();
+    let trees: Vec<WorkTree> = (1..=3)
+        .map(|i| {
+            mirror
+                .add_worktree(&format!("job-{i}"), &fx.main_sha)
+                .unwrap()
+        })
+        .collect();
+    let inodes: Vec<_> = trees.iter().map(|t| ino(t.path())).collect();
+    for tree in trees {
+        tree.remove().unwrap();
+    }
+
+    assert_eq!(parked_count(&mirror), 2, "two parked, the third deleted");
+    assert_eq!(
+        std::fs::read_dir(fx.workdir.path().join("trees"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mut metadata: Vec<String> = std::fs::read_dir(mirror.path().join("worktrees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    metadata.sort();
+    assert_eq!(metadata, vec![".parked-0", ".parked-1"]);
+
+    let again: Vec<WorkTree> = (4..=6)
+        .map(|i| {
+            mirror
+                .add_worktree(&format!("job-{i}"), &fx.main_sha)
+                .unwrap()
+        })
+        .collect();
+    let reused = again
+        .iter()
+        .filter(|t| inodes.contains(&ino(t.path())))
+        .count();
+    assert_eq!(reused, 2, "two from the pool, one fresh");
+    for tree in &again {
+        assert_git_clean(tree);
+    }
+    assert_eq!(parked_count(&mirror), 0);
+
+    // With the pool off, `remove` deletes.
+    let off = fx
+        .mirrors()
+        .parked_trees(0)
+        .fetch(KEY, &fx.url(), &creds(TOKEN), &[])
+        .unwrap();
+    for tree in again {
+        drop(tree); // Drop deletes rather than parks
+    }
+    assert_eq!(parked_count(&mirror), 0);
+    let tree = off.add_worktree("job-off", &fx.main_sha).unwrap();
+    tree.remove().unwrap();
+    assert_eq!(parked_count(&off), 0);
+}
+
+#[test]
+fn tree_that_cannot_be_scrubbed_is_deleted_not_parked() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    let deep = mirror.add_worktree("job-deep", &fx.main_sha).unwrap();
+    let nested: PathBuf = std::iter::repeat_n("d", 300).collect();
+    write(&deep, &nested.join("f").to_string_lossy(), "deep\n");
+    let path = deep.path().to_path_buf();
+    deep.remove().unwrap();
+    assert!(!path.exists());
+    assert_eq!(parked_count(&mirror), 0, "too deep to reuse");
+
+    // An immutable file (needs CAP_LINUX_IMMUTABLE and a file system with flags).
+    let job = mirror.add_worktree("job-immutable", &fx.main_sha).unwrap();
+    let stuck = job.path().join("stuck.txt");
+    std::fs::write(&stuck, "cannot delete me\n").unwrap();
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if chattr("+i") {
+        let path = job.path().to_path_buf();
+        assert!(job.remove().is_err(), "cannot be deleted either");
+        assert_eq!(parked_count(&mirror), 0, "not parked");
+        let next = mirror.add_worktree("job-other", &fx.main_sha).unwrap();
+        assert_ne!(next.path(), path);
+        assert_git_clean(&next);
+        assert!(chattr("-i"));
+        let again = mirror.add_worktree("job-immutable", &fx.main_sha).unwrap();
+        assert!(
+            !again.path().join("stuck.txt").exists(),
+            "leftover replaced"
+        );
+    }
+}
+
+#[test]
+fn tampered_git_pointer_does_not_redirect_git() {
+    let fx = Fixture::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    git(elsewhere.path(), &["init", "--quiet"]);
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-ptr", &fx.main_sha).unwrap();
+    let root_ino = ino(job.path());
+    let fake = format!("gitdir: {}\n", elsewhere.path().join(".git").display());
+    std::fs::write(job.path().join(".git"), fake).unwrap();
+    write(&job, "change.txt", "c\n");
+
+    let info = job
+        .commit_all("bot", "bot@example.com", "Change")
+        .unwrap()
+        .unwrap();
+
+    let on_branch = git(
+        fx.root(),
+        &[
+            "--git-dir",
+            &mirror.path().to_string_lossy(),
+            "rev-parse",
+            "repobox-job/job-ptr",
+        ],
+    );
+    assert_eq!(
+        on_branch, info.sha,
+        "committed in the mirror, not elsewhere"
+    );
+    job.remove().unwrap();
+    let next = mirror.add_worktree("job-ptr-next", &fx.main_sha).unwrap();
+    assert_eq!(ino(next.path()), root_ino, "reused");
+    let dot_git = std::fs::read_to_string(next.path().join(".git")).unwrap();
+    assert_eq!(
+        dot_git.trim_end(),
+        format!("gitdir: {}", next.git_dir().display())
+    );
+    assert_git_clean(&next);
+}
+
+#[test]
+fn parked_tree_changed_while_parked_is_replaced_by_a_fresh_one() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-1", &fx.main_sha).unwrap();
+    let old_ino = ino(job.path());
+    job.remove().unwrap();
+    // A process of the last job that outlived it writes into the parked tree.
+    let slot = mirror.path().with_extension("parked").join("0");
+    let original = std::fs::read_to_string(slot.join("src/lib.rs")).unwrap();
+    std::fs::write(slot.join("src/lib.rs"), "pub fn evil() {}\n").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+
+    let next = mirror.add_worktree("job-2", &fx.main_sha).unwrap();
+
+    assert_ne!(ino(next.path()), old_ino, "a fresh tree instead");
+    assert_eq!(
+        std::fs::read_to_string(next.path().join("src/lib.rs")).unwrap(),
+        original
+    );
+    assert_git_clean(&next);
+    assert_eq!(snapshot(next.path()), fresh_snapshot(&fx, &fx.main_sha));
+    assert_eq!(parked_count(&mirror), 0);
+    let metadata: Vec<String> = std::fs::read_dir(mirror.path().join("worktrees"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(metadata, vec!["job-2"], "no stale worktree entries");
+}
+
+#[test]
+fn concurrent_jobs_share_one_parked_tree_safely() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    mirror
+        .add_worktree("job-0", &fx.main_sha)
+        .unwrap()
+        .remove()
+        .unwrap();
+    let trees: Vec<WorkTree> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=3)
+            .map(|i| {
+                let mirror = mirror.clone();
+                let sha = fx.main_sha.clone();
+                s.spawn(move || mirror.add_worktree(&format!("job-{i}"), &sha).unwrap())
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for tree in &trees {
+        assert_git_clean(tree);
+        assert!(tree.path().join("README.md").is_file());
+    }
+    assert_eq!(parked_count(&mirror), 0);
+}
+
+#[test]
+fn reused_tree_moves_between_commits_of_any_shape() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+    // Job X makes a commit that turns a directory into a file and adds an executable
+    // and a symlink; its tree is parked at that commit.
+    let x = mirror.add_worktree("job-x", &fx.main_sha).unwrap();
+    let root_ino = ino(x.path());
+    std::fs::remove_dir_all(x.path().join("docs")).unwrap();
+    write(&x, "docs", "now a file\n");
+    write(&x, "tool.sh", "#!/bin/sh\n");
+    chmod(&x.path().join("tool.sh"), 0o755);
+    std::os::unix::fs::symlink("README.md", x.path().join("latest")).unwrap();
+    let sha_x = x
+        .commit_all("bot", "bot@example.com", "Shapes")
+        .unwrap()
+        .unwrap()
+        .sha;
+    x.remove().unwrap();
+
+    let y = mirror.add_worktree("job-y", &fx.main_sha).unwrap();
+    assert_eq!(ino(y.path()), root_ino, "reused");
+    assert_git_clean(&y);
+    assert_eq!(snapshot(y.path()), fresh_snapshot(&fx, &fx.main_sha));
+    y.remove().unwrap();
+
+    let z = mirror.add_worktree("job-z", &sha_x).unwrap();
+    assert_eq!(ino(z.path()), root_ino, "reused");
+    assert_git_clean(&z);
+    assert_eq!(snapshot(z.path()), fresh_snapshot(&fx, &sha_x));
+    let tool = std::fs::metadata(z.path().join("tool.sh")).unwrap();
+    assert_eq!(tool.mode() & 0o111, 0o111, "executable again");
+}
+
+#[test]
+fn reused_tree_applies_gitattributes() {
+    let fx = Fixture::new();
+    let sha = push_commit(
+        fx.root(),
+        REPO,
+        "main",
+        &[
+            (".gitattributes", "*.bat text eol=crlf\n"),
+            ("run.bat", "echo hi\nexit\n"),
+        ],
+        "windows script",
+    );
+    let newer = push_commit(
+        fx.root(),
+        REPO,
+        "main",
+        &[("run.bat", "echo newer\nexit\n")],
+        "newer script",
+    );
+    let mirror = fx.fetch(&[]);
+    let job = mirror.add_worktree("job-eol-1", &sha).unwrap();
+    let root_ino = ino(job.path());
+    write(&job, "run.bat", "echo changed\r\n");
+    job.remove().unwrap();
+
+    let next = mirror.add_worktree("job-eol-2", &newer).unwrap();
+
+    assert_eq!(ino(next.path()), root_ino, "reused");
+    let checked_out = std::fs::read(next.path().join("run.bat")).unwrap();
+    assert_eq!(checked_out, b"echo newer\r\nexit\r\n");
+    assert_git_clean(&next);
 }

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository};
 
+use super::pool::{DEFAULT_PARKED_TREES, Pool};
 use super::transport::{self, AuthAttempts};
-use super::worktree::{self, WorkTree};
+use super::worktree::{self, Layout, WorkTree};
 use super::{Credentials, GitError};
 
 /// Where remote branches land in a mirror.
@@ -21,13 +22,24 @@ const EXTRA_PREFIX: &str = "refs/remotes/extra/";
 #[derive(Debug, Clone)]
 pub struct Mirrors {
     workdir: PathBuf,
+    parked_trees: usize,
 }
 
 impl Mirrors {
+    /// Mirrors under `workdir`, keeping up to [`DEFAULT_PARKED_TREES`] parked work trees
+    /// per mirror.
     pub fn new(workdir: impl Into<PathBuf>) -> Self {
         Self {
             workdir: workdir.into(),
+            parked_trees: DEFAULT_PARKED_TREES,
         }
+    }
+
+    /// How many used work trees each mirror keeps for reuse (`0`: every tree is
+    /// deleted when its job ends).
+    pub fn parked_trees(mut self, limit: usize) -> Self {
+        self.parked_trees = limit;
+        self
     }
 
     /// Makes sure the bare mirror for `key` (a stable id such as
@@ -53,6 +65,7 @@ impl Mirrors {
             path,
             lock_path,
             workdir: self.workdir.clone(),
+            parked_trees: self.parked_trees,
         })
     }
 }
@@ -63,6 +76,7 @@ pub struct Mirror {
     path: PathBuf,
     lock_path: PathBuf,
     workdir: PathBuf,
+    parked_trees: usize,
 }
 
 impl Mirror {
@@ -77,13 +91,20 @@ impl Mirror {
         self.resolve(&extra_destination(refname))
     }
 
-    /// Creates a fresh linked work tree at `<workdir>/trees/<job_id>` on the new branch
+    /// Creates a work tree at `<workdir>/trees/<job_id>` on the new branch
     /// `repobox-job/<job_id>` starting at `base_sha`, checked out; replaces a leftover
-    /// tree of the same job (a runner that crashed).
+    /// tree of the same job (a runner that crashed). Reuses a parked tree of this mirror
+    /// when there is one: after its reset it shows no difference from the base, not even
+    /// an ignored file, or it is deleted and a fresh checkout made instead.
     pub fn add_worktree(&self, job_id: &str, base_sha: &str) -> Result<WorkTree, GitError> {
-        let _lock = lock_exclusive(&self.lock_path)?;
+        let lock = lock_exclusive(&self.lock_path)?;
         let repo = self.open()?;
-        worktree::add(&repo, &self.workdir.join("trees"), job_id, base_sha)
+        let layout = Layout {
+            trees: self.workdir.join("trees"),
+            pool: Pool::new(&self.path, self.parked_trees),
+            lock_path: self.lock_path.clone(),
+        };
+        worktree::add(&repo, &layout, job_id, base_sha, lock)
     }
 
     /// The text of `path` in commit `sha` (`None` when the file is absent, is not a
@@ -212,7 +233,7 @@ fn configure(repo: &Repository) -> Result<(), GitError> {
 }
 
 /// Takes an exclusive lock on `path` (created if needed); released when the file drops.
-fn lock_exclusive(path: &Path) -> Result<File, GitError> {
+pub(super) fn lock_exclusive(path: &Path) -> Result<File, GitError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| GitError::other(&format!("create {}", parent.display()), e))?;

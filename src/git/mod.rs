@@ -5,16 +5,23 @@
 //! Why mirrors and work trees instead of a clone per job: a warm mirror only needs the
 //! new objects, and a work tree shares the mirror's object store, so preparing a job
 //! costs a ref negotiation and a checkout instead of a full transfer.
+//! A finished job's tree is scrubbed and parked (a few per mirror) so the next job on
+//! the repository gets it after writing only the files that differ between the two
+//! commits; a tree that is not provably identical to a fresh checkout is deleted
+//! instead (see `pool` and `scrub`).
 //!
 //! Every function blocks (callers wrap them in `tokio::task::spawn_blocking`). Tokens
 //! travel only through libgit2's credential callback: they are never part of a URL, a
 //! config entry, `FETCH_HEAD`, a reflog or an error text.
 
 mod mirror;
+mod pool;
+mod scrub;
 mod transport;
 mod worktree;
 
 pub use mirror::{Mirror, Mirrors};
+pub use pool::DEFAULT_PARKED_TREES;
 pub use worktree::{CommitInfo, FileChange, WorkTree};
 
 use crate::secret::Secret;

@@ -319,16 +319,6 @@ impl Runner {
             .join("scratch")
             .join(job.id.to_string());
         let _ = tokio::fs::remove_dir_all(scratch).await;
-        self.store
-            .set_job_fields(
-                job.id,
-                &[
-                    ("status", JobStatus::Failed.as_str().to_owned()),
-                    ("error", error.to_owned()),
-                    ("finished_at", rfc3339(time::OffsetDateTime::now_utc())),
-                ],
-            )
-            .await?;
         if let (Some(forge), Some(comment)) =
             (self.forges.get(job.repo.forge), job.progress_comment_id)
         {
@@ -349,6 +339,17 @@ impl Runner {
                 warn!(error = %e, "could not post the failure");
             }
         }
+        // Last, as in the pipeline: the final comment is out once the status says so.
+        self.store
+            .set_job_fields(
+                job.id,
+                &[
+                    ("status", JobStatus::Failed.as_str().to_owned()),
+                    ("error", error.to_owned()),
+                    ("finished_at", rfc3339(time::OffsetDateTime::now_utc())),
+                ],
+            )
+            .await?;
         Ok(())
     }
 }

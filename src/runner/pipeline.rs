@@ -188,15 +188,11 @@ impl Pipeline {
         };
         drop(watchers);
         self.clean_up(&log).await;
-        let handed_back = match outcome {
+        // The record changes last: whoever sees the new status (a test, `jobs show`, the
+        // dashboard) also finds the final comment written and the whole log stored.
+        match outcome {
             Outcome::HandBack => {
                 log.step("Runner shutting down: job handed back to the queue");
-                if let Err(e) = store
-                    .set_job_fields(self.job.id, &[("status", "queued".to_owned())])
-                    .await
-                {
-                    warn!(error = %e, "could not mark the job queued; it is re-delivered anyway");
-                }
                 if let Some(r) = reporter {
                     r.finish(&progress::running(
                         &self.job,
@@ -206,15 +202,25 @@ impl Pipeline {
                     .await
                     .ok();
                 }
+                log.close().await;
+                if let Err(e) = store
+                    .set_job_fields(self.job.id, &[("status", "queued".to_owned())])
+                    .await
+                {
+                    warn!(error = %e, "could not mark the job queued; it is re-delivered anyway");
+                }
                 true
             }
             Outcome::Done(final_state) => {
-                self.report_final(&log, reporter, &final_state).await;
+                let (status, error) = self.report_final(&log, reporter, &final_state).await;
+                log.close().await;
+                if let Err(e) = self.record_final(status, error).await {
+                    warn!(error = %e, "could not record the final state");
+                }
+                info!(status = status.as_str(), "job finished");
                 false
             }
-        };
-        log.close().await;
-        handed_back
+        }
     }
 
     fn mask(&self, text: &str) -> String {
@@ -926,7 +932,13 @@ impl Pipeline {
         self.runner.store.set_job_fields(self.job.id, &fields).await
     }
 
-    async fn report_final(&self, log: &JobLog, reporter: Option<Reporter>, state: &Final) {
+    /// Logs and posts the final state; returns the status and error to record.
+    async fn report_final(
+        &self,
+        log: &JobLog,
+        reporter: Option<Reporter>,
+        state: &Final,
+    ) -> (JobStatus, Option<String>) {
         let (status, error) = match state {
             Final::Succeeded { .. } => (JobStatus::Succeeded, None),
             Final::NoChanges => (JobStatus::NoChanges, None),
@@ -939,10 +951,6 @@ impl Pipeline {
         } else {
             log.step(format!("Job {}", status.as_str()));
         }
-        if let Err(e) = self.record_final(status, error).await {
-            warn!(error = %e, "could not record the final state");
-        }
-        info!(status = status.as_str(), "job finished");
         if let Some(r) = reporter {
             let body = progress::finished(
                 &self.job,
@@ -956,6 +964,7 @@ impl Pipeline {
                 warn!(error = %e, "could not write the final progress comment");
             }
         }
+        (status, error)
     }
 }
 
