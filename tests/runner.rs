@@ -65,6 +65,7 @@ impl Default for Setup<'_> {
 }
 
 async fn world(setup: Setup<'_>) -> World {
+    common::capture_logs();
     let git_root = tempfile::tempdir().unwrap();
     let workdir = tempfile::tempdir().unwrap();
     git_server::init_bare_repo(
@@ -252,9 +253,15 @@ impl World {
         git_server::git(&self.git_root.path().join(repo), args)
     }
 
-    /// The token is in no file under the work directory (mirror configs, work trees),
-    /// no Redis key, and no URL the git servers saw.
+    /// The token is in no log line (of the whole test binary, debug level), no file
+    /// under the work directory (mirror configs, work trees), no Redis key, and no URL
+    /// the git servers saw.
     async fn assert_no_token_leak(&self, tokens: &[&str]) {
+        let logs = common::captured_logs();
+        assert!(logs.contains("job finished"), "the log was captured");
+        for t in tokens {
+            assert!(!logs.contains(t), "a token is in the log");
+        }
         assert_no_token_in_dir(self.workdir.path(), tokens);
         let dump = redis_text(&self.app).await;
         for t in tokens {

@@ -46,6 +46,42 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Everything this test binary logged so far (debug level for Repobox), once
+/// [`capture_logs`] has been called: tests check that no secret is in it.
+pub fn captured_logs() -> String {
+    let buf = capture_logs();
+    let bytes = buf.lock().unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Installs a subscriber that keeps every log line of this test binary in memory.
+pub fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,repobox=debug")
+            .json()
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub fn redis_url() -> String {
     std::env::var("REPOBOX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
