@@ -51,6 +51,8 @@ struct Setup<'a> {
     runner: bool,
     /// An agent object instead of the `command` agent (`agent` is then unused).
     custom_agent: Option<std::sync::Arc<dyn Agent>>,
+    /// `.repobox.yml` on the GitHub repository's default branch.
+    repobox_yml: Option<&'a str>,
 }
 
 impl Default for Setup<'_> {
@@ -60,6 +62,7 @@ impl Default for Setup<'_> {
             extra: Vec::new(),
             runner: true,
             custom_agent: None,
+            repobox_yml: None,
         }
     }
 }
@@ -68,14 +71,14 @@ async fn world(setup: Setup<'_>) -> World {
     common::capture_logs();
     let git_root = tempfile::tempdir().unwrap();
     let workdir = tempfile::tempdir().unwrap();
-    git_server::init_bare_repo(
-        git_root.path(),
-        REPO_GIT,
-        &[
-            ("README.md", "# Hello Wrold\n"),
-            ("src/lib.rs", "pub fn hello() {}\n"),
-        ],
-    );
+    let mut files = vec![
+        ("README.md", "# Hello Wrold\n"),
+        ("src/lib.rs", "pub fn hello() {}\n"),
+    ];
+    if let Some(yml) = setup.repobox_yml {
+        files.push((".repobox.yml", yml));
+    }
+    git_server::init_bare_repo(git_root.path(), REPO_GIT, &files);
     git_server::init_bare_repo(git_root.path(), GL_GIT, &[("README.md", "# test\n")]);
     let github_git = GitServer::start(git_root.path().to_owned(), INSTALLATION_TOKEN).await;
     let gitlab_git = GitServer::start(git_root.path().to_owned(), gl::TOKEN).await;
@@ -928,5 +931,84 @@ async fn forge_errors_while_opening_the_pull_request_are_retried_then_reported()
     assert!(job.pushed_sha.is_some());
     assert!(w.remote_ref(REPO_GIT, "repobox/2-issue-number-2").is_some());
     w.assert_no_token_leak(&[INSTALLATION_TOKEN]).await;
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn repobox_yml_sets_draft_branch_prefix_and_setup_commands() {
+    let w = world(Setup {
+        repobox_yml: Some(
+            "draft: true\nbranch_prefix: bot/\nsetup:\n  - echo ready > \"$HOME/setup-ran\"\n",
+        ),
+        // Edits only if the setup command ran first, in the same sandbox home.
+        agent: r#"test -e "$HOME/setup-ran" && echo fixed >> README.md"#,
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let branch = "bot/1-spelling-error-in-the-readme-file";
+    assert_eq!(job.branch.as_deref(), Some(branch));
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0]["head"], branch);
+    assert_eq!(pulls[0]["draft"], true);
+    assert!(
+        w.log(&id)
+            .await
+            .iter()
+            .any(|l| l.starts_with("==> Setup: echo ready"))
+    );
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_repobox_yml_fails_the_job_with_the_reason() {
+    let w = world(Setup {
+        repobox_yml: Some("drafts: true\n"),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.clone().unwrap();
+    assert!(error.starts_with(".repobox.yml is not valid"), "{error}");
+    assert!(error.contains("drafts"), "{error}");
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn changes_to_workflows_are_refused() {
+    let w = world(Setup {
+        agent: "mkdir -p .github/workflows && echo 'on: push' > .github/workflows/ci.yml",
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox add CI").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.clone().unwrap();
+    assert!(error.contains("`.github/workflows/ci.yml`"), "{error}");
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(w.remote_ref(REPO_GIT, ISSUE_BRANCH), None, "nothing pushed");
+    assert!(w.github.created_pulls().await.is_empty());
+
+    // An admin allows them: the same job goes through.
+    let mut conn = w.app.conn().await;
+    let _: () = conn
+        .hset(
+            format!("{}settings", w.app.prefix),
+            "allow_workflow_changes",
+            "true",
+        )
+        .await
+        .unwrap();
+    let id = w
+        .comment_on("/repobox add CI", 2, "Codertocat", 21031067)
+        .await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     w.app.stop().await;
 }
