@@ -157,9 +157,10 @@ impl World {
     }
 
     /// Opens pull request #7 from `feature` (one commit on `main`; `protected`: the
-    /// remote refuses pushes to it) and comments a command on it. Returns the head
+    /// remote refuses pushes to it; `fork`: the head lives in a fork, published only as
+    /// `refs/pull/7/head`) and comments a command on it. Returns the head
     /// commit and the job id.
-    async fn command_on_pull_request(&self, protected: bool) -> (String, String) {
+    async fn command_on_pull_request(&self, protected: bool, fork: bool) -> (String, String) {
         let root = self.git_root.path();
         let head = git_server::push_commit(
             root,
@@ -173,7 +174,7 @@ impl World {
             git_server::install_reject_hook(root, REPO_GIT, "feature");
         }
         self.github
-            .add_pull(REPO, 7, "feature", &head, "main", true);
+            .add_pull(REPO, 7, "feature", &head, "main", !fork);
         let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
         payload["issue"]["pull_request"] =
             json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
@@ -446,7 +447,7 @@ async fn gitlab_issue_becomes_a_merge_request() {
 #[tokio::test]
 async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request() {
     let w = world(Setup::default()).await;
-    let (head, id) = w.command_on_pull_request(false).await;
+    let (head, id) = w.command_on_pull_request(false, false).await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 
@@ -470,7 +471,7 @@ async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_r
 #[tokio::test]
 async fn a_protected_pull_request_head_gets_a_new_pull_request_into_it() {
     let w = world(Setup::default()).await;
-    let (head, id) = w.command_on_pull_request(true).await;
+    let (head, id) = w.command_on_pull_request(true, false).await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     assert_eq!(
@@ -1010,5 +1011,22 @@ async fn changes_to_workflows_are_refused() {
         .await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    w.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_pull_request_from_a_fork_gets_a_new_branch_on_its_head_into_the_same_base() {
+    let w = world(Setup::default()).await;
+    let (head, id) = w.command_on_pull_request(false, true).await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1);
+    let branch = "repobox/7-issue-number-7";
+    assert_eq!(pulls[0]["head"], branch);
+    assert_eq!(pulls[0]["base"], "main");
+    assert!(pulls[0]["body"].as_str().unwrap().contains("Builds on #7"));
+    let parent = w.remote_git(REPO_GIT, &["rev-parse", &format!("{branch}^")]);
+    assert_eq!(parent, head, "built on the fork's head");
     w.app.stop().await;
 }
