@@ -26,14 +26,17 @@
 //! end. The program exits non-zero on request errors or a job count mismatch; a missed
 //! performance target is reported as MISS but does not fail the run.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{env_or, process_cpu_seconds, redis_cpu_seconds};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -74,16 +77,6 @@ impl Settings {
             bail!("BENCH_CONCURRENCY, BENCH_SECONDS and BENCH_RATE must be at least 1");
         }
         Ok(settings)
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={text:?} is not valid")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -434,9 +427,9 @@ impl CpuSnapshot {
     async fn take(serve_pid: u32, redis: &mut MultiplexedConnection) -> Self {
         CpuSnapshot {
             at: Instant::now(),
-            serve: process_cpu_seconds(&serve_pid.to_string()),
+            serve: process_cpu_seconds(&serve_pid.to_string(), false),
             redis: redis_cpu_seconds(redis).await,
-            bench: process_cpu_seconds("self"),
+            bench: process_cpu_seconds("self", false),
         }
     }
 
@@ -454,34 +447,6 @@ impl CpuSnapshot {
             share(self.bench, before.bench)
         )
     }
-}
-
-/// utime + stime from `/proc/<pid>/stat` (Linux; clock ticks are 100 per second).
-fn process_cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name start at field 3 (state).
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// `used_cpu_user + used_cpu_sys` of the Redis server.
-async fn redis_cpu_seconds(redis: &mut MultiplexedConnection) -> Option<f64> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .ok()?;
-    let field = |name: &str| {
-        info.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(':')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
-    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 /// Keys the benchmark reads to check what `serve` stored.

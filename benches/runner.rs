@@ -40,14 +40,17 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use support::{env_or, process_cpu_seconds, redis_cpu_seconds};
 
 use anyhow::{Context, bail};
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -112,16 +115,6 @@ impl Settings {
 
     fn max_runners(&self) -> usize {
         self.runners.iter().copied().max().unwrap_or(1)
-    }
-}
-
-fn env_or<T: FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={text:?} is not valid")),
-        Err(_) => Ok(default),
     }
 }
 
@@ -451,12 +444,12 @@ impl CpuSnapshot {
     async fn take(runner_pids: &[u32], redis: &mut redis::aio::MultiplexedConnection) -> Self {
         let runners = runner_pids
             .iter()
-            .map(|pid| process_cpu_seconds(&pid.to_string()))
+            .map(|pid| process_cpu_seconds(&pid.to_string(), true))
             .sum::<Option<f64>>();
         CpuSnapshot {
             at: Instant::now(),
             runners,
-            bench: process_cpu_seconds("self"),
+            bench: process_cpu_seconds("self", true),
             redis: redis_cpu_seconds(redis).await,
             machine: Machine::read(),
         }
@@ -499,18 +492,6 @@ async fn background_load() -> String {
         ),
         _ => "n/a".to_owned(),
     }
-}
-
-/// utime + stime + cutime + cstime of a process (its waited-for children included:
-/// bwrap and the agent for a runner, `git http-backend` for this process).
-fn process_cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the parenthesised command name, field 3 (state) comes first.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = (11..=14)
-        .map(|i| fields.get(i)?.parse::<i64>().ok())
-        .sum::<Option<i64>>()?;
-    Some(ticks as f64 / 100.0)
 }
 
 /// Jiffies of the whole machine, from the first line of /proc/stat.
@@ -560,24 +541,6 @@ impl Machine {
             pct(self.irq, before.irq)
         )
     }
-}
-
-async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) -> Option<f64> {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(redis)
-        .await
-        .ok()?;
-    let field = |name: &str| {
-        info.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(':')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
-    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 /// Request counters of the fakes, to count a phase's requests per job.

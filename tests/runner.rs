@@ -192,6 +192,14 @@ impl World {
             .expect("the progress comment was edited")
     }
 
+    /// Waits for the job to end `failed`; returns it and its error.
+    async fn failed(&self, id: &str) -> (Job, String) {
+        let job = self.finished(id).await;
+        assert_eq!(job.status, JobStatus::Failed);
+        let error = job.error.clone().expect("a failed job says why");
+        (job, error)
+    }
+
     /// Waits (up to 60 s: debug builds and cold git) until the job is final.
     async fn finished(&self, id: &str) -> Job {
         self.wait("a final state", id, |j| j.status.is_final(), 60)
@@ -520,9 +528,7 @@ async fn a_failing_agent_gets_a_failed_comment_with_the_error_masked() {
     })
     .await;
     let id = w.comment("/repobox fix the spelling").await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
-    let error = job.error.clone().unwrap();
+    let (job, error) = w.failed(&id).await;
     assert!(error.contains("status 3"), "{error}");
     assert!(error.contains("ghs_****8B4a"), "{error}");
     let last = w.final_comment(&job).await;
@@ -925,9 +931,7 @@ async fn forge_errors_while_opening_the_pull_request_are_retried_then_reported()
     let id = w
         .comment_on("/repobox again", 2, "Codertocat", 21031067)
         .await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
-    let error = job.error.clone().unwrap();
+    let (job, error) = w.failed(&id).await;
     assert!(error.contains("503"), "{error}");
     assert!(job.pushed_sha.is_some());
     assert!(w.remote_ref(REPO_GIT, "repobox/2-issue-number-2").is_some());
@@ -972,9 +976,7 @@ async fn an_invalid_repobox_yml_fails_the_job_with_the_reason() {
     })
     .await;
     let id = w.comment("/repobox fix the spelling").await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
-    let error = job.error.clone().unwrap();
+    let (_, error) = w.failed(&id).await;
     assert!(error.starts_with(".repobox.yml is not valid"), "{error}");
     assert!(error.contains("drafts"), "{error}");
     w.app.stop().await;
@@ -988,9 +990,7 @@ async fn changes_to_workflows_are_refused() {
     })
     .await;
     let id = w.comment("/repobox add CI").await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
-    let error = job.error.clone().unwrap();
+    let (_, error) = w.failed(&id).await;
     assert!(error.contains("`.github/workflows/ci.yml`"), "{error}");
     assert!(error.contains("refused"), "{error}");
     assert_eq!(w.remote_ref(REPO_GIT, ISSUE_BRANCH), None, "nothing pushed");
