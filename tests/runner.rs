@@ -53,6 +53,8 @@ struct Setup<'a> {
     custom_agent: Option<std::sync::Arc<dyn Agent>>,
     /// `.repobox.yml` on the GitHub repository's default branch.
     repobox_yml: Option<&'a str>,
+    /// A Redis of the test's own instead of the shared one.
+    redis_url: Option<String>,
 }
 
 impl Default for Setup<'_> {
@@ -63,6 +65,7 @@ impl Default for Setup<'_> {
             runner: true,
             custom_agent: None,
             repobox_yml: None,
+            redis_url: None,
         }
     }
 }
@@ -110,6 +113,7 @@ async fn world(setup: Setup<'_>) -> World {
         args,
         runner: setup.runner,
         agent: setup.custom_agent,
+        redis_url: setup.redis_url.unwrap_or_else(common::redis_url),
         ..Options::default()
     })
     .await;
@@ -1029,4 +1033,40 @@ async fn a_pull_request_from_a_fork_gets_a_new_branch_on_its_head_into_the_same_
     let parent = w.remote_git(REPO_GIT, &["rev-parse", &format!("{branch}^")]);
     assert_eq!(parent, head, "built on the fork's head");
     w.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_runner_carries_on_after_a_redis_restart() {
+    let port = common::free_port();
+    let mut redis = common::start_redis(port);
+    common::wait_for_redis(port).await;
+    let w = world(Setup {
+        redis_url: Some(format!("redis://127.0.0.1:{port}")),
+        ..Setup::default()
+    })
+    .await;
+    let first = w.comment("/repobox fix the spelling").await;
+    assert_eq!(w.finished(&first).await.status, JobStatus::Succeeded);
+
+    // Redis dies and comes back empty (no persistence): streams and groups are gone.
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let mut redis = common::start_redis(port);
+    common::wait_for_redis(port).await;
+    w.app
+        .wait_until("readiness after Redis is back", || async {
+            w.app.get("/readyz").await.0 == 200
+        })
+        .await;
+
+    // Same processes: the acknowledger and the runner recreate their groups and go on.
+    let second = w
+        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .await;
+    let job = w.finished(&second).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert!(w.remote_ref(REPO_GIT, "repobox/2-issue-number-2").is_some());
+    w.app.stop().await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
 }
