@@ -103,6 +103,17 @@ pub struct ThreadRef {
     pub number: u64,
 }
 
+impl ThreadRef {
+    /// How the forge writes a link to it: `#12`, or `!12` for a GitLab merge request
+    /// (GitLab issues are `#12` too).
+    pub fn reference(&self) -> String {
+        match self.kind {
+            ThreadKind::MergeRequest => format!("!{}", self.number),
+            ThreadKind::Issue | ThreadKind::PullRequest => format!("#{}", self.number),
+        }
+    }
+}
+
 /// A person (or bot) on a forge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRef {

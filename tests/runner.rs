@@ -446,7 +446,7 @@ async fn gitlab_issue_becomes_a_merge_request() {
     assert_eq!(mrs[0]["target_branch"], "main");
     let description = mrs[0]["description"].as_str().unwrap();
     assert!(description.contains("Closes #17"), "{description}");
-    assert!(description.contains("@root"), "{description}");
+    assert!(description.contains("@root in #17"), "{description}");
     assert_eq!(w.gitlab.awards().await.len(), 1);
     assert_eq!(w.gitlab.notes().await.len(), 1, "exactly one note");
     let edits = w.gitlab.note_edits(progress_comment_id(&job)).await;
