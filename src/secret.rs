@@ -71,6 +71,13 @@ pub fn redact(text: &str, secrets: &[&Secret]) -> String {
     out
 }
 
+/// Everything that could be a secret in `text` masked: the given secrets wherever they
+/// appear, and anything shaped like a known token ([`mask_known_tokens`]).
+pub fn mask_all(text: &str, secrets: &[Secret]) -> String {
+    let refs: Vec<&Secret> = secrets.iter().collect();
+    mask_known_tokens(&redact(text, &refs))
+}
+
 /// Prefixes of well-known token formats (GitHub, GitLab, Anthropic).
 const TOKEN_PREFIXES: &[&str] = &[
     "ghp_",

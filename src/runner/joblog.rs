@@ -3,7 +3,7 @@
 //! Every line is masked (the job's own secrets and anything shaped like a token) before
 //! it is stored: the log is shown on the dashboard.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::agent::LogSink;
 use crate::job::JobId;
-use crate::secret::{Secret, mask_known_tokens, redact};
+use crate::secret::{Secret, mask_all};
 use crate::store::Store;
 
 /// Longest stored line; longer ones are cut (an agent printing a minified file).
@@ -24,14 +24,15 @@ pub struct JobLog {
 }
 
 impl JobLog {
-    pub fn start(store: Arc<dyn Store>, id: JobId, secrets: Vec<Secret>) -> JobLog {
+    /// `secrets` are masked in every line; the job adds to them as it learns them (its
+    /// git token).
+    pub fn start(store: Arc<dyn Store>, id: JobId, secrets: Arc<Mutex<Vec<Secret>>>) -> JobLog {
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
-                let secrets: Vec<&Secret> = secrets.iter().collect();
-                let lines: Vec<String> =
-                    batch.drain(..).map(|line| clean(&line, &secrets)).collect();
+                let known = secrets.lock().unwrap().clone();
+                let lines: Vec<String> = batch.drain(..).map(|line| clean(&line, &known)).collect();
                 if let Err(e) = append_with_retries(store.as_ref(), id, &lines).await {
                     warn!(job = %id, error = %e, lines = lines.len(), "job log lines lost");
                 }
@@ -58,8 +59,8 @@ impl JobLog {
     }
 }
 
-fn clean(line: &str, secrets: &[&Secret]) -> String {
-    let mut line = mask_known_tokens(&redact(line, secrets));
+fn clean(line: &str, secrets: &[Secret]) -> String {
+    let mut line = mask_all(line, secrets);
     if line.len() > MAX_LINE {
         let mut cut = MAX_LINE;
         while !line.is_char_boundary(cut) {

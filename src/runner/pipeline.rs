@@ -29,10 +29,10 @@ use crate::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
 use crate::forges::{ChangeRequest, Forge, ForgeError, NewChangeRequest, with_retries};
 use crate::git::{CommitInfo, Credentials, GitError, Mirror, WorkTree};
 use crate::job::{Job, JobStatus, rfc3339};
-use crate::model::{ForgeKind, Reaction, ThreadKind};
+use crate::model::{Reaction, ThreadKind};
 use crate::progress::{self, Checklist, Final, StepState};
 use crate::sandbox::{Limits, SandboxSpec};
-use crate::secret::{Secret, mask_known_tokens, redact};
+use crate::secret::{Secret, mask_all};
 use crate::store::StoreError;
 
 /// Why a job was stopped before it finished.
@@ -129,7 +129,7 @@ impl Pipeline {
     /// `gave_up`: the delivery count when the job has been delivered too often.
     pub async fn run(mut self, gave_up: Option<u64>) -> bool {
         let store = self.runner.store.clone();
-        let log = JobLog::start(store.clone(), self.job.id, Vec::new());
+        let log = JobLog::start(store.clone(), self.job.id, self.secrets.clone());
         let Some(forge) = self.runner.forges.get(self.job.repo.forge).cloned() else {
             log.step(format!(
                 "{} is not configured on this runner",
@@ -224,9 +224,7 @@ impl Pipeline {
     }
 
     fn mask(&self, text: &str) -> String {
-        let secrets = self.secrets.lock().unwrap().clone();
-        let refs: Vec<&Secret> = secrets.iter().collect();
-        mask_known_tokens(&redact(text, &refs))
+        mask_all(text, &self.secrets.lock().unwrap())
     }
 
     /// The job's progress comment id; posts the acknowledgement (eyes and the comment)
@@ -350,33 +348,29 @@ impl Pipeline {
         let creds = with_retries(|| forge.git_credentials(&job.repo)).await?;
         self.secrets.lock().unwrap().push(creds.password.clone());
         let creds = Arc::new(creds);
-        let mut target = match job.thread.kind {
-            ThreadKind::Issue => Target::NewBranch {
-                base: info.default_branch.clone(),
-            },
+        let change_request = match job.thread.kind {
+            ThreadKind::Issue => None,
             ThreadKind::PullRequest | ThreadKind::MergeRequest => {
                 let cr =
                     with_retries(|| forge.change_request(&job.repo, job.thread.number)).await?;
                 if !cr.open {
                     return Err(Failure(format!("{} is closed", job.thread.reference())));
                 }
-                if cr.same_repo {
-                    Target::Head(cr)
-                } else {
-                    // A fork: Repobox may not push there. Its work goes onto a new branch
-                    // built on the fork's head, into the same base.
-                    Target::NewBranch {
-                        base: cr.base_branch.clone(),
-                    }
-                }
+                Some(cr)
             }
         };
-        let head_ref = match job.thread.kind {
-            ThreadKind::Issue => None,
-            _ => Some(match job.repo.forge {
-                ForgeKind::GitHub => format!("refs/pull/{}/head", job.thread.number),
-                ForgeKind::GitLab => format!("refs/merge-requests/{}/head", job.thread.number),
-            }),
+        // Where the forge publishes the head in this repository (a fork's head included).
+        let head_ref = change_request.as_ref().map(|cr| cr.head_ref.clone());
+        let mut target = match change_request {
+            None => Target::NewBranch {
+                base: info.default_branch.clone(),
+            },
+            Some(cr) if cr.same_repo => Target::Head(cr),
+            // A fork: Repobox may not push there. Its work goes onto a new branch built on
+            // the fork's head, into the same base.
+            Some(cr) => Target::NewBranch {
+                base: cr.base_branch,
+            },
         };
         if let Some(o) = self.stopped() {
             return Ok(o);
@@ -621,7 +615,7 @@ impl Pipeline {
         .await?;
         log.step("Agent finished");
         self.update(reporter);
-        if let Some(Outcome::HandBack | Outcome::Done(_)) = self.stopped() {
+        if self.stop.reason().is_some() {
             return Err(self.stop_failure());
         }
 
@@ -676,16 +670,10 @@ impl Pipeline {
         Ok(Some(commit))
     }
 
+    /// The error a step returns when it notices the job was stopped; `run` reports the
+    /// stop reason instead (see [`Pipeline::stopped`]).
     fn stop_failure(&self) -> Failure {
-        match self.stop.reason() {
-            Some(StopReason::TimedOut) => Failure(format!(
-                "timed out after {} (REPOBOX_JOB_TIMEOUT); the agent was stopped",
-                humantime::format_duration(self.runner.settings.job_timeout)
-            )),
-            Some(StopReason::Cancelled) => Failure(CANCELLED.into()),
-            Some(StopReason::Shutdown) => Failure(SHUTDOWN.into()),
-            None => Failure("the agent was stopped".into()),
-        }
+        Failure("the agent was stopped".into())
     }
 
     fn agent_request(
@@ -964,9 +952,6 @@ impl Pipeline {
         (status, error)
     }
 }
-
-const CANCELLED: &str = "cancelled";
-const SHUTDOWN: &str = "runner shutting down";
 
 /// Runs blocking git work off the async workers.
 async fn blocking<T: Send + 'static>(

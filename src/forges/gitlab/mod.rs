@@ -164,7 +164,7 @@ impl GitLab {
                     .query_async(&client)
                     .await
                     .map_err(|e| map_err(&self.token, e))?;
-                let host = self.host.split([':', '/']).next().unwrap_or("gitlab");
+                let host = self.noreply_host();
                 let identity = GitIdentity {
                     name: me.name.clone().unwrap_or_else(|| me.username.clone()),
                     email: me
@@ -179,6 +179,11 @@ impl GitLab {
                 Ok(client)
             })
             .await
+    }
+
+    /// The host part of `noreply.<host>` e-mail addresses for commits.
+    fn noreply_host(&self) -> &str {
+        self.host.split([':', '/']).next().unwrap_or("gitlab")
     }
 
     fn project(repo: &RepoRef) -> api::common::NameOrId<'static> {
@@ -429,7 +434,7 @@ impl Forge for GitLab {
     }
 
     fn co_author(&self, user: &UserRef) -> GitIdentity {
-        let host = self.host.split([':', '/']).next().unwrap_or("gitlab");
+        let host = self.noreply_host();
         GitIdentity {
             name: user.login.clone(),
             email: format!("{}@noreply.{host}", user.login),
