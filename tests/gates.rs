@@ -109,7 +109,7 @@ async fn a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees() {
 
     // a1 ends: a2 (not a3) goes back to the stream with its slot reserved.
     app.store
-        .release(Some(&e1.entry_id), &a1, 1, LEASE, false)
+        .release(&e1.entry_id, &a1, 1, LEASE, false)
         .await
         .unwrap();
     assert_eq!(
@@ -153,7 +153,7 @@ async fn one_job_at_a_time_per_thread_whoever_asks() {
         vec![second.id.to_string()]
     );
     app.store
-        .release(Some(&e1.entry_id), &first, 5, LEASE, false)
+        .release(&e1.entry_id, &first, 5, LEASE, false)
         .await
         .unwrap();
     let next = read_one(&app).await;
@@ -203,7 +203,7 @@ async fn a_handed_back_job_is_in_the_stream_again_at_once() {
         Start::Running
     );
     app.store
-        .release(Some(&e.entry_id), &j, 1, LEASE, true)
+        .release(&e.entry_id, &j, 1, LEASE, true)
         .await
         .unwrap();
     let again = read_one(&app).await;

@@ -298,13 +298,7 @@ impl Runner {
     async fn release(&self, entry: &JobEntry, job: &Job, requeue: bool) -> Result<(), StoreError> {
         let s = &self.settings;
         self.store
-            .release(
-                Some(&entry.entry_id),
-                job,
-                s.per_user_limit,
-                s.lease(),
-                requeue,
-            )
+            .release(&entry.entry_id, job, s.per_user_limit, s.lease(), requeue)
             .await
     }
 

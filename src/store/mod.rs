@@ -197,7 +197,7 @@ pub trait Store: Send + Sync + 'static {
     /// again in the same step (a runner handing back its work on shutdown).
     async fn release(
         &self,
-        entry_id: Option<&str>,
+        entry_id: &str,
         job: &Job,
         user_limit: usize,
         lease: Duration,

@@ -103,17 +103,14 @@ if in_thread then promote(KEYS[1], KEYS[5], KEYS[4], 1, KEYS[6], now, lease) end
 return 0
 ";
 
-/// KEYS: as ADMIT. ARGV: group, entry id ('' for none), job id, user limit, lease ms,
-/// requeue flag.
+/// KEYS: as ADMIT. ARGV: group, entry id, job id, user limit, lease ms, requeue flag.
 const RELEASE_SCRIPT: &str = r"
 local now = now_ms()
 local lease = tonumber(ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZREM', KEYS[4], ARGV[3])
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
 if ARGV[6] == '1' then redis.call('XADD', KEYS[1], '*', 'job', ARGV[3]) end
 promote(KEYS[1], KEYS[3], KEYS[2], tonumber(ARGV[4]), KEYS[6], now, lease)
 promote(KEYS[1], KEYS[5], KEYS[4], 1, KEYS[6], now, lease)
@@ -711,7 +708,7 @@ impl Store for RedisStore {
 
     async fn release(
         &self,
-        entry_id: Option<&str>,
+        entry_id: &str,
         job: &Job,
         user_limit: usize,
         lease: Duration,
@@ -720,7 +717,7 @@ impl Store for RedisStore {
         let mut inv = self.release.prepare_invoke();
         self.gate_keys(&mut inv, job);
         inv.arg(RUNNERS_GROUP)
-            .arg(entry_id.unwrap_or(""))
+            .arg(entry_id)
             .arg(job.id.to_string())
             .arg(user_limit.max(1))
             .arg(lease.as_millis() as u64)
