@@ -4,6 +4,7 @@
 //! - [`command`]: `REPOBOX_AGENT_COMMAND` run in the sandbox (Claude Code, Codex, aider…).
 //! - `claude`: the built-in tool-use loop on the Anthropic Messages API (its own issue).
 
+pub mod claude;
 pub mod command;
 
 use std::path::PathBuf;

@@ -108,6 +108,36 @@ pub trait Forge: Send + Sync + 'static {
 
     /// `Co-authored-by:` identity of a user.
     fn co_author(&self, user: &UserRef) -> GitIdentity;
+
+    /// The thread's opening text and its discussion, oldest comment first, for the
+    /// agent's context. Raw forge text: the caller sanitises it.
+    async fn discussion(&self, repo: &RepoRef, thread: ThreadRef)
+    -> Result<Discussion, ForgeError>;
+}
+
+/// An issue's or pull/merge request's text as the forge has it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discussion {
+    pub title: String,
+    /// The opening post (issue or PR/MR description); empty when there is none.
+    pub body: String,
+    /// Comments in the order they were written, at most [`DISCUSSION_MAX_COMMENTS`]
+    /// (the latest ones when there are more).
+    pub comments: Vec<DiscussionComment>,
+    /// Comments left out because there were more than the limit.
+    pub omitted: usize,
+}
+
+/// Most comments [`Forge::discussion`] returns.
+pub const DISCUSSION_MAX_COMMENTS: usize = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscussionComment {
+    /// Login (GitHub) or username (GitLab).
+    pub author: String,
+    pub body: String,
+    /// Written by Repobox itself (its progress comments and replies).
+    pub by_bot: bool,
 }
 
 /// Where a repository is fetched from and what its default branch is.

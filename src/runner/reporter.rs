@@ -205,6 +205,13 @@ mod tests {
         fn co_author(&self, _: &UserRef) -> GitIdentity {
             unreachable!()
         }
+        async fn discussion(
+            &self,
+            _: &RepoRef,
+            _: ThreadRef,
+        ) -> Result<crate::forges::Discussion, ForgeError> {
+            unreachable!()
+        }
     }
 
     fn reporter(edits: &Arc<Edits>) -> Reporter {

@@ -472,6 +472,14 @@ impl Forge for GitHub {
             email: format!("{}+{}@users.noreply.github.com", user.id, user.login),
         }
     }
+
+    async fn discussion(
+        &self,
+        _repo: &RepoRef,
+        _thread: ThreadRef,
+    ) -> Result<super::Discussion, ForgeError> {
+        Err(ForgeError::Permanent("discussion: not written yet".into()))
+    }
 }
 
 #[derive(Deserialize)]

@@ -440,4 +440,12 @@ impl Forge for GitLab {
             email: format!("{}@noreply.{host}", user.login),
         }
     }
+
+    async fn discussion(
+        &self,
+        _repo: &RepoRef,
+        _thread: ThreadRef,
+    ) -> Result<super::Discussion, ForgeError> {
+        Err(ForgeError::Permanent("discussion: not written yet".into()))
+    }
 }

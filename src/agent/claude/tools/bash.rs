@@ -1,0 +1,1 @@
+//! `bash` tool (to be written).

@@ -1,0 +1,1 @@
+//! `str_replace_based_edit_tool` (to be written).
