@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::ack::Acknowledger;
 use crate::agent::Agent;
+use crate::agent::claude;
 use crate::agent::command::CommandAgent;
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::forges::Forges;
@@ -201,9 +202,26 @@ pub fn build_agent(config: &Config) -> anyhow::Result<Arc<dyn Agent>> {
             })?;
             Ok(Arc::new(CommandAgent { command }))
         }
-        AgentKind::Claude => anyhow::bail!(
-            "REPOBOX_AGENT=claude: the built-in Claude agent is not available in this build yet; set REPOBOX_AGENT=command and REPOBOX_AGENT_COMMAND"
-        ),
+        AgentKind::Claude => {
+            let key = config.anthropic_api_key.clone().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "REPOBOX_ANTHROPIC_API_KEY is required when REPOBOX_AGENT=claude (the default); or set REPOBOX_AGENT=command"
+                )
+            })?;
+            let client = claude::api::Client::new(
+                &config.anthropic_base_url,
+                key,
+                claude::api::RetryPolicy::default(),
+            )?;
+            let settings = claude::ClaudeSettings {
+                model: config.model.clone(),
+                max_turns: config.max_turns,
+                max_tokens: config.max_tokens,
+                prices: config.price_table()?,
+                ..claude::ClaudeSettings::default()
+            };
+            Ok(Arc::new(claude::ClaudeAgent::new(client, settings)))
+        }
     }
 }
 

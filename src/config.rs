@@ -175,6 +175,17 @@ pub struct Config {
         global = true
     )]
     pub model: String,
+    /// The built-in agent's limit of model responses per job (`.repobox.yml` `max_turns`
+    /// overrides it per repository).
+    #[arg(long, env = "REPOBOX_MAX_TURNS", default_value_t = 50, global = true)]
+    pub max_turns: u32,
+    /// The built-in agent's `max_tokens`: output tokens per model response.
+    #[arg(long, env = "REPOBOX_MAX_TOKENS", default_value_t = 16000, global = true)]
+    pub max_tokens: u32,
+    /// Prices added to or replacing the built-in table, USD per million tokens:
+    /// `model=input,output[,cache_write,cache_read];…`.
+    #[arg(long, env = "REPOBOX_MODEL_PRICES", default_value = "", global = true)]
+    pub model_prices: String,
     /// `claude` (built-in tool-use loop) or `command`.
     #[arg(
         long,
@@ -290,9 +301,24 @@ impl Config {
         if self.agent == AgentKind::Command && self.agent_command.is_none() {
             bail!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command");
         }
+        if self.max_turns == 0 {
+            bail!("REPOBOX_MAX_TURNS must be at least 1");
+        }
+        if self.max_tokens == 0 {
+            bail!("REPOBOX_MAX_TOKENS must be at least 1");
+        }
+        url::Url::parse(&self.anthropic_base_url)
+            .context("REPOBOX_ANTHROPIC_BASE_URL is not a URL")?;
+        self.price_table()?;
         self.github_app()?;
         self.gitlab_bot()?;
         Ok(())
+    }
+
+    /// The built-in price table with `REPOBOX_MODEL_PRICES` applied.
+    pub fn price_table(&self) -> anyhow::Result<crate::agent::claude::pricing::PriceTable> {
+        crate::agent::claude::pricing::PriceTable::with_overrides(&self.model_prices)
+            .map_err(|e| anyhow::anyhow!("REPOBOX_MODEL_PRICES: {e}"))
     }
 
     /// The GitHub App, when `REPOBOX_GITHUB_APP_ID` is set.

@@ -150,9 +150,18 @@ pub struct Job {
     pub progress_comment_id: Option<u64>,
     pub error: Option<String>,
     pub agent_turns: u64,
+    /// Tool calls the agent made.
+    pub tool_calls: u64,
+    /// The model the agent used (the built-in agent only).
+    pub model: Option<String>,
+    /// Input tokens billed at the full rate (neither read from nor written to the cache).
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub cost_usd: f64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// US dollars, from the price table; `None` when the agent reported no tokens or the
+    /// model has no price.
+    pub cost_usd: Option<f64>,
     /// The webhook delivery that created the job, for tracing a job back to its event.
     pub delivery_id: Option<String>,
     /// A cancel was requested (the runner checks this while it works).
@@ -204,9 +213,13 @@ impl Job {
             progress_comment_id: None,
             error: None,
             agent_turns: 0,
+            tool_calls: 0,
+            model: None,
             input_tokens: 0,
             output_tokens: 0,
-            cost_usd: 0.0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            cost_usd: None,
             delivery_id: None,
             cancel_requested: false,
             pushed_sha: None,
@@ -242,9 +255,11 @@ impl Job {
             ("created_at", rfc3339(self.created_at)),
             ("updated_at", rfc3339(self.updated_at)),
             ("agent_turns", self.agent_turns.to_string()),
+            ("tool_calls", self.tool_calls.to_string()),
             ("input_tokens", self.input_tokens.to_string()),
             ("output_tokens", self.output_tokens.to_string()),
-            ("cost_usd", format!("{:.6}", self.cost_usd)),
+            ("cache_read_tokens", self.cache_read_tokens.to_string()),
+            ("cache_write_tokens", self.cache_write_tokens.to_string()),
             (
                 "cancel_requested",
                 u8::from(self.cancel_requested).to_string(),
@@ -256,6 +271,8 @@ impl Job {
             }
         };
         opt("repo_id", self.repo.id.map(|v| v.to_string()));
+        opt("cost_usd", self.cost_usd.map(cost_field));
+        opt("model", self.model.clone());
         opt(
             "installation_id",
             self.repo.installation_id.map(|v| v.to_string()),
@@ -372,12 +389,15 @@ impl Job {
             progress_comment_id: opt_num("progress_comment_id")?,
             error: get("error").map(str::to_owned),
             agent_turns: opt_num("agent_turns")?.unwrap_or(0),
+            tool_calls: opt_num("tool_calls")?.unwrap_or(0),
+            model: get("model").map(str::to_owned),
             input_tokens: opt_num("input_tokens")?.unwrap_or(0),
             output_tokens: opt_num("output_tokens")?.unwrap_or(0),
+            cache_read_tokens: opt_num("cache_read_tokens")?.unwrap_or(0),
+            cache_write_tokens: opt_num("cache_write_tokens")?.unwrap_or(0),
             cost_usd: get("cost_usd")
                 .map(|v| parse::<f64>("cost_usd", v))
-                .transpose()?
-                .unwrap_or(0.0),
+                .transpose()?,
             delivery_id: get("delivery_id").map(str::to_owned),
             cancel_requested: get("cancel_requested") == Some("1"),
             pushed_sha: get("pushed_sha").map(str::to_owned),
@@ -390,6 +410,11 @@ impl Job {
             deletions: opt_num("deletions")?.unwrap_or(0),
         })
     }
+}
+
+/// The stored form of a cost: dollars with enough places for a single cheap call.
+pub fn cost_field(usd: f64) -> String {
+    format!("{usd:.6}")
 }
 
 /// RFC 3339 text of a timestamp (always succeeds for in-range times).
@@ -433,7 +458,11 @@ mod tests {
             diff_hunk: Some("@@ -1 +1 @@".into()),
         });
         job.progress_comment_id = Some(5);
-        job.cost_usd = 0.125;
+        job.cost_usd = Some(0.125);
+        job.model = Some("claude-sonnet-4-5".into());
+        job.tool_calls = 9;
+        job.cache_read_tokens = 1200;
+        job.cache_write_tokens = 300;
         job.pushed_sha = Some("abc123".into());
         job.summary = Some("Fixed it.".into());
         job.attempts = 2;

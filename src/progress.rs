@@ -92,6 +92,8 @@ pub struct Checklist {
     /// Short SHA the work tree was prepared at.
     pub cloned_at: Option<String>,
     pub agent: StepState,
+    /// What the agent is doing, while it works (see [`activity_text`]).
+    pub agent_detail: Option<String>,
     /// The branch the job pushes to, once chosen.
     pub branch: Option<String>,
     pub pushed: bool,
@@ -138,7 +140,10 @@ fn checklist_lines(job: &Job, c: &Checklist) -> String {
     };
     let agent = match c.agent {
         StepState::Pending => "- [ ] Agent".to_owned(),
-        StepState::Active => "- [ ] Agent working…".to_owned(),
+        StepState::Active => match &c.agent_detail {
+            Some(detail) => format!("- [ ] Agent working… {detail}"),
+            None => "- [ ] Agent working…".to_owned(),
+        },
         StepState::Done => "- [x] Agent finished".to_owned(),
     };
     let push = match &c.branch {
@@ -183,14 +188,82 @@ pub fn duration_text(d: std::time::Duration) -> String {
     }
 }
 
+/// `12.3k`-style token counts.
+fn tokens(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.2}M", n as f64 / 1e6),
+    }
+}
+
+fn dollars(usd: f64) -> String {
+    if usd < 0.01 {
+        format!("${usd:.4}")
+    } else {
+        format!("${usd:.2}")
+    }
+}
+
+/// The tool call shown in the comment: one line, no backticks (it sits in a code span,
+/// where mentions and links do nothing), cut short.
+fn action_text(action: &str) -> String {
+    let line = action.lines().next().unwrap_or("").replace('`', "'");
+    let mut cut: String = line.chars().take(60).collect();
+    if line.chars().count() > 60 {
+        cut.push('…');
+    }
+    cut
+}
+
+/// The live part of the agent's checklist line: `· turn 4 · 7 tool calls · last: `$
+/// cargo test` · 52.1k tokens · $0.09`. `None` for an agent that reports nothing.
+pub fn activity_text(a: &crate::agent::Activity) -> Option<String> {
+    if a.turns == 0 && a.tool_calls == 0 {
+        return None;
+    }
+    let mut parts = vec![format!("turn {}", a.turns)];
+    if a.tool_calls > 0 {
+        parts.push(format!(
+            "{} tool call{}",
+            a.tool_calls,
+            if a.tool_calls == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(action) = &a.last_action {
+        parts.push(format!("last: `{}`", action_text(action)));
+    }
+    let u = &a.usage;
+    let total = u.input_tokens + u.output_tokens + u.cache_read_tokens + u.cache_write_tokens;
+    if total > 0 {
+        parts.push(format!("{} tokens", tokens(total)));
+    }
+    if let Some(cost) = a.cost_usd {
+        parts.push(dollars(cost));
+    }
+    Some(format!("· {}", parts.join(" · ")))
+}
+
 /// Tokens and cost, or a plain statement that this agent reports none.
 pub fn cost_text(job: &Job) -> String {
-    if job.input_tokens == 0 && job.output_tokens == 0 {
+    let input = job.input_tokens + job.cache_read_tokens + job.cache_write_tokens;
+    if input == 0 && job.output_tokens == 0 {
         return "tokens not reported by this agent".to_owned();
     }
+    let cached = if job.cache_read_tokens > 0 {
+        format!(" ({} from cache)", tokens(job.cache_read_tokens))
+    } else {
+        String::new()
+    };
+    let cost = match (job.cost_usd, &job.model) {
+        (Some(usd), _) => dollars(usd),
+        (None, Some(model)) => format!("cost unknown: no price for `{model}`"),
+        (None, None) => "cost unknown".to_owned(),
+    };
     format!(
-        "{} tokens in, {} out · ${:.4}",
-        job.input_tokens, job.output_tokens, job.cost_usd
+        "{} tokens in{cached}, {} out · {cost}",
+        tokens(input),
+        tokens(job.output_tokens)
     )
 }
 

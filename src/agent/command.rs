@@ -34,6 +34,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// After a kill on cancel, how long to wait for the child to be reaped.
 const REAP_GRACE: Duration = Duration::from_millis(500);
 
+/// Appended to the prompt: how the command hands its summary back.
+const SUMMARY_HINT: &str = "When you are done, write a short summary of what you changed and why to the file named by REPOBOX_SUMMARY_FILE (first line: a title for the pull request).";
+
 /// Runs a shell command as the agent.
 #[derive(Debug, Clone)]
 pub struct CommandAgent {
@@ -65,7 +68,13 @@ impl Agent for CommandAgent {
             scratch_dir,
             log,
             cancel,
+            ..
         } = request;
+        let prompt = if prompt.is_empty() {
+            prompt
+        } else {
+            format!("{}\n\n{SUMMARY_HINT}\n", prompt.trim_end())
+        };
         if cancel.is_cancelled() {
             return Err(AgentError::Stopped);
         }
@@ -167,11 +176,7 @@ impl Agent for CommandAgent {
                         .trim(),
                 )
             });
-            return Ok(AgentOutcome {
-                summary,
-                turns: 1,
-                ..AgentOutcome::default()
-            });
+            return Ok(AgentOutcome { summary });
         }
         let how = describe_failure(
             status.code(),

@@ -2,7 +2,11 @@
 //! agent a prompt and a sandbox and gets back a summary (and token counts) or an error.
 //!
 //! - [`command`]: `REPOBOX_AGENT_COMMAND` run in the sandbox (Claude Code, Codex, aider…).
-//! - `claude`: the built-in tool-use loop on the Anthropic Messages API (its own issue).
+//! - [`claude`]: the built-in tool-use loop on the Anthropic Messages API.
+//!
+//! While it works, an agent publishes its [`Activity`] (turns, tool calls, tokens, cost,
+//! the last action) on a watch channel: the runner shows it in the progress comment and
+//! records the totals whether the agent succeeds, fails or is stopped.
 
 pub mod claude;
 pub mod command;
@@ -17,8 +21,13 @@ use crate::sandbox::SandboxSpec;
 pub type LogSink = tokio::sync::mpsc::UnboundedSender<String>;
 
 pub struct AgentRequest {
-    /// Full prompt text: the instructions plus the quoted context.
+    /// The task: the instructions plus the quoted context. Each agent adds how it wants
+    /// the summary handed back.
     pub prompt: String,
+    /// `model` from `.repobox.yml`, over the runner's default (agents with a choice).
+    pub model: Option<String>,
+    /// `max_turns` from `.repobox.yml`, over the runner's default.
+    pub max_turns: Option<u32>,
     /// The sandbox, with the work tree already filled in.
     pub sandbox: SandboxSpec,
     /// Per-job directory outside the work tree, already in `sandbox.writable`.
@@ -26,18 +35,55 @@ pub struct AgentRequest {
     pub log: LogSink,
     /// Cancelled on `/repobox cancel`, timeout or shutdown; the runner knows which.
     pub cancel: CancellationToken,
+    /// Where the agent publishes its progress and totals.
+    pub activity: ActivitySink,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct AgentOutcome {
+    /// What changed and why; the first line serves as the pull request title.
     pub summary: String,
-    pub turns: u32,
+}
+
+/// Tokens as the model provider counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Input tokens billed at the full rate (neither read from nor written to the cache).
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
-    pub cost_usd: f64,
+    pub cache_read_tokens: u64,
 }
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.cache_read_tokens += other.cache_read_tokens;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+/// An agent's running totals. Agents that report nothing leave it at its default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    pub model: Option<String>,
+    /// Model responses so far.
+    pub turns: u32,
+    pub tool_calls: u32,
+    pub usage: Usage,
+    /// `None` while nothing is billed, or when the model has no price.
+    pub cost_usd: Option<f64>,
+    /// The latest tool call, for the progress comment (`$ cargo test`, `str_replace
+    /// src/lib.rs`).
+    pub last_action: Option<String>,
+}
+
+pub type ActivitySink = tokio::sync::watch::Sender<Activity>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

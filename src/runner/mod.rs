@@ -17,6 +17,7 @@
 //! Modules: [`pipeline`] (one job, step by step), [`reporter`] (the progress comment),
 //! [`joblog`] (the job log), [`repo_config`] (`.repobox.yml`).
 
+pub mod context;
 pub mod joblog;
 pub mod pipeline;
 pub mod repo_config;

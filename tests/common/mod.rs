@@ -6,6 +6,7 @@
 pub mod git_server;
 pub mod github;
 pub mod gitlab;
+pub mod world;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
