@@ -175,9 +175,15 @@ fn describe(job: &crate::job::Job) -> String {
             out.push_str(&format!("{label}: {v}\n"));
         }
     }
+    let model = job
+        .model
+        .as_deref()
+        .map(|m| format!("model {m} · "))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "agent turns: {} · {} · attempts: {}\n",
+        "agent: {model}{} turns · {} tool calls · {} · attempts: {}\n",
         job.agent_turns,
+        job.tool_calls,
         crate::progress::cost_text(job),
         job.attempts
     ));

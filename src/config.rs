@@ -180,7 +180,12 @@ pub struct Config {
     #[arg(long, env = "REPOBOX_MAX_TURNS", default_value_t = 50, global = true)]
     pub max_turns: u32,
     /// The built-in agent's `max_tokens`: output tokens per model response.
-    #[arg(long, env = "REPOBOX_MAX_TOKENS", default_value_t = 16000, global = true)]
+    #[arg(
+        long,
+        env = "REPOBOX_MAX_TOKENS",
+        default_value_t = 16000,
+        global = true
+    )]
     pub max_tokens: u32,
     /// Prices added to or replacing the built-in table, USD per million tokens:
     /// `model=input,output[,cache_write,cache_read];…`.

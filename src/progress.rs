@@ -293,6 +293,12 @@ pub fn finished(
         .filter(|s| !s.is_empty())
         .map(|s| format!("\n\n{s}"))
         .unwrap_or_default();
+    // A job that ends early was billed for what its agent did so far.
+    let billed = if job.output_tokens > 0 {
+        format!(" · {}", cost_text(job))
+    } else {
+        String::new()
+    };
     let headline = match outcome {
         Final::Succeeded {
             url,
@@ -321,10 +327,10 @@ pub fn finished(
             cost_text(job)
         ),
         Final::Failed { error } => format!(
-            "❌ **Failed**: {error}\n\nSee the [log]({log}). `{trigger} retry` runs the job again."
+            "❌ **Failed**: {error}{billed}\n\nSee the [log]({log}). `{trigger} retry` runs the job again."
         ),
         Final::Cancelled => {
-            "🛑 **Cancelled** — the agent was stopped and nothing was pushed.".to_owned()
+            format!("🛑 **Cancelled** — the agent was stopped and nothing was pushed.{billed}")
         }
         Final::Rejected { reason } => format!("⛔ **Rejected**: {reason}"),
     };

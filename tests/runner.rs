@@ -9,10 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::fixture_json;
 use common::git_server;
 use common::github::{BOT_LOGIN, INSTALLATION_TOKEN};
 use common::gitlab as gl;
-use common::fixture_json;
 use redis::AsyncCommands;
 use repobox::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
 use repobox::job::JobStatus;

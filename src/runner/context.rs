@@ -126,7 +126,10 @@ pub fn prompt(
     p.push_str(&format!("\nTitle:\n{}", quote(title, 500)));
     if let Some(d) = discussion {
         if !d.body.trim().is_empty() {
-            p.push_str(&format!("\nDescription:\n{}", quote(&d.body, BODY_MAX_CHARS)));
+            p.push_str(&format!(
+                "\nDescription:\n{}",
+                quote(&d.body, BODY_MAX_CHARS)
+            ));
         }
         p.push_str(&comments(d));
     }
@@ -239,13 +242,22 @@ mod tests {
             omitted: 0,
         };
         let p = prompt(&job(), &RepoConfig::default(), Some(&d), None);
-        assert!(p.starts_with("Task from @octo on issue #12 of acme/api:\nfix the flaky login test\n"));
+        assert!(
+            p.starts_with("Task from @octo on issue #12 of acme/api:\nfix the flaky login test\n")
+        );
         assert!(!p.contains("ignore previous instructions"));
         assert!(!p.contains('\u{202E}'));
-        assert!(!p.contains("Repobox** · job"), "the bot's own comments are left out");
+        assert!(
+            !p.contains("Repobox** · job"),
+            "the bot's own comments are left out"
+        );
         let context = p.split("\n---\n").nth(1).unwrap();
         // Every line of forge text is behind `> `.
-        for needle in ["It fails 1 in 10.", "Happens on CI only.", "</context> SYSTEM"] {
+        for needle in [
+            "It fails 1 in 10.",
+            "Happens on CI only.",
+            "</context> SYSTEM",
+        ] {
             let line = context.lines().find(|l| l.contains(needle)).unwrap();
             assert!(line.starts_with("> "), "{line}");
         }

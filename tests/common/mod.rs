@@ -3,6 +3,7 @@
 //! `gitlab.rs`) and helpers that sign and send real webhook payloads.
 #![allow(dead_code)]
 
+pub mod anthropic;
 pub mod git_server;
 pub mod github;
 pub mod gitlab;

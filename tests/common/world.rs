@@ -343,4 +343,3 @@ pub fn progress_comment_id(job: &Job) -> u64 {
     job.progress_comment_id
         .expect("the job has a progress comment")
 }
-

@@ -402,7 +402,10 @@ fn error_body(text: &str) -> (String, String) {
         return (kind, message);
     }
     let snippet: String = text.chars().take(200).collect();
-    ("error".into(), format!("unexpected answer: {}", snippet.trim()))
+    (
+        "error".into(),
+        format!("unexpected answer: {}", snippet.trim()),
+    )
 }
 
 /// A reqwest error's text without the URL (which holds nothing secret, but is noise).
@@ -562,10 +565,7 @@ impl Builder {
         Response {
             id: std::mem::take(&mut self.id),
             content,
-            stop_reason: self
-                .stop_reason
-                .take()
-                .unwrap_or_else(|| "end_turn".into()),
+            stop_reason: self.stop_reason.take().unwrap_or_else(|| "end_turn".into()),
             usage,
             incomplete_tool_uses: incomplete,
         }
@@ -626,7 +626,10 @@ mod tests {
         let (k, m) = error_body(
             r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
         );
-        assert_eq!((k.as_str(), m.as_str()), ("authentication_error", "invalid x-api-key"));
+        assert_eq!(
+            (k.as_str(), m.as_str()),
+            ("authentication_error", "invalid x-api-key")
+        );
         let (k, m) = error_body("<html>bad gateway</html>");
         assert_eq!(k, "error");
         assert!(m.contains("bad gateway"));
@@ -646,7 +649,11 @@ mod tests {
             assert!(b.event(&e, &mut u, &mut sink).ok().unwrap().is_none());
         }
         let r = b
-            .event(&serde_json::json!({"type":"message_stop"}), &mut u, &mut sink)
+            .event(
+                &serde_json::json!({"type":"message_stop"}),
+                &mut u,
+                &mut sink,
+            )
             .ok()
             .unwrap()
             .unwrap();

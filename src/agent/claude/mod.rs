@@ -250,7 +250,9 @@ impl Agent for ClaudeAgent {
         let model = model.unwrap_or_else(|| self.settings.model.clone());
         let max_turns = max_turns.unwrap_or(self.settings.max_turns).max(1);
         activity.send_modify(|a| a.model = Some(model.clone()));
-        let _ = log.send(format!("Claude agent: model {model}, at most {max_turns} turns"));
+        let _ = log.send(format!(
+            "Claude agent: model {model}, at most {max_turns} turns"
+        ));
 
         let work_tree = sandbox.work_tree.to_string_lossy().into_owned();
         let mut tools = Tools {
@@ -302,7 +304,9 @@ impl ClaudeAgent {
         let mut turns = 0;
         loop {
             if turns >= max_turns {
-                let _ = log.send(format!("Stopped: the limit of {max_turns} turns is reached"));
+                let _ = log.send(format!(
+                    "Stopped: the limit of {max_turns} turns is reached"
+                ));
                 return Err(AgentError::Failed(format!(
                     "the agent reached its limit of {max_turns} turns (max_turns) before finishing; nothing was pushed"
                 )));

@@ -75,7 +75,11 @@ impl PriceTable {
     /// The built-in table with `overrides` (the `REPOBOX_MODEL_PRICES` syntax) applied.
     pub fn with_overrides(overrides: &str) -> Result<PriceTable, String> {
         let mut table = PriceTable::default();
-        for entry in overrides.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in overrides
+            .split(';')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             let (model, numbers) = entry
                 .split_once('=')
                 .ok_or_else(|| format!("`{entry}`: expected model=input,output"))?;
@@ -157,7 +161,10 @@ mod tests {
     #[test]
     fn overrides_add_and_replace_entries() {
         let t = PriceTable::with_overrides("claude-sonnet-4-5=6,30; local-model=1,2,3,4").unwrap();
-        assert_eq!(t.price("claude-sonnet-4-5"), Some(Price::standard(6.0, 30.0)));
+        assert_eq!(
+            t.price("claude-sonnet-4-5"),
+            Some(Price::standard(6.0, 30.0))
+        );
         assert_eq!(
             t.price("local-model-x"),
             Some(Price {

@@ -1,0 +1,423 @@
+//! The built-in Claude agent end to end: a signed webhook through the real router, a
+//! real Redis, real git remotes, the GitHub fake, the real bubblewrap sandbox, and an
+//! HTTP fake of the Anthropic Messages API (`common/anthropic.rs`) whose scripted turns
+//! play the model. The two main scenarios run the real `repobox runner` binary with the
+//! API key in its environment, as a deployment would.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::anthropic::{self as fake, API_KEY, FakeAnthropic, Turn, calls, done, tool};
+use common::github::INSTALLATION_TOKEN;
+use common::world::*;
+use repobox::agent::Agent;
+use repobox::agent::claude::api::{Client, RetryPolicy};
+use repobox::agent::claude::pricing::PriceTable;
+use repobox::agent::claude::{ClaudeAgent, ClaudeSettings};
+use repobox::job::{Job, JobStatus};
+use repobox::secret::Secret;
+use serde_json::{Value, json};
+
+const EDIT: &str = "str_replace_based_edit_tool";
+const MODEL: &str = "claude-sonnet-4-5";
+
+/// The Claude agent in the test's own process, retrying fast.
+fn claude(fake: &FakeAnthropic, key: &str) -> Arc<dyn Agent> {
+    let client = Client::new(
+        &fake.url,
+        Secret::new(key),
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(2),
+        },
+    )
+    .unwrap();
+    Arc::new(ClaudeAgent::new(
+        client,
+        ClaudeSettings {
+            model: MODEL.into(),
+            ..ClaudeSettings::default()
+        },
+    ))
+}
+
+async fn in_process(fake: &FakeAnthropic, key: &str, repobox_yml: Option<&'static str>) -> World {
+    world(Setup {
+        custom_agent: Some(claude(fake, key)),
+        repobox_yml,
+        ..Setup::default()
+    })
+    .await
+}
+
+/// `repobox runner` as its own process, configured for Claude through the environment.
+fn spawn_runner(w: &World, fake: &FakeAnthropic, log: &Path) -> std::process::Child {
+    let mut args: Vec<String> = vec![
+        "--redis-prefix".into(),
+        w.app.prefix.clone(),
+        "--public-url".into(),
+        "https://repobox.example.com".into(),
+        "--workdir".into(),
+        w.workdir.path().join("runner").to_str().unwrap().into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    args.extend(w.github.args());
+    args.push("runner".into());
+    std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
+        .args(&args)
+        .env("REPOBOX_REDIS_URL", common::redis_url())
+        .env("REPOBOX_AGENT", "claude")
+        .env("REPOBOX_MODEL", MODEL)
+        .env("REPOBOX_ANTHROPIC_BASE_URL", &fake.url)
+        .env("REPOBOX_ANTHROPIC_API_KEY", API_KEY)
+        .env("REPOBOX_LOG", "debug")
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops a runner process gracefully.
+fn stop(child: &mut std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The job's tokens and cost are exactly what the fake billed.
+fn assert_tokens_match(job: &Job, fake: &FakeAnthropic) {
+    let billed = fake.billed();
+    assert!(billed.output_tokens > 0);
+    assert_eq!(job.input_tokens, billed.input_tokens);
+    assert_eq!(job.output_tokens, billed.output_tokens);
+    assert_eq!(job.cache_read_tokens, billed.cache_read_tokens);
+    assert_eq!(job.cache_write_tokens, billed.cache_write_tokens);
+    let cost = PriceTable::default().cost(MODEL, &billed).unwrap();
+    let recorded = job.cost_usd.expect("a cost is recorded");
+    assert!((recorded - cost).abs() < 1e-6, "{recorded} vs {cost}");
+    assert_eq!(job.model.as_deref(), Some(MODEL));
+}
+
+fn has_cache_mark(block: &Value) -> bool {
+    block["cache_control"] == json!({"type": "ephemeral"})
+}
+
+#[tokio::test]
+async fn a_scripted_session_views_edits_runs_and_its_edit_is_exactly_what_the_pr_holds() {
+    let fake = FakeAnthropic::start(vec![
+        calls(vec![tool("toolu_01", EDIT, json!({"command": "view", "path": "README.md"}))]),
+        calls(vec![tool(
+            "toolu_02",
+            EDIT,
+            json!({"command": "str_replace", "path": "README.md", "old_str": "Wrold", "new_str": "World"}),
+        )]),
+        calls(vec![
+            fake::text("Let me check the result."),
+            tool("toolu_03", "bash", json!({"command": "cat README.md; ls"})),
+        ]),
+        done("Fix the spelling of World in the README\n\nThe heading said \"Wrold\"; it now says \"World\"."),
+    ])
+    .await;
+    let w = world(Setup {
+        runner: false,
+        ..Setup::default()
+    })
+    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut runner = spawn_runner(&w, &fake, &logs.path().join("runner.log"));
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+
+    // The PR holds exactly the model's edit.
+    let branch = "repobox/1-spelling-error-in-the-readme-file";
+    let diff = w.remote_git(REPO_GIT, &["diff", "main", branch]);
+    assert!(diff.contains("-# Hello Wrold\n+# Hello World"), "{diff}");
+    let changed = w.remote_git(REPO_GIT, &["diff", "--name-only", "main", branch]);
+    assert_eq!(changed, "README.md");
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1);
+    assert_eq!(pulls[0]["title"], "Fix the spelling of World in the README");
+    assert!(pulls[0]["body"].as_str().unwrap().contains("it now says"));
+
+    // Every request was valid for the real API: keyed, versioned, every tool_use
+    // answered by its tool_result (the fake refuses otherwise).
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(fake.left(), 0);
+    for r in &requests {
+        assert_eq!(r.refused, None);
+        assert_eq!(r.api_key, API_KEY);
+        assert_eq!(r.version, "2023-06-01");
+        // The stable prefix is marked for caching: the system block (after the tools)
+        // and the task message.
+        let tools = r.body["tools"].as_array().unwrap();
+        assert_eq!(tools[0]["type"], "text_editor_20250728");
+        assert_eq!(tools[0]["name"], EDIT);
+        assert_eq!(tools[1]["type"], "bash_20250124");
+        assert!(has_cache_mark(
+            r.body["system"].as_array().unwrap().last().unwrap()
+        ));
+        let first = &r.body["messages"][0]["content"];
+        assert!(has_cache_mark(first.as_array().unwrap().last().unwrap()));
+        assert_eq!(r.body["model"], MODEL);
+    }
+    let task = requests[0].body["messages"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(
+        task.starts_with("Task from @Codertocat on issue #1"),
+        "{task}"
+    );
+    assert!(task.contains("fix the spelling"));
+    let viewed = fake.tool_results(1);
+    assert_eq!(viewed.len(), 1);
+    assert_eq!(viewed[0].0, "toolu_01");
+    assert!(viewed[0].1.contains("1\t# Hello Wrold"), "{:?}", viewed[0]);
+    assert!(!viewed[0].2);
+    let edited = fake.tool_results(2);
+    assert_eq!((edited[0].0.as_str(), edited[0].2), ("toolu_02", false));
+    let ran = fake.tool_results(3);
+    assert_eq!(ran[0].0, "toolu_03");
+    assert!(ran[0].1.contains("# Hello World"), "{:?}", ran[0]);
+    assert!(ran[0].1.contains("src"), "{:?}", ran[0]);
+
+    // Tokens and cost: the sums of the fake's usage figures, in the record and comment.
+    let job = w.app.job(&id).await;
+    assert_tokens_match(&job, &fake);
+    assert_eq!(job.agent_turns, 4);
+    assert_eq!(job.tool_calls, 3);
+    let comment = w.final_comment(&job).await;
+    assert!(
+        comment.contains(&repobox::progress::cost_text(&job)),
+        "{comment}"
+    );
+    assert!(comment.contains("it now says"), "{comment}");
+    let log = w.log(&id).await.join("\n");
+    assert!(log.contains("claude: Let me check the result."), "{log}");
+    assert!(log.contains("str_replace"), "{log}");
+
+    // `jobs show` prints the same figures.
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
+        .args([
+            "--redis-prefix",
+            &w.app.prefix,
+            "jobs",
+            "show",
+            &id,
+            "--no-follow",
+        ])
+        .env("REPOBOX_REDIS_URL", common::redis_url())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(show.stdout).unwrap();
+    assert!(text.contains(&repobox::progress::cost_text(&job)), "{text}");
+    assert!(text.contains(MODEL), "{text}");
+
+    stop(&mut runner);
+    let runner_log = std::fs::read_to_string(logs.path().join("runner.log")).unwrap();
+    assert!(runner_log.contains("job finished"), "{runner_log}");
+    for secret in [API_KEY, INSTALLATION_TOKEN] {
+        assert!(
+            !runner_log.contains(secret),
+            "a secret is in the runner's log"
+        );
+    }
+    w.assert_no_token_leak(&[INSTALLATION_TOKEN, API_KEY]).await;
+}
+
+#[tokio::test]
+async fn sandbox_escapes_fail_and_are_reported_to_the_model_as_tool_errors() {
+    let w = world(Setup {
+        runner: false,
+        ..Setup::default()
+    })
+    .await;
+    let forge_port = url::Url::parse(&w.github.uri()).unwrap().port().unwrap();
+    let outside = w.workdir.path().join("outside.txt");
+    std::fs::write(&outside, "OUTSIDE-SECRET\n").unwrap();
+    let fake = FakeAnthropic::start(vec![
+        calls(vec![
+            tool("t_shadow", EDIT, json!({"command": "view", "path": "/etc/shadow"})),
+            tool(
+                "t_up",
+                EDIT,
+                json!({"command": "view", "path": "../../../outside.txt"}),
+            ),
+            tool(
+                "t_abs",
+                EDIT,
+                json!({"command": "view", "path": outside.to_str().unwrap()}),
+            ),
+            tool("t_link", "bash", json!({"command": format!("ln -s {} leak", outside.display())})),
+            tool("t_view_link", EDIT, json!({"command": "view", "path": "leak"})),
+            tool(
+                "t_write_link",
+                EDIT,
+                json!({"command": "create", "path": "leak", "file_text": "overwritten"}),
+            ),
+            tool("t_cat_shadow", "bash", json!({"command": "cat /etc/shadow"})),
+            tool(
+                "t_net",
+                "bash",
+                json!({"command": format!("curl -sS -m 5 http://127.0.0.1:{forge_port}/app")}),
+            ),
+            tool(
+                "t_env",
+                "bash",
+                json!({"command": "env; for f in /proc/*/environ; do tr '\\0' '\\n' < $f; done; tr '\\0' ' ' < /proc/1/cmdline"}),
+            ),
+            tool("t_clean", "bash", json!({"command": "rm leak"})),
+        ]),
+        done("Nothing to change\n\nEverything outside the checkout was refused."),
+    ])
+    .await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut runner = spawn_runner(&w, &fake, &logs.path().join("runner.log"));
+    let id = w.comment("/repobox read the secrets").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "OUTSIDE-SECRET\n"
+    );
+
+    let results = fake.tool_results(1);
+    assert_eq!(results.len(), 10, "every tool_use got its tool_result");
+    let result = |id: &str| {
+        results
+            .iter()
+            .find(|r| r.0 == id)
+            .unwrap_or_else(|| panic!("no result for {id}"))
+            .clone()
+    };
+    for id in [
+        "t_shadow",
+        "t_up",
+        "t_abs",
+        "t_view_link",
+        "t_write_link",
+        "t_cat_shadow",
+        "t_net",
+    ] {
+        let (_, text, is_error) = result(id);
+        assert!(is_error, "{id} was not an error: {text}");
+        assert!(!text.contains("OUTSIDE-SECRET"), "{id}: {text}");
+        assert!(!text.contains("root:"), "{id}: {text}");
+    }
+    assert!(
+        result("t_up").1.contains("outside the work tree"),
+        "{:?}",
+        result("t_up")
+    );
+    assert!(!result("t_link").2, "making a symlink inside is allowed");
+    let (_, env, _) = result("t_env");
+    assert!(env.contains("PATH="), "{env}");
+    for secret in [API_KEY, INSTALLATION_TOKEN, "REPOBOX_", "sk-ant-"] {
+        assert!(
+            !env.contains(secret),
+            "`{secret}` visible in the sandbox: {env}"
+        );
+    }
+
+    stop(&mut runner);
+    let runner_log = std::fs::read_to_string(logs.path().join("runner.log")).unwrap();
+    assert!(!runner_log.contains(API_KEY));
+}
+
+#[tokio::test]
+async fn an_overloaded_api_is_retried_and_every_billed_token_is_counted() {
+    let fake = FakeAnthropic::start(vec![
+        Turn::Error {
+            status: 529,
+            kind: "overloaded_error",
+            message: "Overloaded".into(),
+            retry_after: Some("0"),
+        },
+        Turn::StreamError {
+            kind: "overloaded_error",
+        },
+        calls(vec![tool(
+            "toolu_1",
+            EDIT,
+            json!({"command": "str_replace", "path": "README.md", "old_str": "Wrold", "new_str": "World"}),
+        )]),
+        // A response cut at max_tokens: the loop asks for smaller steps and goes on.
+        Turn::Message {
+            blocks: vec![fake::text("Now I will write a very long")],
+            stop_reason: "max_tokens",
+        },
+        done("Fix the README heading\n\nSpelling."),
+    ])
+    .await;
+    let w = in_process(&fake, API_KEY, None).await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(fake.requests().len(), 5);
+    assert_eq!(fake.left(), 0);
+    // The failed stream's tokens were billed and are counted.
+    assert_tokens_match(&job, &fake);
+    let after_cut = &fake.requests()[4].body["messages"];
+    let note = after_cut.as_array().unwrap().last().unwrap()["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(note.contains("cut off at the output limit"), "{note}");
+    let log = w.log(&id).await.join("\n");
+    assert!(log.contains("529 overloaded_error"), "{log}");
+    assert!(log.contains("overloaded_error during the stream"), "{log}");
+}
+
+#[tokio::test]
+async fn a_refused_key_fails_the_job_with_a_readable_masked_error() {
+    let fake = FakeAnthropic::start(vec![done("never used")]).await;
+    // The fake answers 401 to any other key; this one echoes in no error, but a proxy
+    // might: the key must not show up anywhere.
+    let wrong = "sk-ant-api03-WrongKey9876543210abcdefghijklmnopqrstuvwxyz-ABCDEFGH";
+    let w = in_process(&fake, wrong, None).await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let (job, error) = w.failed(&id).await;
+    assert!(
+        error.contains("the Anthropic API refused the request (401 authentication_error): invalid x-api-key (check REPOBOX_ANTHROPIC_API_KEY)"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 1, "a 401 is not retried");
+    let comment = w.final_comment(&job).await;
+    assert!(comment.contains("invalid x-api-key"), "{comment}");
+    assert!(!comment.contains(wrong));
+    w.assert_no_token_leak(&[wrong, INSTALLATION_TOKEN]).await;
+}
+
+#[tokio::test]
+async fn max_turns_from_repobox_yml_ends_the_job_with_its_tokens_recorded() {
+    let view = |id: &str| {
+        calls(vec![tool(
+            id,
+            EDIT,
+            json!({"command": "view", "path": "."}),
+        )])
+    };
+    let fake = FakeAnthropic::start(vec![view("a"), view("b"), view("c"), done("x")]).await;
+    let w = in_process(&fake, API_KEY, Some("max_turns: 2\n")).await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let (job, error) = w.failed(&id).await;
+    assert!(
+        error.contains("reached its limit of 2 turns (max_turns)"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 2);
+    assert_eq!(job.agent_turns, 2);
+    assert_tokens_match(&job, &fake);
+    let comment = w.final_comment(&job).await;
+    assert!(
+        comment.contains(&repobox::progress::cost_text(&job)),
+        "{comment}"
+    );
+    assert!(w.github.created_pulls().await.is_empty());
+}
