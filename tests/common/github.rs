@@ -610,49 +610,76 @@ fn example_comment(full_name: &str, number: u64) -> Value {
 }
 
 /// One page of `items` as GitHub pages lists: `per_page` (default 30, at most 100) and
-/// `page` (from 1) in the query, `first`/`prev`/`next`/`last` in a `Link` header.
+/// `page` (from 1) in the query, `prev`/`next`/`last`/`first` in a `Link` header.
 fn paginated(req: &Request, items: Vec<Value>) -> ResponseTemplate {
-    let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
-    let per_page = query
-        .get("per_page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100);
-    let page = query
-        .get("page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
-    let last = items.len().div_ceil(per_page).max(1);
-    let shown: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .collect();
-    let link = |n: usize, rel: &str| {
-        let mut url = req.url.clone();
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("per_page", &per_page.to_string())
-            .append_pair("page", &n.to_string());
-        format!("<{url}>; rel=\"{rel}\"")
-    };
+    let page = Page::of(req, items, 30);
     let mut links = Vec::new();
-    if page > 1 {
-        links.push(link(page - 1, "prev"));
+    if page.number > 1 {
+        links.push(page.link(req, page.number - 1, "prev"));
     }
-    if page < last {
-        links.push(link(page + 1, "next"));
-        links.push(link(last, "last"));
+    if page.number < page.last {
+        links.push(page.link(req, page.number + 1, "next"));
+        links.push(page.link(req, page.last, "last"));
     }
-    if page > 1 {
-        links.push(link(1, "first"));
+    if page.number > 1 {
+        links.push(page.link(req, 1, "first"));
     }
-    let mut response = ResponseTemplate::new(200).set_body_json(shown);
+    let mut response = ResponseTemplate::new(200).set_body_json(page.items);
     if !links.is_empty() {
         response = response.insert_header("link", links.join(", "));
     }
     response
+}
+
+/// The page of a list that a request asks for with `per_page` and `page` (the GitLab
+/// fake pages the same way).
+pub(super) struct Page {
+    pub items: Vec<Value>,
+    pub per_page: usize,
+    /// From 1.
+    pub number: usize,
+    pub last: usize,
+    pub total: usize,
+}
+
+impl Page {
+    pub(super) fn of(req: &Request, items: Vec<Value>, default_per_page: usize) -> Page {
+        let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+        let number_in = |name: &str| query.get(name).and_then(|p| p.parse::<usize>().ok());
+        let per_page = number_in("per_page")
+            .unwrap_or(default_per_page)
+            .clamp(1, 100);
+        let number = number_in("page").unwrap_or(1).max(1);
+        let total = items.len();
+        Page {
+            items: items
+                .into_iter()
+                .skip((number - 1) * per_page)
+                .take(per_page)
+                .collect(),
+            per_page,
+            number,
+            last: total.div_ceil(per_page).max(1),
+            total,
+        }
+    }
+
+    /// A `Link` header entry: the request's URL at page `n`.
+    pub(super) fn link(&self, req: &Request, n: usize, rel: &str) -> String {
+        let kept: Vec<(String, String)> = req
+            .url
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != "page" && k != "per_page")
+            .collect();
+        let mut url = req.url.clone();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair("per_page", &self.per_page.to_string())
+            .append_pair("page", &n.to_string());
+        format!("<{url}>; rel=\"{rel}\"")
+    }
 }
 
 /// A pull request in GitHub's shape (from the `pulls/get` example).

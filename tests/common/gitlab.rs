@@ -535,67 +535,36 @@ fn gitlab_error(status: u16) -> ResponseTemplate {
 /// `page` (from 1) in the query; `x-page`, `x-per-page`, `x-total`, `x-total-pages`,
 /// `x-next-page`, `x-prev-page` and a `Link` header in the answer.
 fn paginated(req: &Request, items: Vec<Value>) -> ResponseTemplate {
-    let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
-    let per_page = query
-        .get("per_page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(20)
-        .clamp(1, 100);
-    let page = query
-        .get("page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
-    let total = items.len();
-    let last = total.div_ceil(per_page).max(1);
-    let shown: Vec<Value> = items
-        .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .collect();
-    let link = |n: usize, rel: &str| {
-        let mut url = req.url.clone();
-        let kept: Vec<(String, String)> = req
-            .url
-            .query_pairs()
-            .into_owned()
-            .filter(|(k, _)| k != "page" && k != "per_page")
-            .collect();
-        url.query_pairs_mut()
-            .clear()
-            .extend_pairs(kept)
-            .append_pair("per_page", &per_page.to_string())
-            .append_pair("page", &n.to_string());
-        format!("<{url}>; rel=\"{rel}\"")
-    };
+    let page = super::github::Page::of(req, items, 20);
+    let (number, last) = (page.number, page.last);
     let mut links = Vec::new();
-    if page > 1 {
-        links.push(link(page - 1, "prev"));
+    if number > 1 {
+        links.push(page.link(req, number - 1, "prev"));
     }
-    if page < last {
-        links.push(link(page + 1, "next"));
+    if number < last {
+        links.push(page.link(req, number + 1, "next"));
     }
-    links.push(link(1, "first"));
-    links.push(link(last, "last"));
-    let next = if page < last {
-        (page + 1).to_string()
+    links.push(page.link(req, 1, "first"));
+    links.push(page.link(req, last, "last"));
+    let next = if number < last {
+        (number + 1).to_string()
     } else {
         String::new()
     };
-    let prev = if page > 1 {
-        (page - 1).to_string()
+    let prev = if number > 1 {
+        (number - 1).to_string()
     } else {
         String::new()
     };
     ResponseTemplate::new(200)
-        .set_body_json(shown)
-        .insert_header("x-page", page.to_string())
-        .insert_header("x-per-page", per_page.to_string())
-        .insert_header("x-total", total.to_string())
+        .insert_header("x-page", number.to_string())
+        .insert_header("x-per-page", page.per_page.to_string())
+        .insert_header("x-total", page.total.to_string())
         .insert_header("x-total-pages", last.to_string())
         .insert_header("x-next-page", next)
         .insert_header("x-prev-page", prev)
         .insert_header("link", links.join(", "))
+        .set_body_json(page.items)
 }
 
 /// The gitlab crate sends form-encoded bodies (and query strings for some calls).
