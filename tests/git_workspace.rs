@@ -1287,3 +1287,132 @@ fn reused_tree_applies_gitattributes() {
     assert_eq!(checked_out, b"echo newer\r\nexit\r\n");
     assert_git_clean(&next);
 }
+
+/// A job branch off main that adds, changes, deletes and adds a binary file, while main
+/// moves on: returns (mirror, branch head, main's new head).
+fn diverged_branch(fx: &Fixture) -> (Mirror, String, String) {
+    let mirror = fx.fetch(&[]);
+    let tree = mirror.add_worktree("job-diff", &fx.main_sha).unwrap();
+    write(
+        &tree,
+        "README.md",
+        "# Hello\n\nline two changed\nline three\n",
+    );
+    write(&tree, "src/new.rs", "pub fn new() {}\n");
+    std::fs::remove_file(tree.path().join("obsolete.txt")).unwrap();
+    std::fs::write(
+        tree.path().join("logo.png"),
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\xff",
+    )
+    .unwrap();
+    let head = tree
+        .commit_all("repobox[bot]", "bot@repobox.dev", "Change things")
+        .unwrap()
+        .expect("a commit")
+        .sha;
+    let later = push_commit(
+        fx.root(),
+        REPO,
+        "main",
+        &[
+            ("later.txt", "landed on main afterwards\n"),
+            (
+                "src/lib.rs",
+                "pub fn hello() -> &'static str {\n    \"hello\"\n}\n",
+            ),
+        ],
+        "Later work on main",
+    );
+    let mirror = fx.fetch(&[]);
+    assert_eq!(mirror.remote_branch("main").unwrap(), Some(later.clone()));
+    (mirror, head, later)
+}
+
+#[test]
+fn diff_shows_the_branch_since_its_merge_base_only() {
+    let fx = Fixture::new();
+    let (mirror, head, later) = diverged_branch(&fx);
+
+    let diff = mirror.diff(&later, &head, 1 << 20).unwrap();
+
+    assert_eq!(
+        diff.files,
+        vec!["README.md", "logo.png", "obsolete.txt", "src/new.rs"]
+    );
+    assert!(!diff.truncated);
+    assert_eq!(diff.files_in_patch, 4);
+    let patch = &diff.patch;
+    // Later main commits are not part of the change.
+    assert!(!patch.contains("later.txt"), "{patch}");
+    assert!(!patch.contains("src/lib.rs"), "{patch}");
+    assert!(
+        patch.contains("diff --git a/README.md b/README.md\n")
+            && patch.contains("-line two\n+line two changed\n"),
+        "{patch}"
+    );
+    assert!(
+        patch.contains("diff --git a/src/new.rs b/src/new.rs\nnew file mode 100644\n")
+            && patch.contains("+pub fn new() {}\n"),
+        "{patch}"
+    );
+    assert!(
+        patch.contains("deleted file mode 100644") && patch.contains("-to be deleted\n"),
+        "{patch}"
+    );
+    assert!(
+        patch.contains("Binary files /dev/null and b/logo.png differ\n"),
+        "{patch}"
+    );
+    assert!(!patch.contains("IHDR"), "no binary bytes in the patch");
+    // README: 1 line changed; new.rs: +1; obsolete.txt: -1.
+    assert_eq!((diff.additions, diff.deletions), (2, 2), "{diff:?}");
+
+    // Full ref names work as well as SHAs.
+    let by_ref = mirror
+        .diff("refs/remotes/origin/main", &head, 1 << 20)
+        .unwrap();
+    assert_eq!(by_ref, diff);
+}
+
+#[test]
+fn diff_truncates_at_whole_file_sections() {
+    let fx = Fixture::new();
+    let (mirror, head, later) = diverged_branch(&fx);
+    let full = mirror.diff(&later, &head, 1 << 20).unwrap();
+    let first_len = full.patch.find("diff --git a/logo.png").unwrap();
+
+    let cut = mirror.diff(&later, &head, first_len + 20).unwrap();
+
+    assert!(cut.truncated);
+    assert_eq!(cut.patch, full.patch[..first_len]);
+    assert_eq!(cut.files_in_patch, 1);
+    assert_eq!(cut.files, full.files, "every changed path is still listed");
+    assert_eq!(
+        (cut.additions, cut.deletions),
+        (full.additions, full.deletions)
+    );
+
+    // Smaller than the first section: as many of its whole lines as fit.
+    let tiny = mirror.diff(&later, &head, 40).unwrap();
+    assert!(tiny.truncated);
+    assert!(tiny.patch.len() <= 40, "{:?}", tiny.patch);
+    assert_eq!(tiny.patch, "diff --git a/README.md b/README.md\n");
+    assert_eq!(tiny.files.len(), 4);
+}
+
+#[test]
+fn diff_of_an_unknown_commit_fails_clearly() {
+    let fx = Fixture::new();
+    let mirror = fx.fetch(&[]);
+
+    let err = mirror
+        .diff(
+            &fx.main_sha,
+            "0123456789012345678901234567890123456789",
+            1000,
+        )
+        .unwrap_err();
+
+    assert!(matches!(err, GitError::Other(_)), "{err:?}");
+    assert!(err.to_string().contains("0123456789"), "{err}");
+}

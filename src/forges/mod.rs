@@ -131,6 +131,38 @@ pub struct Discussion {
 /// Most comments [`Forge::discussion`] returns.
 pub const DISCUSSION_MAX_COMMENTS: usize = 50;
 
+/// Collects a thread's comments oldest first and keeps the latest
+/// [`DISCUSSION_MAX_COMMENTS`], counting the rest (both forge adapters page through it).
+#[derive(Debug, Default)]
+pub(crate) struct LatestComments {
+    kept: std::collections::VecDeque<DiscussionComment>,
+    omitted: usize,
+}
+
+impl LatestComments {
+    pub(crate) fn push(&mut self, comment: DiscussionComment) {
+        if self.kept.len() == DISCUSSION_MAX_COMMENTS {
+            self.kept.pop_front();
+            self.omitted += 1;
+        }
+        self.kept.push_back(comment);
+    }
+
+    /// Counts `n` older comments that were never read (pages skipped over).
+    pub(crate) fn skipped(&mut self, n: usize) {
+        self.omitted += n;
+    }
+
+    pub(crate) fn into_discussion(self, title: String, body: String) -> Discussion {
+        Discussion {
+            title,
+            body,
+            comments: self.kept.into(),
+            omitted: self.omitted,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscussionComment {
     /// Login (GitHub) or username (GitLab).

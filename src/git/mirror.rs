@@ -129,6 +129,82 @@ impl Mirror {
         Ok(std::str::from_utf8(blob.content()).ok().map(str::to_owned))
     }
 
+    /// The unified patch of `merge-base(base, head)..head` (what a pull/merge request
+    /// page shows: commits that landed on the base later are not in it), renames
+    /// detected, three lines of context. `base` and `head` are commit SHAs or full ref
+    /// names present in the mirror.
+    ///
+    /// The patch holds whole file sections, in path order, as long as they fit in
+    /// `max_bytes`; the first section that does not fit ends it (cut at a line end if
+    /// nothing else is in the patch yet) and `truncated` is set. Binary files show as a
+    /// "Binary files … differ" line. `files` and the line counts always cover the whole
+    /// diff.
+    pub fn diff(&self, base: &str, head: &str, max_bytes: usize) -> Result<DiffText, GitError> {
+        let repo = self.open()?;
+        let commit = |rev: &str| {
+            repo.revparse_single(rev)
+                .and_then(|o| o.peel_to_commit())
+                .map_err(|e| GitError::other(&format!("diff: resolve {rev:?}"), e))
+        };
+        let base_commit = commit(base)?;
+        let head_commit = commit(head)?;
+        let fork_point = repo
+            .merge_base(base_commit.id(), head_commit.id())
+            .map_err(|e| GitError::other("diff: merge base", e))?;
+        let old_tree = repo
+            .find_commit(fork_point)
+            .and_then(|c| c.tree())
+            .map_err(|e| GitError::other("diff: merge base tree", e))?;
+        let new_tree = head_commit
+            .tree()
+            .map_err(|e| GitError::other("diff: head tree", e))?;
+        let mut diff = repo
+            .diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)
+            .map_err(|e| GitError::other("diff", e))?;
+        diff.find_similar(Some(git2::DiffFindOptions::new().renames(true)))
+            .map_err(|e| GitError::other("diff: renames", e))?;
+        let stats = diff
+            .stats()
+            .map_err(|e| GitError::other("diff: stats", e))?;
+        let mut out = DiffText {
+            additions: stats.insertions(),
+            deletions: stats.deletions(),
+            ..DiffText::default()
+        };
+        for (index, delta) in diff.deltas().enumerate() {
+            let file = delta.new_file().path().or(delta.old_file().path());
+            out.files.push(
+                file.map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            if out.truncated {
+                continue;
+            }
+            let section = match git2::Patch::from_diff(&diff, index) {
+                Ok(Some(mut patch)) => patch
+                    .to_buf()
+                    .map(|buf| String::from_utf8_lossy(&buf).into_owned())
+                    .map_err(|e| GitError::other("diff: patch text", e))?,
+                Ok(None) => continue,
+                Err(e) => return Err(GitError::other("diff: patch", e)),
+            };
+            if out.patch.len() + section.len() <= max_bytes {
+                out.patch.push_str(&section);
+                out.files_in_patch += 1;
+                continue;
+            }
+            out.truncated = true;
+            if out.patch.is_empty() {
+                let cut = cut_at_line_end(&section, max_bytes);
+                if !cut.is_empty() {
+                    out.patch.push_str(cut);
+                    out.files_in_patch += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The bare repository's directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -145,6 +221,36 @@ impl Mirror {
             Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
             Err(e) => Err(GitError::other(&format!("read {refname}"), e)),
         }
+    }
+}
+
+/// A pull/merge request's changes as [`Mirror::diff`] reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiffText {
+    /// Unified patch (`diff --git` sections), at most the `max_bytes` asked for.
+    pub patch: String,
+    /// Every changed path (the new path of a rename, the old one of a deletion), in
+    /// the patch's order, including files the patch had no room for.
+    pub files: Vec<String>,
+    /// How many of `files` have their section (whole, or cut for the first one) in
+    /// `patch`.
+    pub files_in_patch: usize,
+    /// Lines added and removed over the whole diff.
+    pub additions: usize,
+    pub deletions: usize,
+    /// `patch` stops short of the whole diff.
+    pub truncated: bool,
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends with a newline.
+fn cut_at_line_end(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text[..end].rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
     }
 }
 
@@ -306,6 +412,15 @@ mod tests {
             sanitize_key("gitlab/grp/sub/proj.git"),
             "gitlab/grp/sub/_proj_git"
         );
+    }
+
+    #[test]
+    fn cuts_end_at_a_line_end_within_the_limit() {
+        assert_eq!(cut_at_line_end("ab\ncd\nef", 7), "ab\ncd\n");
+        assert_eq!(cut_at_line_end("ab\ncd\nef", 5), "ab\n");
+        assert_eq!(cut_at_line_end("abcdef", 3), "");
+        assert_eq!(cut_at_line_end("é\né", 2), "");
+        assert_eq!(cut_at_line_end("é\né", 3), "é\n");
     }
 
     #[test]

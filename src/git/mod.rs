@@ -20,7 +20,7 @@ mod scrub;
 mod transport;
 mod worktree;
 
-pub use mirror::{Mirror, Mirrors};
+pub use mirror::{DiffText, Mirror, Mirrors};
 pub use pool::DEFAULT_PARKED_TREES;
 pub use worktree::{CommitInfo, FileChange, WorkTree};
 

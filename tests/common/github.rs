@@ -2,6 +2,12 @@
 //! responses from `tests/fixtures/github/api-examples`. App endpoints only answer a
 //! well-formed RS256 JWT for the test App; repository endpoints only answer the
 //! installation token the fake minted.
+//!
+//! Threads (issues and pull requests, by number) are stateful: any number answers
+//! `GET issues/{n}` and a paginated `GET issues/{n}/comments`, by default with the
+//! example issue of the `issues.opened` webhook and the `issues/list-comments` example
+//! comment; tests script them with [`FakeGitHub::set_issue`] and
+//! [`FakeGitHub::add_issue_comment`], and comments Repobox posts or edits show up there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +94,23 @@ pub struct FakeGitHub {
     pub server: MockServer,
     /// Pull requests the fake knows (preloaded or created through the API).
     pub pulls: Arc<Mutex<Vec<Value>>>,
+    /// Issue and pull request threads by number.
+    pub threads: Arc<Mutex<HashMap<u64, Thread>>>,
+    /// Ids of comments a test scripts (those Repobox posts count from 9000).
+    scripted_ids: AtomicU64,
+}
+
+/// What the fake knows of one thread beyond its defaults.
+#[derive(Debug, Default)]
+pub struct Thread {
+    /// `(title, body)` set by [`FakeGitHub::set_issue`].
+    pub text: Option<(String, Option<String>)>,
+    /// Comments in the order written (scripted and posted through the API).
+    pub comments: Vec<Value>,
+    /// The example comment is left out once a test adds comments of its own.
+    pub scripted: bool,
+    /// Status every call on the thread answers with ([`FakeGitHub::fail_thread`]).
+    pub fail: Option<u16>,
 }
 
 /// The App's bot user (`octoapp[bot]`, after the App example's slug).
@@ -176,30 +199,61 @@ impl FakeGitHub {
             .respond_with(ResponseTemplate::new(201).set_body_json(reaction))
             .mount(&server)
             .await;
-        let next_id = Arc::new(AtomicU64::new(9000));
+        let threads: Arc<Mutex<HashMap<u64, Thread>>> = Arc::default();
+        let next_id = AtomicU64::new(9000);
         let created = example("issues__create-comment.response.201.default");
+        let state = threads.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/issues/\d+/comments$"))
             .and(InstallationAuth)
             .respond_with(move |req: &Request| {
+                let number = path_number(req, 5);
+                let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
                 let mut body = created.clone();
                 body["id"] = json!(next_id.fetch_add(1, Ordering::SeqCst));
-                let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
                 body["body"] = sent["body"].clone();
+                body["user"]["login"] = json!(BOT_LOGIN);
+                body["user"]["id"] = json!(BOT_USER_ID);
+                body["user"]["type"] = json!("Bot");
+                let mut threads = state.lock().unwrap();
+                threads
+                    .entry(number)
+                    .or_default()
+                    .comments
+                    .push(body.clone());
                 ResponseTemplate::new(201).set_body_json(body)
             })
             .mount(&server)
             .await;
         let updated = example("issues__update-comment.response.200.default");
+        let state = threads.clone();
         Mock::given(method("PATCH"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/issues/comments/\d+$"))
             .and(InstallationAuth)
-            .respond_with(ResponseTemplate::new(200).set_body_json(updated))
+            .respond_with(move |req: &Request| {
+                let id = path_number(req, 6);
+                let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let mut threads = state.lock().unwrap();
+                let comment = threads
+                    .values_mut()
+                    .flat_map(|t| t.comments.iter_mut())
+                    .find(|c| c["id"] == json!(id));
+                match comment {
+                    Some(c) => {
+                        c["body"] = sent["body"].clone();
+                        ResponseTemplate::new(200).set_body_json(c.clone())
+                    }
+                    // Not posted through this fake: GitHub's example answer.
+                    None => ResponseTemplate::new(200).set_body_json(updated.clone()),
+                }
+            })
             .mount(&server)
             .await;
         FakeGitHub {
             server,
             pulls: Arc::default(),
+            threads,
+            scripted_ids: AtomicU64::new(1_000_000),
         }
     }
 
@@ -223,6 +277,60 @@ impl FakeGitHub {
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({
                 "login": BOT_LOGIN, "id": BOT_USER_ID, "type": "Bot", "site_admin": false
             })))
+            .mount(&self.server)
+            .await;
+        let (pulls, threads) = (self.pulls.clone(), self.threads.clone());
+        let full = full_name.to_owned();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path_regex(format!(
+                r"^/repos/{}/issues/\d+$",
+                regex_escape(full_name)
+            )))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let number = path_number(req, 5);
+                let threads = threads.lock().unwrap();
+                let thread = threads.get(&number);
+                if let Some(status) = thread.and_then(|t| t.fail) {
+                    return github_error(status);
+                }
+                let pull = pulls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["number"] == json!(number))
+                    .cloned();
+                ResponseTemplate::new(200).set_body_json(issue_json(
+                    &full,
+                    number,
+                    thread.and_then(|t| t.text.clone()),
+                    pull.as_ref(),
+                ))
+            })
+            .mount(&self.server)
+            .await;
+        let threads = self.threads.clone();
+        let full = full_name.to_owned();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path_regex(format!(
+                r"^/repos/{}/issues/\d+/comments$",
+                regex_escape(full_name)
+            )))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let number = path_number(req, 5);
+                let threads = threads.lock().unwrap();
+                let thread = threads.get(&number);
+                if let Some(status) = thread.and_then(|t| t.fail) {
+                    return github_error(status);
+                }
+                let mut all = Vec::new();
+                if thread.is_none_or(|t| !t.scripted) {
+                    all.push(example_comment(&full, number));
+                }
+                all.extend(thread.iter().flat_map(|t| t.comments.iter().cloned()));
+                paginated(req, all)
+            })
             .mount(&self.server)
             .await;
         let pulls = self.pulls.clone();
@@ -323,6 +431,39 @@ impl FakeGitHub {
         ));
     }
 
+    /// Gives thread `number` (issue or pull request) this title and body (`None`: the
+    /// `null` body GitHub sends for an empty description).
+    pub fn set_issue<'a>(&self, number: u64, title: &str, body: impl Into<Option<&'a str>>) {
+        self.threads.lock().unwrap().entry(number).or_default().text =
+            Some((title.to_owned(), body.into().map(str::to_owned)));
+    }
+
+    /// Appends a comment by `author_login` to thread `number` (the first one replaces
+    /// the example comment); returns its id. A comment by [`BOT_LOGIN`] is Repobox's own.
+    pub fn add_issue_comment(&self, number: u64, author_login: &str, body: &str) -> u64 {
+        let id = self.scripted_ids.fetch_add(1, Ordering::SeqCst);
+        let mut comment = example("issues__list-comments.response.200.default")[0].clone();
+        comment["id"] = json!(id);
+        comment["body"] = json!(body);
+        comment["user"]["login"] = json!(author_login);
+        comment["user"]["type"] = json!(if author_login.ends_with("[bot]") {
+            "Bot"
+        } else {
+            "User"
+        });
+        let mut threads = self.threads.lock().unwrap();
+        let thread = threads.entry(number).or_default();
+        thread.scripted = true;
+        thread.comments.push(comment);
+        id
+    }
+
+    /// Makes every read of thread `number` (issue and comments) answer `status` with
+    /// GitHub's error body.
+    pub fn fail_thread(&self, number: u64, status: u16) {
+        self.threads.lock().unwrap().entry(number).or_default().fail = Some(status);
+    }
+
     /// Bodies of pull requests created through the API.
     pub async fn created_pulls(&self) -> Vec<Value> {
         self.calls("POST", "/pulls")
@@ -393,6 +534,151 @@ impl FakeGitHub {
             .filter(|(p, _)| p.contains("/issues/") && !p.ends_with("/reactions"))
             .map(|(p, b)| (p, b["body"].as_str().unwrap_or_default().to_owned()))
             .collect()
+    }
+}
+
+/// The number at `segment` of the request path (`/repos/o/r/issues/7` → 5 is `7`).
+fn path_number(req: &Request, segment: usize) -> u64 {
+    req.url
+        .path()
+        .split('/')
+        .nth(segment)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = !c.is_ascii_alphanumeric() && !matches!(c, '/' | '-' | '_');
+            escape.then_some('\\').into_iter().chain(Some(c))
+        })
+        .collect()
+}
+
+/// GitHub's error body with `status`.
+fn github_error(status: u16) -> ResponseTemplate {
+    let message = match status {
+        404 => "Not Found",
+        500..=599 => "Server Error",
+        _ => "Error",
+    };
+    ResponseTemplate::new(status).set_body_json(json!({
+        "message": message,
+        "documentation_url": "https://docs.github.com/rest",
+        "status": status.to_string()
+    }))
+}
+
+/// The issue the issues API answers for `number`: the `issues.opened` webhook's issue
+/// (a pull request's title and body when `number` is a known pull request), with the
+/// text a test set.
+fn issue_json(
+    full_name: &str,
+    number: u64,
+    text: Option<(String, Option<String>)>,
+    pull: Option<&Value>,
+) -> Value {
+    let mut issue = super::fixture_json("github/webhooks/issues.opened.json")["issue"].clone();
+    issue["number"] = json!(number);
+    let api = format!("https://api.github.com/repos/{full_name}/issues/{number}");
+    issue["url"] = json!(api);
+    issue["comments_url"] = json!(format!("{api}/comments"));
+    issue["html_url"] = json!(format!("https://github.com/{full_name}/issues/{number}"));
+    if let Some(pull) = pull {
+        issue["title"] = pull["title"].clone();
+        issue["body"] = pull["body"].clone();
+        issue["pull_request"] = json!({
+            "url": format!("https://api.github.com/repos/{full_name}/pulls/{number}"),
+            "html_url": pull["html_url"].clone(),
+        });
+    }
+    if let Some((title, body)) = text {
+        issue["title"] = json!(title);
+        issue["body"] = json!(body);
+    }
+    issue
+}
+
+/// GitHub's `issues/list-comments` example comment, on thread `number`.
+fn example_comment(full_name: &str, number: u64) -> Value {
+    let mut comment = example("issues__list-comments.response.200.default")[0].clone();
+    comment["issue_url"] = json!(format!(
+        "https://api.github.com/repos/{full_name}/issues/{number}"
+    ));
+    comment
+}
+
+/// One page of `items` as GitHub pages lists: `per_page` (default 30, at most 100) and
+/// `page` (from 1) in the query, `prev`/`next`/`last`/`first` in a `Link` header.
+fn paginated(req: &Request, items: Vec<Value>) -> ResponseTemplate {
+    let page = Page::of(req, items, 30);
+    let mut links = Vec::new();
+    if page.number > 1 {
+        links.push(page.link(req, page.number - 1, "prev"));
+    }
+    if page.number < page.last {
+        links.push(page.link(req, page.number + 1, "next"));
+        links.push(page.link(req, page.last, "last"));
+    }
+    if page.number > 1 {
+        links.push(page.link(req, 1, "first"));
+    }
+    let mut response = ResponseTemplate::new(200).set_body_json(page.items);
+    if !links.is_empty() {
+        response = response.insert_header("link", links.join(", "));
+    }
+    response
+}
+
+/// The page of a list that a request asks for with `per_page` and `page` (the GitLab
+/// fake pages the same way).
+pub(super) struct Page {
+    pub items: Vec<Value>,
+    pub per_page: usize,
+    /// From 1.
+    pub number: usize,
+    pub last: usize,
+    pub total: usize,
+}
+
+impl Page {
+    pub(super) fn of(req: &Request, items: Vec<Value>, default_per_page: usize) -> Page {
+        let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+        let number_in = |name: &str| query.get(name).and_then(|p| p.parse::<usize>().ok());
+        let per_page = number_in("per_page")
+            .unwrap_or(default_per_page)
+            .clamp(1, 100);
+        let number = number_in("page").unwrap_or(1).max(1);
+        let total = items.len();
+        Page {
+            items: items
+                .into_iter()
+                .skip((number - 1) * per_page)
+                .take(per_page)
+                .collect(),
+            per_page,
+            number,
+            last: total.div_ceil(per_page).max(1),
+            total,
+        }
+    }
+
+    /// A `Link` header entry: the request's URL at page `n`.
+    pub(super) fn link(&self, req: &Request, n: usize, rel: &str) -> String {
+        let kept: Vec<(String, String)> = req
+            .url
+            .query_pairs()
+            .into_owned()
+            .filter(|(k, _)| k != "page" && k != "per_page")
+            .collect();
+        let mut url = req.url.clone();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair("per_page", &self.per_page.to_string())
+            .append_pair("page", &n.to_string());
+        format!("<{url}>; rel=\"{rel}\"")
     }
 }
 

@@ -1,11 +1,19 @@
 //! An HTTP fake of the GitLab REST API v4 (wiremock) for the calls Repobox makes:
 //! the current user, project members (inherited included), notes and award emoji.
 //! Every endpoint only answers the bot's `PRIVATE-TOKEN`.
+//!
+//! Threads are stateful, keyed by kind and iid (one project per fake): any issue iid
+//! answers `GET issues/:iid` (the issue of GitLab's documented Note Hook example), the
+//! merge requests the fake knows answer `GET merge_requests/:iid`, and both answer a
+//! paginated `GET …/notes` (by default the Note Hook example's note). Tests script them
+//! with [`FakeGitLab::set_thread`], [`FakeGitLab::add_note`] and
+//! [`FakeGitLab::add_system_note`]; notes Repobox posts or edits show up there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use repobox::model::ThreadKind;
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -17,6 +25,43 @@ pub struct FakeGitLab {
     pub server: MockServer,
     /// Merge requests the fake knows (preloaded or created through the API).
     pub merge_requests: Arc<Mutex<Vec<Value>>>,
+    /// Issue and merge request threads by (`"issues"` or `"merge_requests"`, iid).
+    pub threads: Arc<Mutex<HashMap<ThreadKey, Thread>>>,
+    /// Ids of notes a test scripts (those Repobox posts count from 7000).
+    scripted_ids: AtomicU64,
+}
+
+/// `("issues" | "merge_requests", iid)`, as in the API paths.
+pub type ThreadKey = (&'static str, u64);
+
+/// What the fake knows of one thread beyond its defaults.
+#[derive(Debug, Default)]
+pub struct Thread {
+    /// `(title, description)` set by [`FakeGitLab::set_thread`].
+    pub text: Option<(String, Option<String>)>,
+    /// Notes in the order written (scripted and posted through the API).
+    pub notes: Vec<Value>,
+    /// The example note is left out once a test adds notes of its own.
+    pub scripted: bool,
+    /// Status every read of the thread answers with ([`FakeGitLab::fail_thread`]).
+    pub fail: Option<u16>,
+}
+
+fn thread_key(kind: ThreadKind, iid: u64) -> ThreadKey {
+    match kind {
+        ThreadKind::Issue => ("issues", iid),
+        ThreadKind::PullRequest | ThreadKind::MergeRequest => ("merge_requests", iid),
+    }
+}
+
+/// The thread a request path names: `/api/v4/projects/:id/(issues|merge_requests)/:iid…`.
+fn request_thread(req: &Request) -> ThreadKey {
+    let mut parts = req.url.path().split('/').skip(5);
+    let kind = match parts.next() {
+        Some("issues") => "issues",
+        _ => "merge_requests",
+    };
+    (kind, parts.next().and_then(|n| n.parse().ok()).unwrap_or(0))
 }
 
 impl FakeGitLab {
@@ -61,7 +106,9 @@ impl FakeGitLab {
             })))
             .mount(&server)
             .await;
-        let next_id = Arc::new(AtomicU64::new(7000));
+        let threads: Arc<Mutex<HashMap<ThreadKey, Thread>>> = Arc::default();
+        let next_id = AtomicU64::new(7000);
+        let state = threads.clone();
         Mock::given(method("POST"))
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes$",
@@ -69,28 +116,54 @@ impl FakeGitLab {
             .and(header("private-token", TOKEN))
             .respond_with(move |req: &Request| {
                 let sent = form_or_json(req);
-                ResponseTemplate::new(201).set_body_json(json!({
-                    "id": next_id.fetch_add(1, Ordering::SeqCst),
-                    "body": sent["body"], "system": false,
-                    "author": { "id": 99, "username": BOT_USERNAME }
-                }))
+                let key = request_thread(req);
+                let note = note_json(
+                    next_id.fetch_add(1, Ordering::SeqCst),
+                    key,
+                    BOT_USERNAME,
+                    sent["body"].as_str().unwrap_or_default(),
+                    false,
+                );
+                state
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .notes
+                    .push(note.clone());
+                ResponseTemplate::new(201).set_body_json(note)
             })
             .mount(&server)
             .await;
+        let state = threads.clone();
         Mock::given(method("PUT"))
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes/\d+$",
             ))
             .and(header("private-token", TOKEN))
-            .respond_with(|req: &Request| {
+            .respond_with(move |req: &Request| {
                 let sent = form_or_json(req);
-                ResponseTemplate::new(200).set_body_json(json!({ "id": 1, "body": sent["body"] }))
+                let id: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
+                let mut threads = state.lock().unwrap();
+                let note = threads
+                    .get_mut(&request_thread(req))
+                    .and_then(|t| t.notes.iter_mut().find(|n| n["id"] == json!(id)));
+                match note {
+                    Some(n) => {
+                        n["body"] = sent["body"].clone();
+                        ResponseTemplate::new(200).set_body_json(n.clone())
+                    }
+                    None => ResponseTemplate::new(200)
+                        .set_body_json(json!({ "id": id, "body": sent["body"] })),
+                }
             })
             .mount(&server)
             .await;
         FakeGitLab {
             server,
             merge_requests: Arc::default(),
+            threads,
+            scripted_ids: AtomicU64::new(1_000_000),
         }
     }
 
@@ -121,17 +194,84 @@ impl FakeGitLab {
                 .mount(&self.server)
                 .await;
         }
-        let mrs = self.merge_requests.clone();
+        let (mrs, threads) = (self.merge_requests.clone(), self.threads.clone());
         Mock::given(method("GET"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests/\d+$"))
             .and(header("private-token", TOKEN))
             .respond_with(move |req: &Request| {
-                let iid: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
-                match mrs.lock().unwrap().iter().find(|m| m["iid"] == json!(iid)) {
-                    Some(m) => ResponseTemplate::new(200).set_body_json(m.clone()),
-                    None => ResponseTemplate::new(404)
-                        .set_body_json(json!({"message": "404 Not found"})),
+                let key = request_thread(req);
+                let threads = threads.lock().unwrap();
+                let thread = threads.get(&key);
+                if let Some(status) = thread.and_then(|t| t.fail) {
+                    return gitlab_error(status);
                 }
+                match mrs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["iid"] == json!(key.1))
+                {
+                    Some(m) => {
+                        let mut m = m.clone();
+                        if let Some((title, description)) = thread.and_then(|t| t.text.clone()) {
+                            m["title"] = json!(title);
+                            m["description"] = json!(description);
+                        }
+                        ResponseTemplate::new(200).set_body_json(m)
+                    }
+                    None => gitlab_error(404),
+                }
+            })
+            .mount(&self.server)
+            .await;
+        let threads = self.threads.clone();
+        let web_base = format!("http://gitlab.example/{path_str}");
+        Mock::given(method("GET"))
+            .and(path_regex(r"^/api/v4/projects/[^/]+/issues/\d+$"))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let key = request_thread(req);
+                let threads = threads.lock().unwrap();
+                let thread = threads.get(&key);
+                if let Some(status) = thread.and_then(|t| t.fail) {
+                    return gitlab_error(status);
+                }
+                let mut issue = example_hook("note_hook.issue.json")["issue"].clone();
+                issue["iid"] = json!(key.1);
+                issue["project_id"] = json!(id);
+                issue["web_url"] = json!(format!("{web_base}/-/issues/{}", key.1));
+                issue["author"] = json!({ "id": 1, "username": "root", "name": "Administrator" });
+                if let Some((title, description)) = thread.and_then(|t| t.text.clone()) {
+                    issue["title"] = json!(title);
+                    issue["description"] = json!(description);
+                }
+                ResponseTemplate::new(200).set_body_json(issue)
+            })
+            .mount(&self.server)
+            .await;
+        let threads = self.threads.clone();
+        Mock::given(method("GET"))
+            .and(path_regex(
+                r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes$",
+            ))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let key = request_thread(req);
+                let threads = threads.lock().unwrap();
+                let thread = threads.get(&key);
+                if let Some(status) = thread.and_then(|t| t.fail) {
+                    return gitlab_error(status);
+                }
+                let mut all = Vec::new();
+                if thread.is_none_or(|t| !t.scripted) {
+                    all.push(example_note(key));
+                }
+                all.extend(thread.iter().flat_map(|t| t.notes.iter().cloned()));
+                let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+                if query.get("sort").map(String::as_str) == Some("desc") {
+                    all.reverse();
+                }
+                paginated(req, all)
             })
             .mount(&self.server)
             .await;
@@ -216,6 +356,64 @@ impl FakeGitLab {
         ));
     }
 
+    /// Gives a thread this title and description (`None`: GitLab's `null`). A merge
+    /// request must also be known to the fake ([`FakeGitLab::add_merge_request`]).
+    pub fn set_thread<'a>(
+        &self,
+        kind: ThreadKind,
+        iid: u64,
+        title: &str,
+        description: impl Into<Option<&'a str>>,
+    ) {
+        self.threads
+            .lock()
+            .unwrap()
+            .entry(thread_key(kind, iid))
+            .or_default()
+            .text = Some((title.to_owned(), description.into().map(str::to_owned)));
+    }
+
+    /// Appends a note by `username` to a thread (the first one replaces the example
+    /// note); returns its id. A note by [`BOT_USERNAME`] is Repobox's own.
+    pub fn add_note(&self, kind: ThreadKind, iid: u64, username: &str, body: &str) -> u64 {
+        self.push_note(kind, iid, username, body, false)
+    }
+
+    /// Appends a system note ("added 1 commit") to a thread; returns its id.
+    pub fn add_system_note(&self, kind: ThreadKind, iid: u64, body: &str) -> u64 {
+        self.push_note(kind, iid, "root", body, true)
+    }
+
+    fn push_note(
+        &self,
+        kind: ThreadKind,
+        iid: u64,
+        username: &str,
+        body: &str,
+        system: bool,
+    ) -> u64 {
+        let id = self.scripted_ids.fetch_add(1, Ordering::SeqCst);
+        let key = thread_key(kind, iid);
+        let mut threads = self.threads.lock().unwrap();
+        let thread = threads.entry(key).or_default();
+        thread.scripted = true;
+        thread
+            .notes
+            .push(note_json(id, key, username, body, system));
+        id
+    }
+
+    /// Makes every read of a thread (the issue or merge request, and its notes) answer
+    /// `status` with GitLab's error body.
+    pub fn fail_thread(&self, kind: ThreadKind, iid: u64, status: u16) {
+        self.threads
+            .lock()
+            .unwrap()
+            .entry(thread_key(kind, iid))
+            .or_default()
+            .fail = Some(status);
+    }
+
     /// Form bodies of merge requests created through the API.
     pub async fn created_merge_requests(&self) -> Vec<Value> {
         self.requests()
@@ -287,6 +485,86 @@ impl FakeGitLab {
             })
             .collect()
     }
+}
+
+/// A GitLab documentation webhook example (`tests/fixtures/gitlab/docs`).
+fn example_hook(name: &str) -> Value {
+    super::fixture_json(&format!("gitlab/docs/{name}"))
+}
+
+/// A note in the API's shape.
+fn note_json(id: u64, key: ThreadKey, username: &str, body: &str, system: bool) -> Value {
+    json!({
+        "id": id, "type": null, "body": body, "system": system,
+        "author": {
+            "id": if username == BOT_USERNAME { 99 } else { 1000 + id },
+            "username": username, "name": username, "state": "active"
+        },
+        "created_at": "2015-05-17T17:06:40.000Z", "updated_at": "2015-05-17T17:06:40.000Z",
+        "noteable_type": if key.0 == "issues" { "Issue" } else { "MergeRequest" },
+        "noteable_iid": key.1, "resolvable": false, "confidential": false, "internal": false
+    })
+}
+
+/// The note of GitLab's documented Note Hook example, in the API's shape.
+fn example_note(key: ThreadKey) -> Value {
+    let hook = example_hook("note_hook.issue.json");
+    let attrs = &hook["object_attributes"];
+    let mut note = note_json(
+        attrs["id"].as_u64().unwrap_or(1),
+        key,
+        hook["user"]["username"].as_str().unwrap_or("root"),
+        attrs["note"].as_str().unwrap_or_default(),
+        false,
+    );
+    note["author"]["id"] = hook["user"]["id"].clone();
+    note["author"]["name"] = hook["user"]["name"].clone();
+    note
+}
+
+/// GitLab's error body with `status`.
+fn gitlab_error(status: u16) -> ResponseTemplate {
+    let message = match status {
+        404 => "404 Not found".to_owned(),
+        s => format!("{s} Error"),
+    };
+    ResponseTemplate::new(status).set_body_json(json!({ "message": message }))
+}
+
+/// One page of `items` as GitLab pages lists: `per_page` (default 20, at most 100) and
+/// `page` (from 1) in the query; `x-page`, `x-per-page`, `x-total`, `x-total-pages`,
+/// `x-next-page`, `x-prev-page` and a `Link` header in the answer.
+fn paginated(req: &Request, items: Vec<Value>) -> ResponseTemplate {
+    let page = super::github::Page::of(req, items, 20);
+    let (number, last) = (page.number, page.last);
+    let mut links = Vec::new();
+    if number > 1 {
+        links.push(page.link(req, number - 1, "prev"));
+    }
+    if number < last {
+        links.push(page.link(req, number + 1, "next"));
+    }
+    links.push(page.link(req, 1, "first"));
+    links.push(page.link(req, last, "last"));
+    let next = if number < last {
+        (number + 1).to_string()
+    } else {
+        String::new()
+    };
+    let prev = if number > 1 {
+        (number - 1).to_string()
+    } else {
+        String::new()
+    };
+    ResponseTemplate::new(200)
+        .insert_header("x-page", number.to_string())
+        .insert_header("x-per-page", page.per_page.to_string())
+        .insert_header("x-total", page.total.to_string())
+        .insert_header("x-total-pages", last.to_string())
+        .insert_header("x-next-page", next)
+        .insert_header("x-prev-page", prev)
+        .insert_header("link", links.join(", "))
+        .set_body_json(page.items)
 }
 
 /// The gitlab crate sends form-encoded bodies (and query strings for some calls).

@@ -18,7 +18,10 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ChangeRequest, Forge, ForgeError, GitIdentity, NewChangeRequest, RepoInfo};
+use super::{
+    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, GitIdentity, LatestComments,
+    NewChangeRequest, RepoInfo,
+};
 use crate::git::Credentials;
 use crate::model::{
     AccessLevel, CommentKind, CommentRef, ForgeKind, Reaction, RepoRef, ThreadRef, UserRef,
@@ -45,6 +48,15 @@ pub const RUN_PERMISSIONS: &[(&str, &str)] = &[
 /// A token is refreshed this long before GitHub says it expires.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 
+/// Comments asked for per page (GitHub's maximum).
+const COMMENTS_PER_PAGE: usize = 100;
+
+/// Most pages of comments [`Forge::discussion`] reads for one thread. It jumps over the
+/// middle of a long thread using the `rel="last"` link (only the latest comments are
+/// kept), so it needs three pages at most; the bound matters only when GitHub sends no
+/// `last` link, and then comments past the tenth page are not seen.
+const DISCUSSION_MAX_PAGES: usize = 10;
+
 #[derive(Clone)]
 struct CachedToken {
     token: Secret,
@@ -61,6 +73,8 @@ pub struct GitHub {
     installations: Mutex<HashMap<String, u64>>,
     tokens: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
     bot: tokio::sync::OnceCell<GitIdentity>,
+    /// The App's slug (`GET /app`), which makes its bot login `<slug>[bot]`.
+    slug: tokio::sync::OnceCell<String>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +152,35 @@ struct CreatedComment {
     id: u64,
 }
 
+/// An issue or pull request as `GET /repos/{o}/{r}/issues/{n}` returns it.
+#[derive(Deserialize)]
+struct IssueText {
+    title: String,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IssueComment {
+    /// `null` for a deleted account.
+    #[serde(default)]
+    user: Option<Login>,
+    #[serde(default)]
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+}
+
+/// The `page` query parameter of a pagination link.
+fn page_number(link: Option<&http::Uri>) -> Option<u64> {
+    url::form_urlencoded::parse(link?.query()?.as_bytes())
+        .find(|(k, _)| k == "page")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 fn map_err(e: octocrab::Error) -> ForgeError {
     match e {
         octocrab::Error::GitHub { source, .. } => ForgeError::from_status(
@@ -165,6 +208,7 @@ impl GitHub {
             installations: Mutex::default(),
             tokens: Mutex::default(),
             bot: tokio::sync::OnceCell::new(),
+            slug: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -257,6 +301,12 @@ impl GitHub {
 
     async fn client(&self, repo: &RepoRef) -> Result<Octocrab, ForgeError> {
         self.token(repo, ACK_PERMISSIONS).await.map(|t| t.client)
+    }
+
+    /// The App's bot user, `<slug>[bot]`.
+    async fn bot_login(&self) -> Result<String, ForgeError> {
+        let slug = self.slug.get_or_try_init(|| self.app_name()).await?;
+        Ok(format!("{slug}[bot]"))
     }
 }
 
@@ -449,8 +499,7 @@ impl Forge for GitHub {
     async fn bot_identity(&self, repo: &RepoRef) -> Result<GitIdentity, ForgeError> {
         self.bot
             .get_or_try_init(|| async {
-                let slug = self.app_name().await?;
-                let login = format!("{slug}[bot]");
+                let login = self.bot_login().await?;
                 let user: UserBody = self
                     .client(repo)
                     .await?
@@ -473,12 +522,70 @@ impl Forge for GitHub {
         }
     }
 
+    /// Title and body from the issues API (which serves pull requests too), comments
+    /// from `issues/{n}/comments`, 100 a page; reads at most [`DISCUSSION_MAX_PAGES`]
+    /// pages and skips the full pages that only hold comments older than the ones kept.
     async fn discussion(
         &self,
-        _repo: &RepoRef,
-        _thread: ThreadRef,
-    ) -> Result<super::Discussion, ForgeError> {
-        Err(ForgeError::Permanent("discussion: not written yet".into()))
+        repo: &RepoRef,
+        thread: ThreadRef,
+    ) -> Result<Discussion, ForgeError> {
+        let client = self.client(repo).await?;
+        let issue: IssueText = client
+            .get(
+                format!("/repos/{}/issues/{}", repo.full_name, thread.number),
+                None::<&()>,
+            )
+            .await
+            .map_err(map_err)?;
+        let bot = self.bot_login().await?;
+        let route = format!(
+            "/repos/{}/issues/{}/comments",
+            repo.full_name, thread.number
+        );
+        let mut latest = LatestComments::default();
+        let mut page = 1;
+        let mut page_size = None;
+        for read in 1..=DISCUSSION_MAX_PAGES {
+            let query = [
+                ("per_page", COMMENTS_PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let got: octocrab::Page<IssueComment> =
+                client.get(&route, Some(&query)).await.map_err(map_err)?;
+            // Every page but the last is full: the first one tells how full that is.
+            let size = *page_size.get_or_insert(got.items.len().max(1));
+            let next = page_number(got.next.as_ref()).filter(|n| *n > page);
+            let last = page_number(got.last.as_ref());
+            for comment in got.items {
+                let author = comment.user.map(|u| u.login).unwrap_or_default();
+                latest.push(DiscussionComment {
+                    by_bot: author.eq_ignore_ascii_case(&bot),
+                    author,
+                    body: comment.body.unwrap_or_default(),
+                });
+            }
+            let Some(next) = next else { break };
+            if read == DISCUSSION_MAX_PAGES {
+                tracing::warn!(
+                    repo = %repo.full_name,
+                    thread = thread.number,
+                    "discussion: stopped after {DISCUSSION_MAX_PAGES} pages of comments"
+                );
+                break;
+            }
+            // The kept comments sit on the last `needed` pages; skip the full ones before.
+            let needed = super::DISCUSSION_MAX_COMMENTS.div_ceil(size) as u64 + 1;
+            page = match last {
+                Some(last) if last.saturating_sub(needed - 1) > next => {
+                    let target = last - (needed - 1);
+                    latest.skipped((target - next) as usize * size);
+                    target
+                }
+                _ => next,
+            };
+        }
+        Ok(latest.into_discussion(issue.title, issue.body.unwrap_or_default()))
     }
 }
 

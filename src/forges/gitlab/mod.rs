@@ -10,12 +10,15 @@ pub mod webhook;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gitlab::api::{self, AsyncQuery};
+use gitlab::api::{self, AsyncClient, AsyncQuery, RestClient};
 use gitlab::{AsyncGitlab, GitlabBuilder};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{ChangeRequest, Forge, ForgeError, GitIdentity, NewChangeRequest, RepoInfo};
+use super::{
+    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, GitIdentity, LatestComments,
+    NewChangeRequest, RepoInfo,
+};
 use crate::git::Credentials;
 use crate::model::{
     AccessLevel, CommentRef, ForgeKind, Reaction, RepoRef, ThreadKind, ThreadRef, UserRef,
@@ -42,6 +45,62 @@ struct Member {
 #[derive(Deserialize)]
 struct Note {
     id: u64,
+}
+
+/// Notes asked for per page (GitLab's maximum).
+const NOTES_PER_PAGE: usize = 100;
+
+/// Most pages of notes [`Forge::discussion`] reads for one thread (1000 notes). A longer
+/// thread is read from its first page and its last pages (`x-total-pages` tells where
+/// they are); the notes of the pages in between are counted as omitted, system notes
+/// among them, so `omitted` is an upper bound there.
+const DISCUSSION_MAX_PAGES: u64 = 10;
+
+/// An issue or merge request: the part the agent's context quotes.
+#[derive(Deserialize)]
+struct ThreadText {
+    title: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ThreadNote {
+    #[serde(default)]
+    body: Option<String>,
+    /// Notes GitLab writes itself ("changed the description", "added 1 commit").
+    #[serde(default)]
+    system: bool,
+    author: NoteAuthor,
+}
+
+#[derive(Deserialize)]
+struct NoteAuthor {
+    username: String,
+}
+
+/// A page header holding a page number (`x-next-page`, `x-total-pages`); GitLab sends
+/// an empty value on the last page.
+fn header_page(headers: &http::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The `page` of the `rel="next"` target in a `Link` header (when `x-next-page` is
+/// missing, as behind some proxies).
+fn link_next_page(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get_all(http::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find(|link| link.contains("rel=\"next\""))
+        .and_then(|link| {
+            let target = link.split(';').next()?.trim();
+            let url = url::Url::parse(target.trim_start_matches('<').trim_end_matches('>')).ok()?;
+            url.query_pairs()
+                .find(|(k, _)| k == "page")
+                .and_then(|(_, v)| v.parse().ok())
+        })
 }
 
 #[derive(Deserialize)]
@@ -191,6 +250,48 @@ impl GitLab {
             Some(id) => id.into(),
             None => repo.full_name.clone().into(),
         }
+    }
+
+    /// One page of a thread's notes, oldest first, with the response headers (which
+    /// the gitlab crate's pager does not show, and its pager has no page bound).
+    async fn notes_page(
+        &self,
+        client: &AsyncGitlab,
+        path: &str,
+        page: u64,
+    ) -> Result<(Vec<ThreadNote>, http::HeaderMap), ForgeError> {
+        let mut url = client
+            .rest_endpoint(path)
+            .map_err(|e| map_err(&self.token, e))?;
+        url.query_pairs_mut()
+            .append_pair("sort", "asc")
+            .append_pair("order_by", "created_at")
+            .append_pair("per_page", &NOTES_PER_PAGE.to_string())
+            .append_pair("page", &page.to_string());
+        let request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(url.as_str());
+        let response = client
+            .rest_async(request, Vec::new())
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body()).unwrap_or_default();
+            let message = body["message"]
+                .as_str()
+                .or(body["error"].as_str())
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"));
+            return Err(ForgeError::from_status(
+                status.as_u16(),
+                redact(&format!("GitLab API {status}: {message}"), &[&self.token]),
+            ));
+        }
+        let notes = serde_json::from_slice(response.body()).map_err(|e| {
+            ForgeError::Permanent(format!("GitLab API: unexpected notes response: {e}"))
+        })?;
+        Ok((notes, response.headers().clone()))
     }
 }
 
@@ -441,11 +542,78 @@ impl Forge for GitLab {
         }
     }
 
+    /// Title and description of the issue or merge request, then its notes oldest
+    /// first, 100 a page, at most [`DISCUSSION_MAX_PAGES`] pages; system notes are left
+    /// out.
     async fn discussion(
         &self,
-        _repo: &RepoRef,
-        _thread: ThreadRef,
-    ) -> Result<super::Discussion, ForgeError> {
-        Err(ForgeError::Permanent("discussion: not written yet".into()))
+        repo: &RepoRef,
+        thread: ThreadRef,
+    ) -> Result<Discussion, ForgeError> {
+        let client = self.client().await?;
+        let project = Self::project(repo);
+        let text: Result<ThreadText, _> = match thread.kind {
+            ThreadKind::Issue => {
+                api::projects::issues::Issue::builder()
+                    .project(project.clone())
+                    .issue(thread.number)
+                    .build()
+                    .expect("all fields set")
+                    .query_async(client)
+                    .await
+            }
+            _ => {
+                api::projects::merge_requests::MergeRequest::builder()
+                    .project(project.clone())
+                    .merge_request(thread.number)
+                    .build()
+                    .expect("all fields set")
+                    .query_async(client)
+                    .await
+            }
+        };
+        let text = text.map_err(|e| map_err(&self.token, e))?;
+        let bot = self.bot_username.get().cloned().unwrap_or_default();
+        let kind = match thread.kind {
+            ThreadKind::Issue => "issues",
+            _ => "merge_requests",
+        };
+        let path = format!("projects/{project}/{kind}/{}/notes", thread.number);
+        let mut latest = LatestComments::default();
+        let mut page = 1;
+        for read in 1..=DISCUSSION_MAX_PAGES {
+            let (notes, headers) = self.notes_page(client, &path, page).await?;
+            let size = notes.len();
+            for note in notes.into_iter().filter(|n| !n.system) {
+                latest.push(DiscussionComment {
+                    by_bot: !bot.is_empty() && note.author.username == bot,
+                    author: note.author.username,
+                    body: note.body.unwrap_or_default(),
+                });
+            }
+            let next = header_page(&headers, "x-next-page")
+                .or_else(|| link_next_page(&headers))
+                .filter(|n| *n > page);
+            let Some(next) = next else { break };
+            if read == DISCUSSION_MAX_PAGES {
+                tracing::warn!(
+                    repo = %repo.full_name,
+                    thread = thread.number,
+                    "discussion: stopped after {DISCUSSION_MAX_PAGES} pages of notes"
+                );
+                break;
+            }
+            // Read the last pages within the bound; skip (and count) the ones between.
+            let left = DISCUSSION_MAX_PAGES - read;
+            page = match header_page(&headers, "x-total-pages") {
+                Some(total) if total + 1 - next > left => {
+                    let target = total + 1 - left;
+                    latest.skipped((target - next) as usize * size);
+                    target
+                }
+                _ => next,
+            };
+        }
+        Ok(latest.into_discussion(text.title, text.description.unwrap_or_default()))
     }
 }
