@@ -439,6 +439,28 @@ impl Pipeline {
             fetch_started.elapsed().as_millis(),
             short(&base_sha)
         ));
+        // On a pull/merge request, its changes are part of the agent's context.
+        if head_ref.is_some() {
+            let base_branch = match &target {
+                Target::NewBranch { base } => base.clone(),
+                Target::Head(cr) => cr.base_branch.clone(),
+            };
+            let (m, head) = (mirror.clone(), base_sha.clone());
+            let diff = blocking(move || match m.remote_branch(&base_branch)? {
+                Some(base) => m.diff(&base, &head, context::DIFF_MAX_BYTES).map(|d| {
+                    Some(DiffContext {
+                        patch: d.patch,
+                        truncated: d.truncated,
+                    })
+                }),
+                None => Ok(None),
+            })
+            .await;
+            match diff {
+                Ok(d) => self.diff = d,
+                Err(Failure(e)) => log.step(format!("No diff for the context: {e}")),
+            }
+        }
         self.checklist.cloned_at = Some(short(&base_sha));
         self.update(reporter);
 
