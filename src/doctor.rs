@@ -146,11 +146,23 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
         });
     }
     checks.push(match config.agent {
-        AgentKind::Claude if config.anthropic_api_key.is_some() => check(
-            "agent",
-            Status::Ok,
-            format!("claude, model {}", config.model),
-        ),
+        AgentKind::Claude if config.anthropic_api_key.is_some() => {
+            let priced = config
+                .price_table()
+                .is_ok_and(|t| t.price(&config.model).is_some());
+            if priced {
+                check("agent", Status::Ok, format!("claude, model {}", config.model))
+            } else {
+                check(
+                    "agent",
+                    Status::Warn,
+                    format!(
+                        "claude, model {}: no price known, so costs show as unknown (set REPOBOX_MODEL_PRICES)",
+                        config.model
+                    ),
+                )
+            }
+        }
         AgentKind::Claude => check(
             "agent",
             Status::Fail,
