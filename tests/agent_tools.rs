@@ -580,6 +580,12 @@ fn git_files_are_never_written() {
         json!({"command": "str_replace", "path": "config_link", "old_str": "[core]", "new_str": "[x]"}),
     );
     refused(json!({"command": "create", "path": "config_link", "file_text": "x"}));
+    dirs.symlink("nested/.git", "gitdir_link");
+    refused(json!({"command": "create", "path": "gitdir_link/newdir/x", "file_text": "x"}));
+    assert!(
+        !dirs.wt().join("nested/.git/newdir").exists(),
+        "a directory was made in .git"
+    );
     assert_eq!(dirs.read(".git"), "gitdir: /x/y\n");
     assert_eq!(dirs.read("nested/.git/config"), "[core]\n");
     assert!(!dirs.wt().join("nested/.git/hooks/pre-commit").exists());
@@ -977,4 +983,16 @@ async fn bash_env_probe() {
     println!("==env-begin=={env}==env-end==");
     println!("==environ-begin=={environs}==environ-end==");
     bash.close().await;
+}
+
+#[tokio::test]
+async fn bash_reports_a_sandbox_that_cannot_start() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    // A bind source that does not exist: bwrap refuses to start.
+    spec.read_only.push(dirs.root.path().join("missing"));
+    let mut bash = BashSession::new(spec, Duration::from_secs(60));
+    let (out, _) = call(&mut bash, "echo never").await;
+    let text = err(out);
+    assert!(text.contains("bwrap") && !text.contains("never"), "{text}");
 }

@@ -149,18 +149,26 @@ impl BashSession {
             Some(Ok(Ended::Status(status))) => ToolOutput::ok(result_text(output, status, None)),
             Some(Ok(Ended::Exited(status))) => {
                 self.close().await;
+                // bwrap and prlimit write only their own failures to stderr (the
+                // shell's go to stdout): the sandbox, not the command, failed.
+                let sandbox_failed = output.saw_stderr;
                 let code = status.and_then(|s| s.code());
                 let signal = status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s));
-                let note = match (code, signal) {
-                    (_, Some(signal)) => format!("the shell was killed by signal {signal}"),
-                    (Some(code), None) => format!("the shell exited with status {code}"),
-                    (None, None) => "the shell ended".to_owned(),
+                let note = match (sandbox_failed, signal) {
+                    (true, _) => "the sandbox could not run the shell".to_owned(),
+                    (false, Some(signal)) => format!("the shell was killed by signal {signal}"),
+                    (false, None) => "the shell exited".to_owned(),
                 };
                 let note = format!(
                     "{note}; the next command starts a new shell (working directory, \
                      variables and functions are reset)"
                 );
-                ToolOutput::ok(result_text(output, code.unwrap_or(0), Some(&note)))
+                let text = result_text(output, code.unwrap_or(0), Some(&note));
+                if sandbox_failed {
+                    ToolOutput::error(text)
+                } else {
+                    ToolOutput::ok(text)
+                }
             }
         }
     }
@@ -168,11 +176,9 @@ impl BashSession {
     /// Kills the shell and everything it started (end of the job).
     pub async fn close(&mut self) {
         if let Some(mut shell) = self.shell.take() {
+            // The whole group; nothing if the shell was already reaped (its group was
+            // killed then, in `exchange`).
             kill_tree(&shell.child);
-            if let Some(pgid) = shell.pgid {
-                // Without bwrap, stragglers whose leader was already reaped.
-                kill_group(pgid);
-            }
             let _ = tokio::time::timeout(REAP_GRACE, shell.child.wait()).await;
         }
     }
@@ -304,7 +310,7 @@ impl Shell {
             if let Some(status) = self.scan(output, log) {
                 return Ended::Status(status);
             }
-            if !stdout_open && exited.is_some() {
+            if !stdout_open && self.stderr.is_none() && exited.is_some() {
                 break;
             }
             tokio::select! {
@@ -315,7 +321,10 @@ impl Shell {
                 read = read_opt(self.stderr.as_mut(), &mut err_buf), if self.stderr.is_some() => {
                     match read {
                         Ok(0) | Err(_) => self.stderr = None,
-                        Ok(n) => output.push(&err_buf[..n], log),
+                        Ok(n) => {
+                            output.saw_stderr = true;
+                            output.push(&err_buf[..n], log);
+                        }
                     }
                 }
                 status = self.child.wait(), if exited.is_none() => {
@@ -424,6 +433,8 @@ struct Output {
     /// The current line was sent to the log before its newline arrived
     /// ([`Output::end_log_line`]); that newline is not to end another line.
     newline_owed: bool,
+    /// Something came on the sandbox's own stderr (bwrap's or prlimit's messages).
+    saw_stderr: bool,
 }
 
 impl Output {

@@ -195,19 +195,19 @@ impl EditTool {
         let target = self.target(input)?;
         let file_text = str_param(input, "file_text")?;
         target.refuse_git()?;
-        let (Some(_), Some(parent)) = (target.rel.file_name(), target.rel.parent()) else {
+        let (Some(name), Some(parent)) = (target.rel.file_name(), target.rel.parent()) else {
             return Err(format!("`{}` is a directory, not a file", target.shown));
         };
         let parent_dir = self.open_dir_creating(parent, &target)?;
         self.refuse_git_fd(&parent_dir, &target)?;
-        drop(parent_dir);
 
         let (fd, verb) = match self.open(&target, OFlags::WRONLY) {
             Ok(fd) => (fd, "Overwrote"),
             Err(Errno::NOENT) => {
+                // In the directory just checked, by name: `O_EXCL` follows no symlink.
                 let fd = open_beneath(
-                    &self.root,
-                    &target.rel,
+                    &parent_dir,
+                    Path::new(name),
                     OFlags::WRONLY
                         | OFlags::CREATE
                         | OFlags::EXCL
@@ -441,6 +441,8 @@ impl EditTool {
                     let Component::Normal(name) = component else {
                         return Err(target.open_failure(Errno::NOENT, self));
                     };
+                    // Not even an empty directory inside `.git` (reached by a symlink).
+                    self.refuse_git_fd(&current, target)?;
                     match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(err) => return Err(target.io_failure(err)),
