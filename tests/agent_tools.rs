@@ -996,3 +996,22 @@ async fn bash_reports_a_sandbox_that_cannot_start() {
     let text = err(out);
     assert!(text.contains("bwrap") && !text.contains("never"), "{text}");
 }
+
+/// Without isolation the shell's end does not end its background jobs by itself: the
+/// session kills its process group, so the call still returns.
+#[tokio::test]
+async fn bash_without_sandbox_keeps_the_same_protocol() {
+    let dirs = Dirs::new();
+    let mut spec = dirs.spec();
+    spec.kind = SandboxKind::None;
+    let mut bash = BashSession::new(spec, Duration::from_secs(60));
+    let wt = dirs.wt().to_string_lossy().into_owned();
+    assert_eq!(run_ok(&mut bash, "X=1; pwd").await, format!("{wt}\n"));
+    assert_eq!(run_ok(&mut bash, "echo $X").await, "1\n");
+    let started = Instant::now();
+    let text = run_ok(&mut bash, "sleep 1000 & exit 4").await;
+    assert!(text.contains("exit status 4"), "{text}");
+    assert!(started.elapsed() < BOUND);
+    assert_eq!(run_ok(&mut bash, "echo \"[$X]\"").await, "[]\n");
+    bash.close().await;
+}
