@@ -618,6 +618,12 @@ async fn run_ok(session: &mut BashSession, command: &str) -> String {
     ok(out)
 }
 
+/// A command that exits non-zero: a tool error, with the status in the text.
+async fn run_failed(session: &mut BashSession, command: &str) -> String {
+    let (out, _) = call(session, command).await;
+    err(out)
+}
+
 fn session(dirs: &Dirs) -> BashSession {
     BashSession::new(dirs.spec(), Duration::from_secs(120))
 }
@@ -674,12 +680,12 @@ async fn bash_survives_broken_and_hostile_commands() {
     let mut bash = session(&dirs);
     run_ok(&mut bash, "KEEP=kept").await;
 
-    let text = run_ok(&mut bash, "if then fi").await;
+    let text = run_failed(&mut bash, "if then fi").await;
     assert!(
         text.contains("syntax error") && text.ends_with("exit status 2"),
         "{text}"
     );
-    let text = run_ok(&mut bash, "echo 'unclosed").await;
+    let text = run_failed(&mut bash, "echo 'unclosed").await;
     assert!(
         text.contains("unexpected EOF") && text.contains("exit status 2"),
         "{text}"
@@ -712,8 +718,8 @@ async fn bash_survives_broken_and_hostile_commands() {
         text.starts_with("ok") && text.contains('\u{fffd}') && text.contains("done"),
         "{text}"
     );
-    // A failing command is information, not a tool error.
-    let text = run_ok(&mut bash, "echo failing; false").await;
+    // A failing command is a tool error whose text still has the output.
+    let text = run_failed(&mut bash, "echo failing; false").await;
     assert_eq!(text, "failing\nexit status 1");
     // All of that in one shell: the variable survived.
     assert_eq!(run_ok(&mut bash, "echo $KEEP").await, "kept\n");
@@ -725,7 +731,7 @@ async fn bash_exit_is_reported_and_the_next_call_gets_a_fresh_shell() {
     let dirs = Dirs::new();
     let mut bash = session(&dirs);
     run_ok(&mut bash, "LOST=1").await;
-    let text = run_ok(&mut bash, "echo bye; exit 3").await;
+    let text = run_failed(&mut bash, "echo bye; exit 3").await;
     assert!(
         text.starts_with("bye\n") && text.contains("exit status 3"),
         "{text}"
@@ -734,7 +740,7 @@ async fn bash_exit_is_reported_and_the_next_call_gets_a_fresh_shell() {
     assert_eq!(run_ok(&mut bash, "echo \"[$LOST]\"").await, "[]\n");
     // A background job holding stdout open does not keep an exited shell alive.
     let started = Instant::now();
-    let text = run_ok(&mut bash, "sleep 1000 & exit 4").await;
+    let text = run_failed(&mut bash, "sleep 1000 & exit 4").await;
     assert!(text.contains("exit status 4"), "{text}");
     assert!(started.elapsed() < BOUND);
     assert_eq!(run_ok(&mut bash, "echo alive").await, "alive\n");
@@ -861,7 +867,7 @@ async fn bash_runs_confined_in_the_sandbox() {
     let port = listener.local_addr().expect("addr").port();
     let mut bash = session(&dirs);
 
-    let text = run_ok(
+    let text = run_failed(
         &mut bash,
         &format!("echo hello > /dev/tcp/127.0.0.1/{port}"),
     )
@@ -872,13 +878,13 @@ async fn bash_runs_confined_in_the_sandbox() {
     );
     assert!(listener.accept().is_err(), "a connection reached the host");
 
-    let text = run_ok(&mut bash, "cat /etc/shadow").await;
+    let text = run_failed(&mut bash, "cat /etc/shadow").await;
     assert!(
         text.contains("exit status") && !text.contains("root:"),
         "{text}"
     );
     let outside = dirs.outside().to_string_lossy().into_owned();
-    let text = run_ok(&mut bash, &format!("cat {outside}")).await;
+    let text = run_failed(&mut bash, &format!("cat {outside}")).await;
     assert!(
         text.contains("exit status") && !text.contains("TOP-SECRET"),
         "{text}"
@@ -1009,7 +1015,7 @@ async fn bash_without_sandbox_keeps_the_same_protocol() {
     assert_eq!(run_ok(&mut bash, "X=1; pwd").await, format!("{wt}\n"));
     assert_eq!(run_ok(&mut bash, "echo $X").await, "1\n");
     let started = Instant::now();
-    let text = run_ok(&mut bash, "sleep 1000 & exit 4").await;
+    let text = run_failed(&mut bash, "sleep 1000 & exit 4").await;
     assert!(text.contains("exit status 4"), "{text}");
     assert!(started.elapsed() < BOUND);
     assert_eq!(run_ok(&mut bash, "echo \"[$X]\"").await, "[]\n");

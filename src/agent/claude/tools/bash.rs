@@ -16,7 +16,10 @@
 //!   If the shell itself ends (`exit 3`, `set -e`), its exit is reported and the next
 //!   call starts a new one.
 //!
-//! Timeouts and cancellation kill the sandbox's whole process tree ([`kill_tree`]).
+//! A command that ends with a non-zero status comes back as an `is_error` result (its
+//! output and `exit status N` in the text), so a refused read or a failing test stands
+//! out to the model. Timeouts and cancellation kill the sandbox's whole process tree
+//! ([`kill_tree`]).
 
 use super::ToolOutput;
 use crate::agent::LogSink;
@@ -146,7 +149,16 @@ impl BashSession {
                 ));
                 ToolOutput::error(text)
             }
-            Some(Ok(Ended::Status(status))) => ToolOutput::ok(result_text(output, status, None)),
+            // A non-zero status is reported as a tool error: the model sees at once that
+            // the command failed (a failing test, a refused read outside the sandbox).
+            Some(Ok(Ended::Status(status))) => {
+                let text = result_text(output, status, None);
+                if status == 0 {
+                    ToolOutput::ok(text)
+                } else {
+                    ToolOutput::error(text)
+                }
+            }
             Some(Ok(Ended::Exited(status))) => {
                 self.close().await;
                 // bwrap and prlimit write only their own failures to stderr (the
@@ -164,7 +176,7 @@ impl BashSession {
                      variables and functions are reset)"
                 );
                 let text = result_text(output, code.unwrap_or(0), Some(&note));
-                if sandbox_failed {
+                if sandbox_failed || code != Some(0) {
                     ToolOutput::error(text)
                 } else {
                     ToolOutput::ok(text)
