@@ -340,3 +340,97 @@ pub fn finished(
         checklist_lines(job, c)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::{Activity, Usage};
+    use crate::job::TriggerKind;
+    use crate::model::{RepoRef, ThreadRef, UserRef};
+
+    fn job() -> Job {
+        Job::new(
+            RepoRef {
+                forge: ForgeKind::GitHub,
+                full_name: "acme/api".into(),
+                id: None,
+                installation_id: None,
+            },
+            ThreadRef {
+                kind: ThreadKind::Issue,
+                number: 3,
+            },
+            "t".into(),
+            TriggerKind::Comment,
+            UserRef {
+                id: 1,
+                login: "octo".into(),
+                is_bot: false,
+            },
+            String::new(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn the_running_comment_shows_the_agents_activity_safely() {
+        let activity = Activity {
+            model: Some("claude-sonnet-4-5".into()),
+            turns: 4,
+            tool_calls: 7,
+            usage: Usage {
+                input_tokens: 1200,
+                output_tokens: 800,
+                cache_write_tokens: 50_000,
+                cache_read_tokens: 100,
+            },
+            cost_usd: Some(0.1234),
+            last_action: Some("$ echo `@admin` [x](http://evil)\nsecond line".into()),
+        };
+        let detail = activity_text(&activity).unwrap();
+        assert_eq!(
+            detail,
+            "· turn 4 · 7 tool calls · last: `$ echo '@admin' [x](http://evil)` · 52.1k tokens · $0.12"
+        );
+        let c = Checklist {
+            agent: StepState::Active,
+            agent_detail: Some(detail),
+            ..Checklist::default()
+        };
+        assert!(running(&job(), "http://x", &c).contains("- [ ] Agent working… · turn 4 ·"));
+        assert_eq!(activity_text(&Activity::default()), None);
+    }
+
+    #[test]
+    fn cost_text_is_honest_about_what_is_known() {
+        let mut j = job();
+        assert_eq!(cost_text(&j), "tokens not reported by this agent");
+        j.input_tokens = 2_000;
+        j.cache_read_tokens = 10_000;
+        j.output_tokens = 500;
+        j.model = Some("mystery-model".into());
+        assert_eq!(
+            cost_text(&j),
+            "12.0k tokens in (10.0k from cache), 500 out · cost unknown: no price for `mystery-model`"
+        );
+        j.cost_usd = Some(0.004);
+        assert_eq!(
+            cost_text(&j),
+            "12.0k tokens in (10.0k from cache), 500 out · $0.0040"
+        );
+        let failed = finished(
+            &j,
+            "http://x",
+            "/repobox",
+            &Checklist::default(),
+            &Final::Failed {
+                error: "boom".into(),
+            },
+            std::time::Duration::from_secs(3),
+        );
+        assert!(
+            failed.contains("**Failed**: boom · 12.0k tokens in"),
+            "{failed}"
+        );
+    }
+}
