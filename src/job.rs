@@ -412,6 +412,29 @@ impl Job {
     }
 }
 
+/// A queued job on `acme/api` by `octo`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_job(kind: ThreadKind, number: u64) -> Job {
+    Job::new(
+        RepoRef {
+            forge: ForgeKind::GitHub,
+            full_name: "acme/api".into(),
+            id: None,
+            installation_id: None,
+        },
+        ThreadRef { kind, number },
+        "Login is flaky".into(),
+        TriggerKind::Comment,
+        UserRef {
+            id: 1,
+            login: "octo".into(),
+            is_bot: false,
+        },
+        "fix the flaky login test".into(),
+        OffsetDateTime::UNIX_EPOCH,
+    )
+}
+
 /// The stored form of a cost: dollars with enough places for a single cheap call.
 pub fn cost_field(usd: f64) -> String {
     format!("{usd:.6}")

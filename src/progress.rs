@@ -345,31 +345,9 @@ pub fn finished(
 mod tests {
     use super::*;
     use crate::agent::{Activity, Usage};
-    use crate::job::TriggerKind;
-    use crate::model::{RepoRef, ThreadRef, UserRef};
 
     fn job() -> Job {
-        Job::new(
-            RepoRef {
-                forge: ForgeKind::GitHub,
-                full_name: "acme/api".into(),
-                id: None,
-                installation_id: None,
-            },
-            ThreadRef {
-                kind: ThreadKind::Issue,
-                number: 3,
-            },
-            "t".into(),
-            TriggerKind::Comment,
-            UserRef {
-                id: 1,
-                login: "octo".into(),
-                is_bot: false,
-            },
-            String::new(),
-            time::OffsetDateTime::UNIX_EPOCH,
-        )
+        crate::job::test_job(ThreadKind::Issue, 3)
     }
 
     #[test]

@@ -56,30 +56,17 @@ async fn in_process(fake: &FakeAnthropic, key: &str, repobox_yml: Option<&'stati
 
 /// `repobox runner` as its own process, configured for Claude through the environment.
 fn spawn_runner(w: &World, fake: &FakeAnthropic, log: &Path) -> std::process::Child {
-    let mut args: Vec<String> = vec![
-        "--redis-prefix".into(),
-        w.app.prefix.clone(),
-        "--public-url".into(),
-        "https://repobox.example.com".into(),
-        "--workdir".into(),
-        w.workdir.path().join("runner").to_str().unwrap().into(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    args.extend(w.github.args());
-    args.push("runner".into());
-    std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
-        .args(&args)
-        .env("REPOBOX_REDIS_URL", common::redis_url())
-        .env("REPOBOX_AGENT", "claude")
-        .env("REPOBOX_MODEL", MODEL)
-        .env("REPOBOX_ANTHROPIC_BASE_URL", &fake.url)
-        .env("REPOBOX_ANTHROPIC_API_KEY", API_KEY)
-        .env("REPOBOX_LOG", "debug")
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
+    w.runner_process(
+        &w.workdir.path().join("runner"),
+        log,
+        &[],
+        &[
+            ("REPOBOX_AGENT", "claude"),
+            ("REPOBOX_MODEL", MODEL),
+            ("REPOBOX_ANTHROPIC_BASE_URL", &fake.url),
+            ("REPOBOX_ANTHROPIC_API_KEY", API_KEY),
+        ],
+    )
 }
 
 /// Stops a runner process gracefully.

@@ -347,32 +347,19 @@ async fn the_per_user_limit_queues_a_users_excess_jobs_without_blocking_others()
 
 /// Starts `repobox runner` as a real process against the test's Redis and fakes.
 fn spawn_runner(w: &World, workdir: &Path, log: &Path, visibility: &str) -> std::process::Child {
-    let mut args: Vec<String> = vec![
-        "--redis-prefix".into(),
-        w.app.prefix.clone(),
-        "--public-url".into(),
-        "https://repobox.example.com".into(),
-        "--agent".into(),
-        "command".into(),
-        "--agent-command".into(),
-        GATED_AGENT.into(),
-        "--workdir".into(),
-        workdir.to_str().unwrap().into(),
-        "--visibility-timeout".into(),
-        visibility.into(),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    args.extend(w.github.args());
-    args.push("runner".into());
-    std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
-        .args(&args)
-        .env("REPOBOX_REDIS_URL", common::redis_url())
-        .env("REPOBOX_LOG", "debug")
-        .stdout(std::fs::File::create(log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
+    w.runner_process(
+        workdir,
+        log,
+        &[
+            "--agent",
+            "command",
+            "--agent-command",
+            GATED_AGENT,
+            "--visibility-timeout",
+            visibility,
+        ],
+        &[],
+    )
 }
 
 #[tokio::test]

@@ -194,31 +194,9 @@ fn comments(d: &Discussion) -> String {
 mod tests {
     use super::*;
     use crate::forges::DiscussionComment;
-    use crate::job::TriggerKind;
-    use crate::model::{ForgeKind, RepoRef, ThreadRef, UserRef};
 
     fn job() -> Job {
-        Job::new(
-            RepoRef {
-                forge: ForgeKind::GitHub,
-                full_name: "acme/api".into(),
-                id: None,
-                installation_id: None,
-            },
-            ThreadRef {
-                kind: ThreadKind::Issue,
-                number: 12,
-            },
-            "Login is flaky".into(),
-            TriggerKind::Comment,
-            UserRef {
-                id: 1,
-                login: "octo".into(),
-                is_bot: false,
-            },
-            "fix the flaky login test".into(),
-            time::OffsetDateTime::UNIX_EPOCH,
-        )
+        crate::job::test_job(ThreadKind::Issue, 12)
     }
 
     fn comment(author: &str, body: &str, by_bot: bool) -> DiscussionComment {

@@ -343,3 +343,39 @@ pub fn progress_comment_id(job: &Job) -> u64 {
     job.progress_comment_id
         .expect("the job has a progress comment")
 }
+
+impl World {
+    /// `repobox runner` as its own process over this world's Redis prefix and GitHub
+    /// fake, working in `workdir`, logging (JSON, debug) to `log`. `args` come before
+    /// the subcommand; `env` adds variables (the agent's configuration).
+    pub fn runner_process(
+        &self,
+        workdir: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
+        let mut all: Vec<String> = vec![
+            "--redis-prefix".into(),
+            self.app.prefix.clone(),
+            "--public-url".into(),
+            "https://repobox.example.com".into(),
+            "--workdir".into(),
+            workdir.to_str().unwrap().into(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        all.extend(self.github.args());
+        all.push("runner".into());
+        std::process::Command::new(env!("CARGO_BIN_EXE_repobox"))
+            .args(&all)
+            .env("REPOBOX_REDIS_URL", super::redis_url())
+            .env("REPOBOX_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+}
