@@ -92,6 +92,7 @@ pub fn build_router(state: AppState) -> Router {
     Router::new()
         .merge(webhooks)
         .merge(web::health::routes())
+        .merge(web::dashboard::routes(&state))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

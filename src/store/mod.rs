@@ -221,6 +221,41 @@ pub trait Store: Send + Sync + 'static {
         block: Option<Duration>,
     ) -> Result<Vec<LogLine>, StoreError>;
 
+    /// Job ids of an index, newest first, created strictly before `before_ms` (ms since
+    /// the epoch; `None`: from the newest), at most `limit`, with each one's score.
+    async fn job_page(
+        &self,
+        index: &JobIndex,
+        before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(JobId, i64)>, StoreError>;
+
+    /// A dashboard session's data (`session:<id>`), if it exists and has not expired.
+    async fn load_session(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Writes a session, expiring after `ttl`. `only_new`: fails with `Ok(false)`
+    /// instead of replacing an existing session (id collision).
+    async fn save_session(
+        &self,
+        id: &str,
+        data: &str,
+        ttl: Duration,
+        only_new: bool,
+    ) -> Result<bool, StoreError>;
+
+    async fn delete_session(&self, id: &str) -> Result<(), StoreError>;
+
     /// One admin setting from the `settings` hash (SPEC section 9), if set.
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// The job indices of SPEC section 9.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobIndex {
+    /// `jobs:all`
+    All,
+    /// `jobs:by-user:<forge>:<user id>`
+    User { forge: ForgeKind, user_id: u64 },
+    /// `jobs:by-repo:<forge>:<owner/name>`
+    Repo { forge: ForgeKind, repo: String },
 }

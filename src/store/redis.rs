@@ -19,8 +19,8 @@ use redis::{AsyncCommands, FromRedisValue, RedisError, Script};
 use time::OffsetDateTime;
 
 use super::{
-    Accepted, Admission, DELIVERY_TTL, Delivery, JobEntry, LogLine, Start, Store, StoreError,
-    TaskEntry,
+    Accepted, Admission, DELIVERY_TTL, Delivery, JobEntry, JobIndex, LogLine, Start, Store,
+    StoreError, TaskEntry,
 };
 use crate::job::{Job, JobId, rfc3339};
 use crate::model::{RepoRef, ThreadRef};
@@ -173,6 +173,10 @@ impl Keys {
     }
     pub fn job_output(&self, id: JobId) -> String {
         format!("{}job:{{{id}}}:output", self.prefix)
+    }
+    /// `session:<id>`: a dashboard session.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
     }
     pub fn jobs_all(&self) -> String {
         format!("{}jobs:all", self.prefix)
@@ -789,6 +793,76 @@ impl Store for RedisStore {
                 id: entry.id,
             })
             .collect())
+    }
+
+    async fn job_page(
+        &self,
+        index: &JobIndex,
+        before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(JobId, i64)>, StoreError> {
+        let key = match index {
+            JobIndex::All => self.keys.jobs_all(),
+            JobIndex::User { forge, user_id } => {
+                format!("{}jobs:by-user:{forge}:{user_id}", self.keys.prefix)
+            }
+            JobIndex::Repo { forge, repo } => {
+                format!("{}jobs:by-repo:{forge}:{repo}", self.keys.prefix)
+            }
+        };
+        let max = match before_ms {
+            Some(ms) => format!("({ms}"),
+            None => "+inf".to_owned(),
+        };
+        let mut conn = self.conn.clone();
+        let rows: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(&max)
+            .arg("-inf")
+            .arg("BYSCORE")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, score)| Some((id.parse().ok()?, score as i64)))
+            .collect())
+    }
+
+    async fn load_session(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.keys.session(id)).await.map_err(unavailable)
+    }
+
+    async fn save_session(
+        &self,
+        id: &str,
+        data: &str,
+        ttl: Duration,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.session(id))
+            .arg(data)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        if only_new {
+            cmd.arg("NX");
+        }
+        let reply: Option<String> = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(reply.is_some())
+    }
+
+    async fn delete_session(&self, id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(self.keys.session(id)).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -1,4 +1,5 @@
-//! HTTP surface besides webhooks: health and metrics now; the dashboard, its JSON API
-//! and live logs (SPEC section 8) join here.
+//! HTTP surface besides webhooks: health and metrics ([`health`]), and the dashboard
+//! with its JSON API and live logs ([`dashboard`], SPEC section 8).
 
+pub mod dashboard;
 pub mod health;

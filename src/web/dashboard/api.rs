@@ -1,0 +1,125 @@
+//! `/api/v1/…`: the jobs as JSON, for scripts and the dashboard's live parts (SPEC §8).
+//!
+//! Authentication is the dashboard session; a signed-out caller gets 401, a job the
+//! caller may not see 404. Posts with a session cookie must carry the session's CSRF
+//! token in `X-CSRF-Token` (a cookie alone could be sent by another site's form).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tower_sessions::Session;
+
+use super::pages::Filters;
+use super::session::{self, SessionUser};
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list))
+        .route("/api/v1/jobs/{id}", get(show))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/retry", post(retry))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn caller(session: &Session) -> Result<SessionUser, Response> {
+    session::user(session)
+        .await
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first"))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    session: Session,
+    Query(filters): Query<Filters>,
+) -> Response {
+    let user = match caller(&session).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match super::list_jobs(&state, &user, &filters).await {
+        Ok((jobs, next)) => Json(json!({ "jobs": jobs, "next_before": next })).into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job store is unavailable",
+        ),
+    }
+}
+
+async fn show(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
+    let user = match caller(&session).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match super::visible_job(&state, &user, &id).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such job"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job store is unavailable",
+        ),
+    }
+}
+
+async fn cancel(
+    state: State<AppState>,
+    session: Session,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(state, session, id, headers, false).await
+}
+
+async fn retry(
+    state: State<AppState>,
+    session: Session,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    command(state, session, id, headers, true).await
+}
+
+async fn command(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    retry: bool,
+) -> Response {
+    let user = match caller(&session).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let token = headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !session::check_csrf(&session, token).await {
+        return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
+    }
+    let job = match super::visible_job(&state, &user, &id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such job"),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the job store is unavailable",
+            );
+        }
+    };
+    match super::command(&state, &job, retry).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "job": job.id.to_string(), "requested": if retry { "retry" } else { "cancel" } })),
+        )
+            .into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the job store is unavailable"),
+    }
+}

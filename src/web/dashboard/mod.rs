@@ -1,0 +1,345 @@
+//! The dashboard (SPEC §8): server-rendered pages (maud), sessions in Redis, CSRF on
+//! every form, and the job log live over Server-Sent Events.
+//!
+//! - [`session`]: sessions, the signed-in user, CSRF tokens.
+//! - [`pages`]: the HTML.
+//! - [`live`]: `/jobs/{id}/events`, the log as an SSE stream resuming at `Last-Event-ID`.
+//! - [`api`]: `/api/v1/…`, the JSON the CLI and scripts use.
+//!
+//! Who sees what: a user sees the jobs they requested (matched by the forge account
+//! they signed in with), admins see all; any other job is a 404, never a 403, so job
+//! ids cannot be probed. Pages for signed-out visitors redirect to `/login`.
+
+pub mod api;
+pub mod live;
+pub mod pages;
+pub mod session;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::Markup;
+use tower_sessions::Session;
+
+use self::pages::Filters;
+use self::session::SessionUser;
+use crate::app::AppState;
+use crate::job::{Job, JobId};
+use crate::store::JobIndex;
+use crate::task::{Origin, Task};
+
+/// Jobs per page of the list.
+const PAGE: usize = 25;
+/// Index entries read at most to fill one filtered page.
+const SCAN_LIMIT: usize = 2_000;
+/// Log lines rendered into the job page (the live stream follows from the last one).
+const PAGE_LOG_LINES: usize = 2_000;
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/jobs") }))
+        .route("/login", get(login_page))
+        .route("/logout", post(logout))
+        .route("/jobs", get(jobs_page))
+        .route("/jobs/{id}", get(job_page))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/retry", post(retry))
+        .route("/jobs/{id}/events", get(live::events))
+        .route("/assets/style.css", get(style))
+        .route("/assets/live.js", get(script))
+        .merge(api::routes())
+        .layer(session::layer(state.store.clone(), &state.public_url))
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/style.css"))
+}
+
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/live.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// An HTML page or a redirect to the login page.
+pub enum Page {
+    Html(Markup),
+    /// 303 See Other: where a form post or a signed-in visit to `/login` goes on.
+    Redirect(String),
+    Login,
+    NotFound(Markup),
+    Error(StatusCode, String),
+}
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        match self {
+            Page::Html(m) => m.into_response(),
+            Page::Redirect(to) => Redirect::to(&to).into_response(),
+            Page::Login => Redirect::to("/login").into_response(),
+            Page::NotFound(m) => (StatusCode::NOT_FOUND, m).into_response(),
+            Page::Error(status, text) => (status, text).into_response(),
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Page {
+    tracing::warn!(error = %e, "dashboard: store unavailable");
+    Page::Error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The job store is unavailable; try again shortly.".into(),
+    )
+}
+
+async fn login_page(session: Session) -> Page {
+    if session::user(&session).await.is_some() {
+        return Page::Redirect("/jobs".into());
+    }
+    let csrf = session::csrf_token(&session).await;
+    Page::Html(pages::login(&[], false, &csrf, None))
+}
+
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+fn csrf_refused() -> Page {
+    Page::Error(
+        StatusCode::FORBIDDEN,
+        "The form's CSRF token is missing or wrong; reload the page and try again.".into(),
+    )
+}
+
+async fn logout(session: Session, axum::Form(form): axum::Form<CsrfForm>) -> Page {
+    if !session::check_csrf(&session, &form.csrf).await {
+        return csrf_refused();
+    }
+    if let Err(e) = session::sign_out(&session).await {
+        return unavailable(e);
+    }
+    Page::Login
+}
+
+/// The signed-in user and the CSRF token, or the redirect to `/login`.
+async fn signed_in(session: &Session) -> Result<(SessionUser, String), Page> {
+    let user = session::user(session).await.ok_or(Page::Login)?;
+    let csrf = session::csrf_token(session).await;
+    Ok((user, csrf))
+}
+
+/// The job if it exists and `user` may see it.
+pub async fn visible_job(
+    state: &AppState,
+    user: &SessionUser,
+    id: &str,
+) -> Result<Option<Job>, crate::store::StoreError> {
+    let Ok(id) = id.parse::<JobId>() else {
+        return Ok(None);
+    };
+    Ok(state
+        .store
+        .get_job(id)
+        .await?
+        .filter(|job| user.can_see(job)))
+}
+
+/// One page of the jobs `user` may see that pass `filters`, and where the next starts.
+pub async fn list_jobs(
+    state: &AppState,
+    user: &SessionUser,
+    filters: &Filters,
+) -> Result<(Vec<Job>, Option<i64>), crate::store::StoreError> {
+    let repo = filters.repo.trim();
+    let index = if !user.admin {
+        match user.forge_account() {
+            Some((forge, user_id)) => JobIndex::User { forge, user_id },
+            None => return Ok((Vec::new(), None)),
+        }
+    } else if let Some((forge, name)) = repo.split_once(':') {
+        match forge.parse() {
+            Ok(forge) => JobIndex::Repo {
+                forge,
+                repo: name.to_owned(),
+            },
+            Err(_) => JobIndex::All,
+        }
+    } else {
+        JobIndex::All
+    };
+    let mut jobs = Vec::new();
+    let mut before = filters.before;
+    let mut scanned = 0;
+    while jobs.len() < PAGE && scanned < SCAN_LIMIT {
+        let ids = state.store.job_page(&index, before, PAGE * 2).await?;
+        if ids.is_empty() {
+            return Ok((jobs, None));
+        }
+        scanned += ids.len();
+        for (id, score) in ids {
+            before = Some(score);
+            let Some(job) = state.store.get_job(id).await? else {
+                continue;
+            };
+            if matches(&job, filters) && user.can_see(&job) {
+                jobs.push(job);
+                if jobs.len() == PAGE {
+                    return Ok((jobs, before));
+                }
+            }
+        }
+    }
+    Ok((jobs, before))
+}
+
+fn matches(job: &Job, f: &Filters) -> bool {
+    let repo = f.repo.trim();
+    let repo = repo.split_once(':').map(|(_, r)| r).unwrap_or(repo);
+    (repo.is_empty() || job.repo.full_name.eq_ignore_ascii_case(repo))
+        && (f.status.is_empty() || job.status.as_str() == f.status)
+        && (f.user.trim().is_empty() || job.requester.login.eq_ignore_ascii_case(f.user.trim()))
+}
+
+async fn jobs_page(
+    State(state): State<AppState>,
+    session: Session,
+    Query(filters): Query<Filters>,
+) -> Page {
+    let (user, csrf) = match signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    match list_jobs(&state, &user, &filters).await {
+        Ok((jobs, next)) => Page::Html(pages::jobs(&user, &csrf, &jobs, &filters, next)),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// The thread's web address, for the links on the job page.
+pub fn thread_url(job: &Job) -> Option<String> {
+    use crate::model::{ForgeKind, ThreadKind};
+    match job.repo.forge {
+        ForgeKind::GitHub => {
+            let kind = match job.thread.kind {
+                ThreadKind::PullRequest => "pull",
+                _ => "issues",
+            };
+            Some(format!(
+                "https://github.com/{}/{kind}/{}",
+                job.repo.full_name, job.thread.number
+            ))
+        }
+        // The GitLab host is not on the job; the page links the PR/MR when there is one.
+        ForgeKind::GitLab => None,
+    }
+}
+
+async fn job_page(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Page {
+    let (user, csrf) = match signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    let job = match visible_job(&state, &user, &id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Page::NotFound(pages::not_found(Some(&user), &csrf)),
+        Err(e) => return unavailable(e),
+    };
+    let lines = match state
+        .store
+        .read_log(job.id, "0", PAGE_LOG_LINES, None)
+        .await
+    {
+        Ok(lines) => lines,
+        Err(e) => return unavailable(e),
+    };
+    let last = lines.last().map(|l| l.id.clone());
+    let text: Vec<String> = lines.into_iter().map(|l| l.line).collect();
+    Page::Html(pages::job(
+        &user,
+        &csrf,
+        &job,
+        thread_url(&job).as_deref(),
+        &text,
+        last.as_deref(),
+    ))
+}
+
+/// Cancel or retry through the acknowledger, exactly as the thread's `cancel` and
+/// `retry` commands do (it re-checks the requester's access on the forge).
+pub async fn command(
+    state: &AppState,
+    job: &Job,
+    retry: bool,
+) -> Result<(), crate::store::StoreError> {
+    let origin = Origin {
+        repo: job.repo.clone(),
+        thread: job.thread,
+        thread_title: job.thread_title.clone(),
+        comment: None,
+        requester: job.requester.clone(),
+    };
+    let task = if retry {
+        Task::Retry { origin }
+    } else {
+        Task::Cancel { origin }
+    };
+    state.store.accept(None, None, &task).await.map(|_| ())
+}
+
+async fn cancel(
+    state: State<AppState>,
+    session: Session,
+    id: Path<String>,
+    form: axum::Form<CsrfForm>,
+) -> Page {
+    job_command(state, session, id, form, false).await
+}
+
+async fn retry(
+    state: State<AppState>,
+    session: Session,
+    id: Path<String>,
+    form: axum::Form<CsrfForm>,
+) -> Page {
+    job_command(state, session, id, form, true).await
+}
+
+async fn job_command(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+    retry: bool,
+) -> Page {
+    let (user, csrf) = match signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return csrf_refused();
+    }
+    let job = match visible_job(&state, &user, &id).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Page::NotFound(pages::not_found(Some(&user), &csrf)),
+        Err(e) => return unavailable(e),
+    };
+    match command(&state, &job, retry).await {
+        Ok(()) => Page::Redirect(format!("/jobs/{}", job.id)),
+        Err(e) => unavailable(e),
+    }
+}

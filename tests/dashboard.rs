@@ -1,0 +1,409 @@
+//! The dashboard over HTTP against the real router and a real Redis: sessions (cookie
+//! flags, server-side sign-out), CSRF on every post, who sees which job (others get
+//! 404), and the live log's SSE stream resuming at `Last-Event-ID`.
+//!
+//! Signed-in sessions are seeded the way the sign-in routes write them: a
+//! `tower-sessions` record under `session:<id>` with the user and a CSRF token.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{Options, TestApp};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use repobox::job::{Job, JobId, JobStatus, TriggerKind};
+use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
+use repobox::task::Task;
+use repobox::web::dashboard::session::{COOKIE, SessionUser};
+use serde_json::json;
+use tower_sessions::session::{Id, Record};
+
+async fn app() -> TestApp {
+    TestApp::start(Options {
+        acknowledger: false,
+        ..Options::default()
+    })
+    .await
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+fn github_user(id: u64, login: &str, admin: bool) -> SessionUser {
+    SessionUser {
+        provider: "github".into(),
+        id: id.to_string(),
+        login: login.into(),
+        name: None,
+        admin,
+    }
+}
+
+/// A signed-in session for `user`, stored as the sign-in route stores one.
+async fn sign_in(app: &TestApp, user: &SessionUser) -> Browser {
+    let id = Id::default();
+    let csrf = format!("{:032x}", rand::random::<u128>());
+    let record = Record {
+        id,
+        data: HashMap::from([
+            ("user".to_owned(), serde_json::to_value(user).unwrap()),
+            ("csrf".to_owned(), json!(csrf)),
+        ]),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    let stored = app
+        .store
+        .save_session(
+            &id.to_string(),
+            &serde_json::to_string(&record).unwrap(),
+            Duration::from_secs(3600),
+            true,
+        )
+        .await
+        .unwrap();
+    assert!(stored);
+    Browser {
+        cookie: format!("{COOKIE}={id}"),
+        csrf,
+    }
+}
+
+/// A job on `acme/api` requested by GitHub user `requester`, stored with its indices.
+async fn job(app: &TestApp, requester: u64, login: &str, number: u64) -> Job {
+    let job = Job::new(
+        RepoRef {
+            forge: ForgeKind::GitHub,
+            full_name: "acme/api".into(),
+            id: Some(1),
+            installation_id: Some(2),
+        },
+        ThreadRef {
+            kind: ThreadKind::Issue,
+            number,
+        },
+        format!("Issue {number}"),
+        TriggerKind::Comment,
+        UserRef {
+            id: requester,
+            login: login.into(),
+            is_bot: false,
+        },
+        "fix it".into(),
+        time::OffsetDateTime::now_utc(),
+    );
+    app.store
+        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
+        .await
+        .unwrap();
+    job
+}
+
+async fn get(app: &TestApp, browser: Option<&Browser>, path: &str) -> reqwest::Response {
+    let mut req = client().get(format!("{}{path}", app.url));
+    if let Some(b) = browser {
+        req = req.header("cookie", &b.cookie);
+    }
+    req.send().await.unwrap()
+}
+
+async fn post_form(
+    app: &TestApp,
+    browser: &Browser,
+    path: &str,
+    csrf: Option<&str>,
+) -> reqwest::Response {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(c) = csrf {
+        form.append_pair("csrf", c);
+    }
+    client()
+        .post(format!("{}{path}", app.url))
+        .header("cookie", &browser.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.finish())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn location(r: &reqwest::Response) -> &str {
+    r.headers()["location"].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn signed_out_visitors_go_to_login_and_the_api_answers_401() {
+    let app = app().await;
+    for path in ["/jobs", "/jobs/01JD0000000000000000000000"] {
+        let r = get(&app, None, path).await;
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(location(&r), "/login");
+    }
+    assert_eq!(get(&app, None, "/api/v1/jobs").await.status(), 401);
+    let r = get(&app, None, "/login").await;
+    assert_eq!(r.status(), 200);
+    // The login page's form token lives in a fresh session: the cookie's flags.
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with(&format!("{COOKIE}=")), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/"] {
+        assert!(cookie.contains(flag), "{flag} missing: {cookie}");
+    }
+    let css = get(&app, None, "/assets/style.css").await;
+    assert_eq!(css.status(), 200);
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+}
+
+#[tokio::test]
+async fn users_see_their_own_jobs_others_get_404_and_admins_see_all() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    let admin = sign_in(&app, &github_user(999, "root", true)).await;
+    let job_a = job(&app, 101, "alice", 1).await;
+    let job_b = job(&app, 202, "bob", 2).await;
+
+    let list = get(&app, Some(&a), "/jobs").await.text().await.unwrap();
+    assert!(list.contains(&format!("/jobs/{}", job_a.id)), "{list}");
+    assert!(!list.contains(&format!("/jobs/{}", job_b.id)));
+    assert_eq!(
+        get(&app, Some(&a), &format!("/jobs/{}", job_a.id))
+            .await
+            .status(),
+        200
+    );
+    for path in [
+        format!("/jobs/{}", job_b.id),
+        format!("/jobs/{}/events", job_b.id),
+        format!("/api/v1/jobs/{}", job_b.id),
+        "/jobs/not-a-job-id".to_owned(),
+    ] {
+        assert_eq!(get(&app, Some(&a), &path).await.status(), 404, "{path}");
+    }
+    // Nor can Alice cancel Bob's job, with a valid form token.
+    let r = post_form(
+        &app,
+        &a,
+        &format!("/jobs/{}/cancel", job_b.id),
+        Some(&a.csrf),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .post(format!("{}/api/v1/jobs/{}/cancel", app.url, job_b.id))
+        .header("cookie", &a.cookie)
+        .header("x-csrf-token", &a.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let all = get(&app, Some(&admin), "/jobs").await.text().await.unwrap();
+    assert!(
+        all.contains(&format!("/jobs/{}", job_a.id))
+            && all.contains(&format!("/jobs/{}", job_b.id))
+    );
+    let filtered = get(&app, Some(&admin), "/jobs?user=bob")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !filtered.contains(&format!("/jobs/{}", job_a.id))
+            && filtered.contains(&format!("/jobs/{}", job_b.id))
+    );
+    let api: serde_json::Value = get(&app, Some(&a), "/api/v1/jobs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = api["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![job_a.id.to_string()]);
+}
+
+#[tokio::test]
+async fn posts_without_the_csrf_token_are_refused_and_with_it_reach_the_acknowledger() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    let job_a = job(&app, 101, "alice", 1).await;
+    let path = format!("/jobs/{}/cancel", job_a.id);
+    assert_eq!(post_form(&app, &a, &path, None).await.status(), 403);
+    assert_eq!(post_form(&app, &a, &path, Some("0123")).await.status(), 403);
+    let api = client()
+        .post(format!("{}/api/v1/jobs/{}/cancel", app.url, job_a.id))
+        .header("cookie", &a.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 403, "an API post needs X-CSRF-Token");
+    let tasks_before = intake_tasks(&app).await;
+
+    let r = post_form(&app, &a, &path, Some(&a.csrf)).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), format!("/jobs/{}", job_a.id));
+    let tasks = intake_tasks(&app).await;
+    assert_eq!(tasks.len(), tasks_before.len() + 1);
+    let task: serde_json::Value = serde_json::from_str(tasks.last().unwrap()).unwrap();
+    assert_eq!(task["task"], "cancel");
+    assert_eq!(task["origin"]["thread"]["number"], 1);
+    assert_eq!(task["origin"]["requester"]["login"], "alice");
+}
+
+/// The `task` fields of the intake stream, oldest first.
+async fn intake_tasks(app: &TestApp) -> Vec<String> {
+    let mut conn = app.conn().await;
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}intake:stream", app.prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    entries
+        .ids
+        .iter()
+        .map(|e| e.get::<String>("task").unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn sign_out_deletes_the_session_on_the_server() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    assert_eq!(get(&app, Some(&a), "/jobs").await.status(), 200);
+    assert_eq!(post_form(&app, &a, "/logout", None).await.status(), 403);
+    let r = post_form(&app, &a, "/logout", Some(&a.csrf)).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/login");
+    let id = a.cookie.split_once('=').unwrap().1;
+    assert_eq!(app.store.load_session(id).await.unwrap(), None);
+    // The old cookie, replayed, is worth nothing.
+    let r = get(&app, Some(&a), "/jobs").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/login");
+}
+
+/// Reads SSE events until `until` says stop; `(event, id, data)`.
+async fn read_events(
+    resp: reqwest::Response,
+    mut until: impl FnMut(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !until(&seen) {
+        let event = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events in time");
+        let Some(event) = event else { break };
+        let e = event.unwrap();
+        seen.push((e.event, e.id, e.data));
+    }
+    seen
+}
+
+fn lines(events: &[(String, String, String)]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.0 == "line")
+        .map(|e| e.2.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_live_log_resumes_after_last_event_id_without_loss_or_repeats() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    let job_a = job(&app, 101, "alice", 1).await;
+    let id: JobId = job_a.id;
+    app.store
+        .set_job_fields(id, &[("status", "running".into())])
+        .await
+        .unwrap();
+    let first: Vec<String> = (1..=5).map(|n| format!("line {n}")).collect();
+    app.store.append_log(id, &first).await.unwrap();
+
+    let events_url = format!("{}/jobs/{id}/events", app.url);
+    let resp = client()
+        .get(&events_url)
+        .header("cookie", &a.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let seen = read_events(resp, |s| lines(s).len() >= 5).await;
+    assert_eq!(seen[0].0, "status");
+    assert!(seen[0].2.contains("\"running\""));
+    assert_eq!(lines(&seen), first);
+    // The connection drops after line 3; the browser resumes with its id.
+    let third = seen
+        .iter()
+        .filter(|e| e.0 == "line")
+        .nth(2)
+        .unwrap()
+        .1
+        .clone();
+
+    let more: Vec<String> = (6..=8).map(|n| format!("line {n}")).collect();
+    app.store.append_log(id, &more).await.unwrap();
+    let resp = client()
+        .get(&events_url)
+        .header("cookie", &a.cookie)
+        .header("last-event-id", &third)
+        .send()
+        .await
+        .unwrap();
+    let resumed = read_events(resp, |s| lines(s).len() >= 5).await;
+    assert_eq!(
+        lines(&resumed),
+        ["line 4", "line 5", "line 6", "line 7", "line 8"]
+    );
+
+    // Live: a line written now arrives, and the final status ends the stream.
+    let resp = client()
+        .get(format!("{events_url}?after={}", resumed.last().unwrap().1))
+        .header("cookie", &a.cookie)
+        .send()
+        .await
+        .unwrap();
+    let store = app.store.clone();
+    let writer = tokio::spawn(async move {
+        store.append_log(id, &["line 9".to_owned()]).await.unwrap();
+        store
+            .set_job_fields(id, &[("status", JobStatus::Succeeded.as_str().to_owned())])
+            .await
+            .unwrap();
+    });
+    let tail = read_events(resp, |s| s.iter().any(|e| e.0 == "end")).await;
+    writer.await.unwrap();
+    assert_eq!(lines(&tail), ["line 9"]);
+    assert!(
+        tail.iter()
+            .any(|e| e.0 == "status" && e.2.contains("\"succeeded\""))
+    );
+    assert_eq!(tail.last().unwrap().0, "end");
+}
