@@ -465,10 +465,33 @@ async fn ldap_usernames_cannot_change_the_dn() {
         .unwrap();
     assert_eq!(carol.login, "carol,admin");
     assert_eq!(carol.name.as_deref(), Some("Carol Comma"));
-    denied_for_other_password(&auth).await;
-}
-
-async fn denied_for_other_password(auth: &Authenticator) {
     let result = auth.ldap_login("carol,admin", ALICE_PASSWORD).await;
     assert!(matches!(result, Err(AuthError::Denied(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_a_provider_error() {
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let auth = authenticator(&[
+        "--google-client-id",
+        CLIENT_ID,
+        "--google-client-secret",
+        CLIENT_SECRET,
+        "--google-issuer-url",
+        &closed,
+        "--ldap-url",
+        &format!("ldap://127.0.0.1:{}", common::free_port()),
+        "--ldap-user-dn",
+        USER_DN_TEMPLATE,
+    ]);
+    let err = auth
+        .start(ProviderKind::Google, REDIRECT)
+        .await
+        .unwrap_err();
+    assert_eq!(err, AuthError::Provider("google discovery failed".into()));
+    let err = auth.ldap_login("alice", ALICE_PASSWORD).await.unwrap_err();
+    assert_eq!(
+        err,
+        AuthError::Provider("the directory could not be reached".into())
+    );
 }
