@@ -257,9 +257,41 @@ pub struct Config {
     /// Issue label that starts a job.
     #[arg(long, env = "REPOBOX_LABEL", default_value = "repobox", global = true)]
     pub label: String,
-    /// Comma list of `github:login` / `gitlab:username` who are dashboard admins.
+    /// Comma list of `provider:login` who are dashboard admins: `github:login`,
+    /// `gitlab:username`, `google:e-mail`, `ldap:uid` (case-insensitive).
     #[arg(long, env = "REPOBOX_ADMINS", value_delimiter = ',', global = true)]
     pub admins: Vec<String>,
+    /// Google OAuth client id (dashboard login with Google is enabled when set).
+    #[arg(long, env = "REPOBOX_GOOGLE_CLIENT_ID", global = true)]
+    pub google_client_id: Option<String>,
+    /// Google OAuth client secret.
+    #[arg(
+        long,
+        env = "REPOBOX_GOOGLE_CLIENT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub google_client_secret: Option<Secret>,
+    /// OpenID Connect issuer for the Google login (its discovery document and keys).
+    #[arg(
+        long,
+        env = "REPOBOX_GOOGLE_ISSUER_URL",
+        default_value = "https://accounts.google.com",
+        global = true
+    )]
+    pub google_issuer_url: String,
+    /// LDAP server for dashboard login (`ldaps://` for TLS); enabled with
+    /// `REPOBOX_LDAP_USER_DN`.
+    #[arg(long, env = "REPOBOX_LDAP_URL", global = true)]
+    pub ldap_url: Option<String>,
+    /// The DN a user binds as, with `{username}` in it, e.g.
+    /// `uid={username},ou=people,dc=example,dc=org`.
+    #[arg(long, env = "REPOBOX_LDAP_USER_DN", global = true)]
+    pub ldap_user_dn: Option<String>,
+    /// GitHub web base for the OAuth login (default: derived from
+    /// `REPOBOX_GITHUB_API_URL`, `https://github.com` for github.com).
+    #[arg(long, env = "REPOBOX_GITHUB_WEB_URL", global = true)]
+    pub github_web_url: Option<String>,
     /// `text` (default) or `json` log lines.
     #[arg(
         long,

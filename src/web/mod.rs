@@ -1,5 +1,7 @@
-//! HTTP surface besides webhooks: health and metrics ([`health`]), and the dashboard
-//! with its JSON API and live logs ([`dashboard`], SPEC section 8).
+//! HTTP surface besides webhooks: health and metrics ([`health`]), the dashboard with
+//! its JSON API and live logs ([`dashboard`], SPEC section 8), and the sign-in providers
+//! the dashboard uses ([`auth`]).
 
+pub mod auth;
 pub mod dashboard;
 pub mod health;

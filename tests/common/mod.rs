@@ -7,6 +7,9 @@ pub mod anthropic;
 pub mod git_server;
 pub mod github;
 pub mod gitlab;
+pub mod oauth_fake;
+pub mod oidc_keys;
+pub mod slapd;
 pub mod world;
 
 use std::net::SocketAddr;

@@ -1,0 +1,64 @@
+//! Test-only RSA keys for the OIDC fake's ID tokens (made with `openssl genrsa 2048` for
+//! these tests; they protect nothing). `OTHER_*` signs tokens the issuer never published.
+
+/// The issuer's signing key (PKCS#1 PEM).
+pub const ISSUER_KEY_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIEowIBAAKCAQEAlzbzKvuy6cvY0ZigcjqJX4ytHcko6Ti8M+wvmU8fhUqCyl49
+1wfzxhpaMzh4srkmubG/r6lRkBT5JGoh8Y8LP+mkJ+gI4kjx2TIjKyoZcEH6TTIk
+/kqD5Er0M67z/FU+zy0oNun1RazORTcQW8Qw9uPcwrIgY4JczmY9G0W6fL1BboLO
+o1orOjGiDzIVmzR1/WuMlhSJPBibkzB2vUIZ3o4xhwI0E6TIIOQSeDemkAqvaysY
+lf3SkhfIiOvbTuk6yv/kYWhQeE1GZCkOqVGQAHfMYm66LCyKOrANWpawaz+uY/qm
+kGtJxIG7//MuE+e/HQmxGZcRFvWwQKQOcNZowwIDAQABAoIBAEH6TOFdTzQpqGHT
+WXZdyiCxrbtIURxpj9yL2jznRBaRaz3HHu5a3ud6Cg89PZSlqprtTnjjxN27+PUF
+hefzBPKPC/wJhw7MyxF8idHEnbLYZtEV5wQ5GREcDy8Z0AUyYKRezKQhMs6C1sFm
+hDG2CbM/uswMkos4jyvTeigTJYpVEawVGQB+As9wS8twHfuhTuScjMWEv47lAjgD
+J9FoeFl+MsMdviQt/eBOkJ5wVvNGs8CkX4GSp+KojepU0S1nOpKW8Wz6+Ys6HWnD
+HgKsWgX/G26jdGv8WxAJ7VunoyBok/3jF8mW21ypK6GTmQlhu5Z4zDI/8BaSOs1X
+2HV6ClkCgYEAxdPDjwBakL7Ix4wrFJlTU3myuyvopeUFWYp4wWRcIzcFsqeoj4Ur
+kt+gx3fWVcgtwFfXW7exd4voOOWSgmsBVB1Xz4bwiA8vH2yHnhwAGpumqGCzAPYa
+dS5xAeLDEQAp3vYmY7CU61mpVkBw1EzzXd5QxxP2A+0IFZk9zojb7V8CgYEAw649
+LOAuNUKBfTN78rrtZ3fh86z/gBOl5EzMhApIZk/PgWTvwgd8GWaSyvhZmpbpyiJJ
+KdTDJMlSbSdUsj6MJV29rM6KGF+hjY5xDYUkJvBef6OY+lQeGurO78W9xXdsrs97
+xsj3dUcXvlhtPm+iBB461mNziIa4GZaAAhFMmx0CgYEAhZkskU942hWt/G0hzuh5
+CH/Af3z4wcg346+LO3euba3D8FIfmMUjly3lI7A/lHD6zNHFw8/7TrOyYXJQjjj7
+jbW/ToxftlMizML7l4BrZYzGcSHU4YpSdd6mPNLKT5nfrQ5pAJwJBiPoIzKjwAwz
+sqnnvXoyg5Y5BnUV83wjolsCgYAtWfOZs/dhpqFGOClw7zvYcCNxC1ZIA8W97MK1
+k4CGHdc04QTkTkHHzUsWOYri1jkm/N1CEaqMmxA8dhIeIXrvqhMsus2sqnVRzoKL
+JKFlWO493Ne2pMo5aNQ/I/BAlNYeib3hK3CWwLxTBEGFZ+//zlXKnFAJg1elrojK
+ceH0TQKBgFqwljTrWuZLcucsWc+hMzUpZUC57O7uXQbl7eeQ/+QLlTuENyADcrLU
+sgJG+4fHuDbFCYwHBS8mjdmLerwGphz8ecLqPtbar7IpPEcSf9xePvScMPfvN1RV
+I2ndkweeb88Onwi/mge+urxOvp0GD6DriBBRUtpBK6wcbsnX/F1s
+-----END RSA PRIVATE KEY-----
+";
+/// The JWK modulus (`n`, base64url) of [`ISSUER_KEY_PEM`]; its exponent is `AQAB`.
+pub const ISSUER_KEY_N: &str = "lzbzKvuy6cvY0ZigcjqJX4ytHcko6Ti8M-wvmU8fhUqCyl491wfzxhpaMzh4srkmubG_r6lRkBT5JGoh8Y8LP-mkJ-gI4kjx2TIjKyoZcEH6TTIk_kqD5Er0M67z_FU-zy0oNun1RazORTcQW8Qw9uPcwrIgY4JczmY9G0W6fL1BboLOo1orOjGiDzIVmzR1_WuMlhSJPBibkzB2vUIZ3o4xhwI0E6TIIOQSeDemkAqvaysYlf3SkhfIiOvbTuk6yv_kYWhQeE1GZCkOqVGQAHfMYm66LCyKOrANWpawaz-uY_qmkGtJxIG7__MuE-e_HQmxGZcRFvWwQKQOcNZoww";
+
+/// A key that is not in the issuer's JWKS.
+pub const OTHER_KEY_PEM: &str = "-----BEGIN RSA PRIVATE KEY-----
+MIIEpAIBAAKCAQEA8Z9soH95xOrsD+WsvO31DpyhPRHgZy07dpDRZ1r+SrlHUP8c
+UfTvD7aoPJO6Sy8DKjpfg49qUXy9iTvrFAmQaNuk5ccRj5jskSs/04LybVwioMpc
+CMpqiUj673c5rrgxxs70odwpwLPFpy/RSvJ3fjvUjbQtauhHkF8a8VevrvNCLPV5
+zD2NJ2xgXShmWVDJHM+5Vq7lhQwiTTZLne7TXCd/2ZOt2TMztqfVTx7NcFKl+Lu2
+PwKkRO3b3ip0LDz2ZeHklsJsJHLrVNHGxtNlL/meHLXCG+1Xf+QSGta2csw6s0JZ
+JZbeYhZlsz3alTHPAxwZxUfp1ezTNlX4vuu+hwIDAQABAoIBAFDjCXbrZeTdrjwe
+K8cttAl5tuKeXuy7cDofffKnPBTg1LaRSLZJFFTC1aw92jI8IUecNghxVOrFox/T
+fr18/CqWSSwhCch0LdHlVB8nKaghnXgNdmT8+lBOLa9HzvgmMoe3FZ8v+IxJwmPX
+Nq3r4MPSHLR5enDdJMP4iqj7rVUX9OspcYJ1BdgrhQfYhpRH+jXUHXvJiDGack3n
+XAVGsIYymSCjb7/mUwICzqsGK47/2fzU1K5bHmj0BwB2dZ/vWdKRw84nI5c2c+rY
+m8g+sC22DMKf6OF110XuCEXc/MYhILKLve1RvXYlED5I1F/SKLe8156N6BofTOTW
+gWyDpTECgYEA+ul6I7oecrYqDht4kYF6JPdocrKd5K8CNjDpdmHFrxmGpzrzWDKd
+ucyoXGX+FZ1IHWCCZ0S3kFDhGNcRpxXci7YgA6t8oM8AZwyFPgMz256e/NIkGNpq
+yNDGoSNKhFqWEp/cgBMLFajLK/qSxTmZd9IC0pC75kDPV+U+XAJ7VvcCgYEA9oW5
+pkrk21BYDSzSr5sCmKqnQZnrpxwlos4klt8SvBXsz1Eumn2b+IZGkmn9gHAm7cx+
+q+Wx6K4WJ8vtNmzzdCgL4CNhi3rbGvobvbkfNudghGFy5y6QTNF8mFrlSF/GetUN
+08kyObX01WRW7EEAlgoOLuCz9YiIKQv2ssWQIPECgYEAmTryi1UDeTyETF88b2fq
+Bx9Mmxc308uJBz0xpkkpZ7ioAgK/T7KBnlE81Ei5Ncv6mW4x1Q0jKTArd3cIYci5
+Cl1sCbG1h6NC9Kuxx2A/UDT7lRxkTQU+R2swkoGx5UhI9BDKoTCACXcutKnu7iEx
+9vm7HYqkJYaY2W23eotNdZsCgYAxhHLiADEwDFdjbhlzxIMk/0JRXwWCr5ivtxCK
+bYxp002Z5wihZ5Gove/3AOs2nVB0e5sGFEFEJ5OzsraXNBNCxbh88R5q0eao6Iwh
+88ldUeSFMr3NygCaLYoFYFylyPcpPRpl7Af2p6HiKyF6myPu/14R9HixXRdch1aq
+Why1QQKBgQDQOSrDhNatyDF0g/LekAhSGYHPAqamwycsjAF4jjYWmGkdDbCgIAMl
+mgXiZbA6y5g8RUZ7kaO73I1RAmUneds3j0WIxwU5m/rSxKcvo8+wisPN59P9E59e
+7to2kBKl9L9Uee+L1wPusnyjC9e0hRg6cZ9GqW7MRbmj8NqnpkEIHw==
+-----END RSA PRIVATE KEY-----
+";
