@@ -298,3 +298,25 @@ async fn the_per_user_limit_follows_the_admin_setting() {
     }
     w.app.stop().await;
 }
+
+#[tokio::test]
+async fn help_replies_name_the_trigger_in_force() {
+    let w = world(Setup {
+        runner: false,
+        ..Setup::default()
+    })
+    .await;
+    set(&w.app, "trigger", "/bot").await;
+    w.comment("/bot help").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        if let Some((_, body)) = w.github.comments().await.into_iter().next() {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no help reply");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reply.contains("/bot "), "{reply}");
+    assert!(!reply.contains("/repobox"), "{reply}");
+    w.app.stop().await;
+}
