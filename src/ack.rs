@@ -26,6 +26,7 @@ use crate::forges::{Forge, ForgeError, Forges, with_retries};
 use crate::job::{Job, JobId, JobStatus, TriggerKind, rfc3339};
 use crate::model::Reaction;
 use crate::progress;
+use crate::settings::SettingsSource;
 use crate::store::{Store, TaskEntry};
 use crate::task::{Origin, ReplyKind, Task};
 use crate::telemetry::Metrics;
@@ -51,7 +52,8 @@ pub struct Acknowledger {
     pub forges: Forges,
     pub metrics: Arc<Metrics>,
     pub public_url: String,
-    pub trigger: String,
+    /// Admin settings: the trigger named in replies follows the admin's choice.
+    pub settings: SettingsSource,
     /// Consumer name in the group; unique per process.
     pub consumer: String,
 }
@@ -172,6 +174,11 @@ impl Acknowledger {
                 Outcome::Done("forge_refused")
             }
         }
+    }
+
+    /// The trigger in force now (admin setting, else the configured one).
+    async fn trigger(&self) -> String {
+        self.settings.current().await.trigger
     }
 
     fn forge(&self, origin_forge: crate::model::ForgeKind) -> Option<&Arc<dyn Forge>> {
@@ -309,10 +316,11 @@ impl Acknowledger {
         let Some(forge) = self.forge(origin.repo.forge) else {
             return Ok(Outcome::Done("forge_not_configured"));
         };
+        let trigger = self.trigger().await;
         let body = match reply {
-            ReplyKind::Help => progress::help(&self.trigger),
+            ReplyKind::Help => progress::help(&trigger),
             ReplyKind::NearMiss { word, suggestion } => {
-                progress::near_miss(&self.trigger, word, suggestion)
+                progress::near_miss(&trigger, word, suggestion)
             }
         };
         with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
@@ -351,7 +359,7 @@ impl Acknowledger {
             })
             .await?;
         let Some(job) = target else {
-            let body = progress::nothing_to_cancel(&self.trigger);
+            let body = progress::nothing_to_cancel(&self.trigger().await);
             with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
             return Ok(Outcome::Done("nothing_to_cancel"));
         };
@@ -415,7 +423,7 @@ impl Acknowledger {
             .thread_job(origin, |j| j.status != JobStatus::Rejected)
             .await?
         else {
-            let body = progress::nothing_to_retry(&self.trigger);
+            let body = progress::nothing_to_retry(&self.trigger().await);
             with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
             return Ok(Outcome::Done("nothing_to_retry"));
         };

@@ -29,7 +29,8 @@ use crate::forges::gitlab::GitLab;
 use crate::model::ForgeKind;
 use crate::runner::{Runner, RunnerSettings};
 use crate::secret::Secret;
-use crate::store::{RedisStore, Store};
+use crate::settings::{AdminSettings, SettingsSource};
+use crate::store::{RedisStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::web;
 use crate::webhooks::intake::IntakeSettings;
@@ -44,11 +45,14 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub github_webhook_secrets: Vec<Secret>,
     pub gitlab_webhook_secrets: Vec<Secret>,
+    /// The configured trigger and label; the admin settings override them (`settings`).
     pub trigger: String,
     pub label: String,
     pub public_url: String,
     /// The GitLab bot's own username, once known (its notes never trigger).
     pub gitlab_bot_username: Arc<OnceLock<String>>,
+    /// Admin settings (allowed repositories, trigger, label, ...), read on every delivery.
+    pub settings: SettingsSource,
 }
 
 impl std::ops::Deref for AppState {
@@ -63,8 +67,10 @@ impl AppState {
         AppState(Arc::new(inner))
     }
 
-    /// Intake settings for one forge.
-    pub fn intake_settings(&self, forge: ForgeKind) -> IntakeSettings {
+    /// Intake settings for one forge: the admin settings as stored now, over the
+    /// configuration. Fails only when the store cannot be read.
+    pub async fn intake_settings(&self, forge: ForgeKind) -> Result<IntakeSettings, StoreError> {
+        let admin = self.settings.load().await?;
         let own_logins = match forge {
             ForgeKind::GitLab => self
                 .gitlab_bot_username
@@ -75,11 +81,12 @@ impl AppState {
             // GitHub Apps act as `<slug>[bot]`, which the payload marks as a bot.
             ForgeKind::GitHub => Vec::new(),
         };
-        IntakeSettings {
-            trigger: self.trigger.clone(),
-            label: self.label.clone(),
+        Ok(IntakeSettings {
+            trigger: admin.trigger,
+            label: admin.label,
             own_logins,
-        }
+            allowed_repos: admin.allowed_repos,
+        })
     }
 }
 
@@ -169,6 +176,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
             config.public_url.trim_end_matches('/')
         );
     }
+    let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
     let state = AppState::new(Inner {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -178,13 +186,14 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         label: config.label.clone(),
         public_url: config.public_url.clone(),
         gitlab_bot_username,
+        settings: settings.clone(),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
         forges: forges.clone(),
         metrics,
         public_url: config.public_url.clone(),
-        trigger: config.trigger.clone(),
+        settings,
         consumer: consumer_name(),
     });
     Ok(Services {
@@ -276,6 +285,7 @@ pub fn build_runner_with_agent(
             sandbox_network: config.sandbox_network,
             progress_interval: Duration::from_secs(5),
             max_deliveries: 5,
+            admin_defaults: AdminSettings::defaults(config),
         },
     )))
 }

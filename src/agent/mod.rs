@@ -24,9 +24,10 @@ pub struct AgentRequest {
     /// The task: the instructions plus the quoted context. Each agent adds how it wants
     /// the summary handed back.
     pub prompt: String,
-    /// `model` from `.repobox.yml`, over the runner's default (agents with a choice).
+    /// `model` from `.repobox.yml`, else the admin setting, over the agent's default
+    /// (agents with a choice).
     pub model: Option<String>,
-    /// `max_turns` from `.repobox.yml`, over the runner's default.
+    /// `max_turns` from `.repobox.yml`, else the admin setting, over the agent's default.
     pub max_turns: Option<u32>,
     /// The sandbox, with the work tree already filled in.
     pub sandbox: SandboxSpec,

@@ -38,6 +38,7 @@ use crate::forges::Forges;
 use crate::git::Mirrors;
 use crate::job::{Job, JobId, JobStatus, rfc3339};
 use crate::sandbox::SandboxKind;
+use crate::settings::AdminSettings;
 use crate::store::{Admission, JobEntry, Start, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -49,6 +50,8 @@ pub struct RunnerSettings {
     /// This process's consumer name in the group.
     pub consumer: String,
     pub workers: usize,
+    /// The configured per-user limit (`admin_defaults` has it too; the admin setting
+    /// `per_user_limit` overrides it per job).
     pub per_user_limit: usize,
     pub job_timeout: Duration,
     /// How long an entry may go without a heartbeat before another runner claims it.
@@ -62,6 +65,9 @@ pub struct RunnerSettings {
     pub progress_interval: Duration,
     /// A job delivered this many times without finishing is failed (poison job).
     pub max_deliveries: u64,
+    /// What applies where the admin settings (the store's `settings` hash, read at the
+    /// start of every job) say nothing: per-user limit, model, max turns, trigger.
+    pub admin_defaults: AdminSettings,
 }
 
 impl RunnerSettings {
@@ -174,6 +180,18 @@ impl Runner {
         info!("runner stopped");
     }
 
+    /// The admin settings in force now (read from the store; the configured defaults
+    /// when it cannot be read).
+    pub async fn admin_settings(&self) -> AdminSettings {
+        match self.store.get_settings().await {
+            Ok(stored) => AdminSettings::from_stored(&stored, &self.settings.admin_defaults),
+            Err(e) => {
+                warn!(error = %e, "admin settings unreadable; using the configured defaults");
+                self.settings.admin_defaults.clone()
+            }
+        }
+    }
+
     /// Entries dead runners left behind, and waiting jobs whose slots expired.
     async fn reclaim(&self) -> Result<Vec<JobEntry>, StoreError> {
         let promoted = self.store.promote_waiting(self.settings.lease()).await?;
@@ -260,9 +278,10 @@ impl Runner {
             );
             return self.release(entry, &job, false).await;
         }
+        let user_limit = self.admin_settings().await.per_user_limit;
         if self
             .store
-            .admit(&entry.entry_id, &job, s.per_user_limit, s.lease())
+            .admit(&entry.entry_id, &job, user_limit, s.lease())
             .await?
             == Admission::Deferred
         {
@@ -297,9 +316,15 @@ impl Runner {
 
     /// Acknowledges the entry and frees the job's slots (see [`Store::release`]).
     async fn release(&self, entry: &JobEntry, job: &Job, requeue: bool) -> Result<(), StoreError> {
-        let s = &self.settings;
+        let user_limit = self.admin_settings().await.per_user_limit;
         self.store
-            .release(&entry.entry_id, job, s.per_user_limit, s.lease(), requeue)
+            .release(
+                &entry.entry_id,
+                job,
+                user_limit,
+                self.settings.lease(),
+                requeue,
+            )
             .await
     }
 
@@ -317,10 +342,11 @@ impl Runner {
         if let (Some(forge), Some(comment)) =
             (self.forges.get(job.repo.forge), job.progress_comment_id)
         {
+            let trigger = self.admin_settings().await.trigger;
             let body = crate::progress::finished(
                 job,
                 &self.settings.public_url,
-                &self.settings.trigger,
+                &trigger,
                 &Default::default(),
                 &crate::progress::Final::Failed {
                     error: error.into(),

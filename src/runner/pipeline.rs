@@ -35,6 +35,7 @@ use crate::model::{Reaction, ThreadKind};
 use crate::progress::{self, Checklist, Final, StepState};
 use crate::sandbox::{Limits, SandboxSpec};
 use crate::secret::{Secret, mask_all};
+use crate::settings::AdminSettings;
 use crate::store::StoreError;
 
 /// Why a job was stopped before it finished.
@@ -115,12 +116,13 @@ pub struct Pipeline {
     discussion: Option<Discussion>,
     /// A pull/merge request's changes for the prompt.
     diff: Option<DiffContext>,
+    /// The admin settings as they were when the job started.
+    admin: AdminSettings,
 }
 
 impl Pipeline {
     pub fn new(runner: Arc<Runner>, job: Job, stop: Stop) -> Pipeline {
         Pipeline {
-            runner,
             job,
             stop,
             checklist: Checklist::default(),
@@ -130,12 +132,15 @@ impl Pipeline {
             scratch: None,
             discussion: None,
             diff: None,
+            admin: runner.settings.admin_defaults.clone(),
+            runner,
         }
     }
 
     /// Runs the job to a final state; `true` when it was handed back instead (shutdown).
     /// `gave_up`: the delivery count when the job has been delivered too often.
     pub async fn run(mut self, gave_up: Option<u64>) -> bool {
+        self.admin = self.runner.admin_settings().await;
         let store = self.runner.store.clone();
         let log = JobLog::start(store.clone(), self.job.id, self.secrets.clone());
         let Some(forge) = self.runner.forges.get(self.job.repo.forge).cloned() else {
@@ -631,8 +636,14 @@ impl Pipeline {
         let (activity_tx, mut activity_rx) = watch::channel(Activity::default());
         let mut request = self.agent_request(prompt, &sandbox, &scratch, log);
         request.activity = activity_tx;
-        request.model = config.model.clone();
-        request.max_turns = config.max_turns;
+        // `.repobox.yml` first, then the admin settings (which default to the configuration).
+        request.model = Some(
+            config
+                .model
+                .clone()
+                .unwrap_or_else(|| self.admin.model.clone()),
+        );
+        request.max_turns = Some(config.max_turns.unwrap_or(self.admin.max_turns));
         let agent = self.runner.agent.clone();
         let run = agent.run(request);
         tokio::pin!(run);
@@ -774,10 +785,8 @@ impl Pipeline {
     }
 
     async fn workflows_allowed(&self) -> bool {
-        matches!(
-            self.runner.store.setting("allow_workflow_changes").await,
-            Ok(Some(v)) if v == "true" || v == "1"
-        )
+        // Read again: an admin may allow them while the agent works.
+        self.runner.admin_settings().await.allow_workflow_changes
     }
 
     fn commit_message(&self, summary: &str, co_author: &crate::forges::GitIdentity) -> String {
@@ -972,7 +981,7 @@ impl Pipeline {
             let body = progress::finished(
                 &self.job,
                 &self.runner.settings.public_url,
-                &self.runner.settings.trigger,
+                &self.admin.trigger,
                 &self.checklist,
                 state,
                 self.started.elapsed(),

@@ -4,6 +4,7 @@
 //!
 //! One module per backend: [`redis`] is the production one (SPEC section 9 layout).
 
+pub mod accounts;
 pub mod redis;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::job::{Job, JobId};
 use crate::model::{ForgeKind, RepoRef, ThreadRef};
 use crate::task::Task;
 
+pub use self::accounts::{Provider, User};
 pub use self::redis::RedisStore;
 
 /// How long a webhook delivery id is remembered (SPEC section 3).
@@ -247,6 +249,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// One admin setting from the `settings` hash (SPEC section 9), if set.
     async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    // Dashboard users, personal providers and admin settings (SPEC sections 8 and 9).
+
+    /// Creates or updates `user:{provider}:{id}`; `created_at` is kept from the first write.
+    async fn upsert_user(&self, user: &User) -> Result<(), StoreError>;
+
+    async fn get_user(&self, provider: &str, id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Stores `provider:{id}` and adds it to its owner's index. The token must already be
+    /// sealed ([`crate::crypto::SecretBox`]); plain text is refused with
+    /// [`StoreError::Corrupt`] and nothing is written.
+    async fn add_provider(&self, provider: &Provider) -> Result<(), StoreError>;
+
+    /// The owner's (`provider:id`, see [`User::owner`]) providers, oldest first.
+    async fn list_providers(&self, owner: &str) -> Result<Vec<Provider>, StoreError>;
+
+    async fn get_provider(&self, id: ulid::Ulid) -> Result<Option<Provider>, StoreError>;
+
+    /// Deletes the provider if `owner` owns it; `false` when it is not theirs or is gone.
+    async fn delete_provider(&self, owner: &str, id: ulid::Ulid) -> Result<bool, StoreError>;
+
+    /// The whole `settings` hash (see [`crate::settings::AdminSettings`]).
+    async fn get_settings(&self) -> Result<std::collections::HashMap<String, String>, StoreError>;
+
+    /// Sets fields of the `settings` hash in one write (validate first:
+    /// [`crate::settings::SettingsSource::save`]).
+    async fn set_settings(&self, fields: &[(&str, String)]) -> Result<(), StoreError>;
+
+    /// Removes one field of the `settings` hash (its default applies again).
+    async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// The job indices of SPEC section 9.

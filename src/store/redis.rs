@@ -871,4 +871,160 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)
     }
+
+    // Dashboard users, personal providers and admin settings.
+
+    async fn upsert_user(&self, user: &super::User) -> Result<(), StoreError> {
+        let key = self.keys.user(&user.provider, &user.id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_nx(&key, "created_at", rfc3339(user.created_at))
+            .ignore()
+            .hset_multiple(&key, &user.to_fields())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn get_user(&self, provider: &str, id: &str) -> Result<Option<super::User>, StoreError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = conn
+            .hgetall(self.keys.user(provider, id))
+            .await
+            .map_err(unavailable)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        super::User::from_fields(&map)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
+    }
+
+    async fn add_provider(&self, provider: &super::Provider) -> Result<(), StoreError> {
+        if !crate::crypto::SecretBox::is_sealed(&provider.token) {
+            // Never write a plain token at rest; the text names no value.
+            return Err(StoreError::Corrupt(
+                "provider token is not sealed; refusing to store it".into(),
+            ));
+        }
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(self.keys.provider(provider.id), &provider.to_fields())
+            .ignore()
+            .zadd(
+                self.keys.providers_by_user(&provider.owner),
+                provider.id.to_string(),
+                provider.created_ms(),
+            )
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn list_providers(&self, owner: &str) -> Result<Vec<super::Provider>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrange(self.keys.providers_by_user(owner), 0, -1)
+            .await
+            .map_err(unavailable)?;
+        let ids: Vec<ulid::Ulid> = ids.iter().filter_map(|id| id.parse().ok()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.keys.provider(*id));
+        }
+        let maps: Vec<HashMap<String, String>> =
+            pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, map) in ids.into_iter().zip(maps) {
+            // A record deleted under a stale index entry is skipped.
+            if map.is_empty() {
+                continue;
+            }
+            let provider = super::Provider::from_fields(id, &map).map_err(StoreError::Corrupt)?;
+            if provider.owner == owner {
+                out.push(provider);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_provider(&self, id: ulid::Ulid) -> Result<Option<super::Provider>, StoreError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = conn
+            .hgetall(self.keys.provider(id))
+            .await
+            .map_err(unavailable)?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        super::Provider::from_fields(id, &map)
+            .map(Some)
+            .map_err(StoreError::Corrupt)
+    }
+
+    async fn delete_provider(&self, owner: &str, id: ulid::Ulid) -> Result<bool, StoreError> {
+        // KEYS: provider hash, owner index. ARGV: owner, id. Owner check and delete in one step.
+        const DELETE_PROVIDER: &str = r"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+        let mut conn = self.conn.clone();
+        let deleted: i64 = Script::new(DELETE_PROVIDER)
+            .key(self.keys.provider(id))
+            .key(self.keys.providers_by_user(owner))
+            .arg(owner)
+            .arg(id.to_string())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted == 1)
+    }
+
+    async fn get_settings(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hgetall(self.keys.settings())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_settings(&self, fields: &[(&str, String)]) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        conn.hset_multiple::<_, _, _, ()>(self.keys.settings(), fields)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_setting(&self, name: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hdel::<_, _, ()>(self.keys.settings(), name)
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Keys of dashboard users and their providers (SPEC section 9).
+impl Keys {
+    pub fn user(&self, provider: &str, id: &str) -> String {
+        format!("{}user:{provider}:{id}", self.prefix)
+    }
+    pub fn provider(&self, id: ulid::Ulid) -> String {
+        format!("{}provider:{id}", self.prefix)
+    }
+    /// Not in the SPEC table: a user's provider ids by creation time (`owner` is
+    /// `provider:id`).
+    pub fn providers_by_user(&self, owner: &str) -> String {
+        format!("{}providers:by-user:{owner}", self.prefix)
+    }
 }

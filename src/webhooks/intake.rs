@@ -7,15 +7,19 @@ use time::OffsetDateTime;
 use crate::commands::{self, Command, ParseError, sanitize_untrusted};
 use crate::event::{CommentAction, CommentEvent, Event, LabelEvent};
 use crate::job::{Job, TriggerKind};
+use crate::settings::{RepoPattern, repo_allowed};
 use crate::task::{Origin, ReplyKind, Task};
 
-/// Settings intake reads on every delivery.
+/// Settings intake reads on every delivery (the admin settings over the configuration,
+/// read anew each time: see [`crate::settings`]).
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
     pub trigger: String,
     pub label: String,
     /// Logins that are Repobox itself (besides accounts the forge marks as bots).
     pub own_logins: Vec<String>,
+    /// Repositories Repobox acts on; empty = all. Others get nothing queued (204).
+    pub allowed_repos: Vec<RepoPattern>,
 }
 
 /// What intake does with an event.
@@ -30,6 +34,14 @@ pub enum Decision {
 }
 
 pub fn decide(event: &Event, settings: &IntakeSettings, now: OffsetDateTime) -> Decision {
+    let repo = match event {
+        Event::Comment(c) => Some(&c.repo),
+        Event::Labeled(l) => Some(&l.repo),
+        Event::Installation(_) => None,
+    };
+    if repo.is_some_and(|r| !repo_allowed(&settings.allowed_repos, r)) {
+        return Decision::Ignore("repository is not in the admin settings' allowed_repos");
+    }
     match event {
         Event::Comment(c) => decide_comment(c, settings, now),
         Event::Labeled(l) => decide_label(l, settings, now),
@@ -132,6 +144,7 @@ mod tests {
             trigger: "/repobox".into(),
             label: "repobox".into(),
             own_logins: vec!["repobox-bot".into()],
+            allowed_repos: Vec::new(),
         }
     }
 
@@ -306,6 +319,18 @@ mod tests {
             decide(&label(&["repobox"], user("bot", true)), &settings(), now()),
             Decision::Ignore(_)
         ));
+    }
+
+    #[test]
+    fn repositories_outside_the_allow_list_queue_nothing() {
+        let mut s = settings();
+        s.allowed_repos = vec![RepoPattern::parse("github:acme/*").unwrap()];
+        let event = comment(CommentAction::Created, "/repobox fix it", None);
+        assert!(matches!(decide(&event, &s, now()), Decision::Job(_)));
+        s.allowed_repos = vec![RepoPattern::parse("github:acme/web").unwrap()];
+        assert!(matches!(decide(&event, &s, now()), Decision::Ignore(_)));
+        let help = comment(CommentAction::Created, "/repobox help", None);
+        assert!(matches!(decide(&help, &s, now()), Decision::Ignore(_)));
     }
 
     #[test]

@@ -178,7 +178,18 @@ async fn handle(
             );
         }
     };
-    let settings = state.intake_settings(forge);
+    let settings = match state.intake_settings(forge).await {
+        Ok(settings) => settings,
+        Err(e) => {
+            state.metrics.delivery(forge, label, "unavailable");
+            warn!(%forge, error = %e, "delivery not stored: settings unreadable");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                json!({ "error": "storage unavailable; retry later" }),
+            );
+        }
+    };
     let decision = intake::decide(&event, &settings, OffsetDateTime::now_utc());
     let (job, task) = match decision {
         Decision::Ignore(reason) => {
