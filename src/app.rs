@@ -23,6 +23,7 @@ use crate::agent::Agent;
 use crate::agent::claude;
 use crate::agent::command::CommandAgent;
 use crate::config::{AgentKind, Config, SandboxKind};
+use crate::crypto::SecretBox;
 use crate::forges::Forges;
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
@@ -33,6 +34,7 @@ use crate::settings::{AdminSettings, SettingsSource};
 use crate::store::{RedisStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::web;
+use crate::web::auth::Authenticator;
 use crate::webhooks::intake::IntakeSettings;
 use crate::webhooks::{self, MAX_BODY_BYTES, verify};
 
@@ -53,6 +55,10 @@ pub struct Inner {
     pub gitlab_bot_username: Arc<OnceLock<String>>,
     /// Admin settings (allowed repositories, trigger, label, ...), read on every delivery.
     pub settings: SettingsSource,
+    /// The dashboard's sign-in providers.
+    pub auth: Arc<Authenticator>,
+    /// Seals secrets stored from the dashboard (provider tokens) with the secret key.
+    pub secret_box: SecretBox,
 }
 
 impl std::ops::Deref for AppState {
@@ -177,6 +183,14 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         );
     }
     let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
+    let (key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
+    info!(source = %key_source, "secret key loaded");
+    // Code exchanges must not follow redirects (the OAuth crates' advice).
+    let auth_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let auth = Arc::new(Authenticator::from_config(config, auth_http)?);
     let state = AppState::new(Inner {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -187,6 +201,8 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         public_url: config.public_url.clone(),
         gitlab_bot_username,
         settings: settings.clone(),
+        auth,
+        secret_box: SecretBox::new(&key),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
@@ -348,8 +364,6 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
 
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
-    let (_key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
-    info!(source = %key_source, "secret key loaded");
     let metrics = Arc::new(Metrics::new());
     let services = build_services(&config, metrics)?;
     if let Err(e) = services.state.store.ensure_groups().await {

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 pub const GITLAB_SECRET: &str = "gitlab-webhook-token";
+/// The secret key of every test app (base64 of 32 bytes).
+pub const TEST_SECRET_KEY: &str = "dGVzdC1zZWNyZXQta2V5LTMyLWJ5dGVzLWxvbmchISE=";
 
 pub fn fixture_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -189,6 +191,8 @@ impl TestApp {
             prefix.clone(),
             "--public-url".into(),
             "https://repobox.example.com".into(),
+            "--secret-key".into(),
+            TEST_SECRET_KEY.into(),
         ];
         if let Some(s) = &opts.github_secret {
             args.extend(["--github-webhook-secret".into(), s.clone()]);

@@ -14,6 +14,7 @@ pub mod api;
 pub mod live;
 pub mod pages;
 pub mod session;
+pub mod signin;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -42,6 +43,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(login_page))
         .route("/logout", post(logout))
+        .route("/auth/ldap", post(signin::ldap))
+        .route("/auth/{provider}", get(signin::start))
+        .route("/auth/{provider}/callback", get(signin::callback))
         .route("/jobs", get(jobs_page))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -82,6 +86,8 @@ pub enum Page {
     Redirect(String),
     Login,
     NotFound(Markup),
+    /// A page with another status (a refused sign-in: 401).
+    Status(StatusCode, Markup),
     Error(StatusCode, String),
 }
 
@@ -92,6 +98,7 @@ impl IntoResponse for Page {
             Page::Redirect(to) => Redirect::to(&to).into_response(),
             Page::Login => Redirect::to("/login").into_response(),
             Page::NotFound(m) => (StatusCode::NOT_FOUND, m).into_response(),
+            Page::Status(status, m) => (status, m).into_response(),
             Page::Error(status, text) => (status, text).into_response(),
         }
     }
@@ -105,12 +112,11 @@ fn unavailable(e: impl std::fmt::Display) -> Page {
     )
 }
 
-async fn login_page(session: Session) -> Page {
+async fn login_page(State(state): State<AppState>, session: Session) -> Page {
     if session::user(&session).await.is_some() {
         return Page::Redirect("/jobs".into());
     }
-    let csrf = session::csrf_token(&session).await;
-    Page::Html(pages::login(&[], false, &csrf, None))
+    signin::login_page_with(&state, &session, None).await
 }
 
 #[derive(serde::Deserialize)]

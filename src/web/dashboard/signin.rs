@@ -1,0 +1,185 @@
+//! Sign-in routes (SPEC §8): `/auth/{github,gitlab,google}` sends the browser to the
+//! provider with a `state` (and a PKCE challenge, and for Google a nonce) kept in the
+//! session; `/auth/{provider}/callback` checks the state and exchanges the code;
+//! `POST /auth/ldap` binds to the directory. A successful sign-in records the user
+//! (`user:<provider>:<id>`), renews the session id and marks admins (`REPOBOX_ADMINS`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use tower_sessions::Session;
+
+use super::Page;
+use super::pages::{self, LoginOption};
+use super::session::{self, SessionUser};
+use crate::app::AppState;
+use crate::store::User;
+use crate::web::auth::{AuthError, Identity, PendingLogin, ProviderKind};
+
+const PENDING: &str = "pending_login";
+
+fn label(p: ProviderKind) -> &'static str {
+    match p {
+        ProviderKind::GitHub => "GitHub",
+        ProviderKind::GitLab => "GitLab",
+        ProviderKind::Google => "Google",
+        ProviderKind::Ldap => "LDAP",
+    }
+}
+
+fn redirect_uri(state: &AppState, provider: ProviderKind) -> String {
+    format!(
+        "{}/auth/{provider}/callback",
+        state.public_url.trim_end_matches('/')
+    )
+}
+
+/// The login page with the configured options (and an error after a failed try).
+pub async fn login_page_with(state: &AppState, session: &Session, error: Option<&str>) -> Page {
+    let csrf = session::csrf_token(session).await;
+    let providers = state.auth.providers();
+    let options: Vec<LoginOption> = providers
+        .iter()
+        .filter(|p| **p != ProviderKind::Ldap)
+        .map(|p| LoginOption {
+            label: label(*p).to_owned(),
+            url: format!("/auth/{p}"),
+        })
+        .collect();
+    let ldap = providers.contains(&ProviderKind::Ldap);
+    let page = pages::login(&options, ldap, &csrf, error);
+    match error {
+        Some(_) => Page::Status(StatusCode::UNAUTHORIZED, page),
+        None => Page::Html(page),
+    }
+}
+
+fn parse_provider(name: &str) -> Option<ProviderKind> {
+    name.parse::<ProviderKind>()
+        .ok()
+        .filter(|p| *p != ProviderKind::Ldap)
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider): Path<String>,
+) -> Page {
+    let Some(provider) = parse_provider(&provider) else {
+        return Page::NotFound(pages::not_found(None, ""));
+    };
+    match state
+        .auth
+        .start(provider, &redirect_uri(&state, provider))
+        .await
+    {
+        Ok((url, pending)) => {
+            if session.insert(PENDING, &pending).await.is_err() {
+                return super::unavailable("session");
+            }
+            Page::Redirect(url)
+        }
+        Err(e) => login_page_with(&state, &session, Some(&e.to_string())).await,
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct Callback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    /// Set by the provider when the user declined.
+    error: Option<String>,
+}
+
+pub async fn callback(
+    State(state): State<AppState>,
+    session: Session,
+    Path(provider): Path<String>,
+    Query(cb): Query<Callback>,
+) -> Page {
+    let Some(provider) = parse_provider(&provider) else {
+        return Page::NotFound(pages::not_found(None, ""));
+    };
+    // The pending login is used once, whatever happens next.
+    let pending: Option<PendingLogin> = session.remove(PENDING).await.ok().flatten();
+    let Some(pending) = pending else {
+        return login_page_with(
+            &state,
+            &session,
+            Some("The sign-in expired or was not started here; try again."),
+        )
+        .await;
+    };
+    if cb.error.is_some() {
+        return login_page_with(&state, &session, Some("The provider did not sign you in.")).await;
+    }
+    let result = state
+        .auth
+        .finish(
+            provider,
+            pending,
+            &cb.code,
+            &cb.state,
+            &redirect_uri(&state, provider),
+        )
+        .await;
+    finish(&state, &session, result).await
+}
+
+#[derive(serde::Deserialize)]
+pub struct LdapForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+pub async fn ldap(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<LdapForm>,
+) -> Page {
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let result = state.auth.ldap_login(&form.username, &form.password).await;
+    finish(&state, &session, result).await
+}
+
+async fn finish(state: &AppState, session: &Session, result: Result<Identity, AuthError>) -> Page {
+    let identity = match result {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(error = %e, "dashboard sign-in refused");
+            return login_page_with(state, session, Some(&e.to_string())).await;
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let user = User {
+        provider: identity.provider.as_str().to_owned(),
+        id: identity.id.clone(),
+        login: identity.login.clone(),
+        name: identity.name.clone(),
+        email: identity.email.clone(),
+        created_at: now,
+        last_login_at: now,
+    };
+    if let Err(e) = state.store.upsert_user(&user).await {
+        return super::unavailable(e);
+    }
+    let session_user = SessionUser {
+        provider: user.provider,
+        id: user.id,
+        login: user.login,
+        name: user.name,
+        admin: state.auth.is_admin(&identity),
+    };
+    if let Err(e) = session::sign_in(session, &session_user).await {
+        return super::unavailable(e);
+    }
+    tracing::info!(provider = %identity.provider, login = %identity.login, admin = session_user.admin, "dashboard sign-in");
+    Page::Redirect("/jobs".into())
+}

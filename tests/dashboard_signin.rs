@@ -1,0 +1,230 @@
+//! Signing in to the dashboard through its routes: GitHub OAuth against an HTTP fake of
+//! github.com (state, PKCE), and LDAP against a real `slapd`. A sign-in renews the
+//! session id (the pre-login cookie is dead), records the user, and marks admins.
+
+mod common;
+
+use common::oauth_fake::{CLIENT_ID, CLIENT_SECRET, Flavor, OAuthFake};
+use common::slapd::{ALICE_PASSWORD, Slapd, USER_DN_TEMPLATE};
+use common::{Options, TestApp};
+use repobox::web::dashboard::session::COOKIE;
+
+/// A browser: one cookie, kept up to date from `Set-Cookie`.
+struct Browser {
+    app_url: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Browser {
+        Browser {
+            app_url: app.url.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for value in r.headers().get_all("set-cookie") {
+            let value = value.to_str().unwrap();
+            if let Some(pair) = value.split(';').next()
+                && pair.starts_with(&format!("{COOKIE}="))
+            {
+                self.cookie = Some(pair.to_owned());
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> reqwest::Response {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.app_url)
+        };
+        let mut req = self.http.get(url);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        self.keep(&r);
+        r
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form {
+            body.append_pair(k, v);
+        }
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.app_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.finish());
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", c);
+        }
+        let r = req.send().await.unwrap();
+        self.keep(&r);
+        r
+    }
+
+    fn session_id(&self) -> String {
+        self.cookie
+            .as_deref()
+            .unwrap()
+            .split_once('=')
+            .unwrap()
+            .1
+            .to_owned()
+    }
+}
+
+/// The CSRF token in a page's forms.
+fn csrf(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn ldap_sign_in_renews_the_session_records_the_user_and_marks_admins() {
+    let slapd = Slapd::start().await;
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        args: vec![
+            "--ldap-url".into(),
+            slapd.url.clone(),
+            "--ldap-user-dn".into(),
+            USER_DN_TEMPLATE.into(),
+            "--admins".into(),
+            "ldap:alice".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut b = Browser::new(&app);
+    let page = b.get("/login").await.text().await.unwrap();
+    assert!(page.contains("Sign in with LDAP"), "{page}");
+    let token = csrf(&page);
+    let before = b.session_id();
+
+    // A wrong password: 401, the form again, nobody signed in.
+    let r = b
+        .post(
+            "/auth/ldap",
+            &[
+                ("csrf", &token),
+                ("username", "alice"),
+                ("password", "hunter2-not-it"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("class=\"error\""), "{page}");
+    assert!(
+        !page.contains("hunter2-not-it"),
+        "the password is never echoed"
+    );
+    assert_eq!(location(&b.get("/jobs").await), "/login");
+    // Without the form token the directory is not even asked.
+    let r = b
+        .post(
+            "/auth/ldap",
+            &[("username", "alice"), ("password", ALICE_PASSWORD)],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+
+    let r = b
+        .post(
+            "/auth/ldap",
+            &[
+                ("csrf", &token),
+                ("username", "alice"),
+                ("password", ALICE_PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/jobs");
+    let after = b.session_id();
+    assert_ne!(before, after, "the session id is renewed at sign-in");
+    assert_eq!(app.store.load_session(&before).await.unwrap(), None);
+    let page = b.get("/jobs").await.text().await.unwrap();
+    assert!(page.contains("All jobs"), "alice is an admin: {page}");
+    assert!(page.contains("alice · admin"), "{page}");
+    let mut conn = app.conn().await;
+    let keys = common::scan(&mut conn, &format!("{}user:ldap:", app.prefix)).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+#[tokio::test]
+async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
+    let fake = OAuthFake::start(Flavor::GitHub).await;
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        args: vec![
+            "--github-client-id".into(),
+            CLIENT_ID.into(),
+            "--github-client-secret".into(),
+            CLIENT_SECRET.into(),
+            "--github-api-url".into(),
+            fake.url.clone(),
+            "--github-web-url".into(),
+            fake.url.clone(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut b = Browser::new(&app);
+    let page = b.get("/login").await.text().await.unwrap();
+    assert!(page.contains("href=\"/auth/github\""), "{page}");
+    assert!(!page.contains("Sign in with LDAP"));
+
+    // A callback whose state is not the one sent: refused before any token request.
+    let r = b.get("/auth/github").await;
+    assert_eq!(r.status(), 303);
+    let (code, _state) = fake.authorize(&location(&r)).await;
+    let r = b
+        .get(&format!("/auth/github/callback?code={code}&state=forged"))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(fake.token_requests(), 0);
+    // Replaying it with the right state fails too: the pending sign-in was used up.
+    let before = b.session_id();
+
+    let r = b.get("/auth/github").await;
+    let authorize = location(&r);
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    assert!(authorize.contains(&format!(
+        "redirect_uri={}",
+        url::form_urlencoded::byte_serialize(b"https://repobox.example.com/auth/github/callback")
+            .collect::<String>()
+    )));
+    let (code, state) = fake.authorize(&authorize).await;
+    let r = b
+        .get(&format!("/auth/github/callback?code={code}&state={state}"))
+        .await;
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    assert_eq!(fake.token_requests(), 1);
+    assert_ne!(b.session_id(), before);
+    let page = b.get("/jobs").await.text().await.unwrap();
+    assert!(
+        page.contains("Your jobs") && page.contains("octocat"),
+        "{page}"
+    );
+}
