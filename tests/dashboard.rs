@@ -407,3 +407,133 @@ async fn the_live_log_resumes_after_last_event_id_without_loss_or_repeats() {
     );
     assert_eq!(tail.last().unwrap().0, "end");
 }
+
+#[tokio::test]
+async fn a_provider_token_is_stored_sealed_listed_masked_and_only_its_owner_removes_it() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    let b = sign_in(&app, &github_user(202, "bob", false)).await;
+    let token = "glpat-Secr3tT0kenValue1234";
+    let form = |csrf: &str| {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("csrf", csrf)
+            .append_pair("kind", "gitlab")
+            .append_pair("url", "https://gitlab.example.com/")
+            .append_pair("label", "Alice at work")
+            .append_pair("token", token);
+        f.finish()
+    };
+    let post = |browser: &Browser, body: String| {
+        client()
+            .post(format!("{}/settings/providers", app.url))
+            .header("cookie", &browser.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(&a, form("wrong")).await.unwrap().status(), 403);
+    let r = post(&a, form(&a.csrf)).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(location(&r), "/settings");
+
+    let page = get(&app, Some(&a), "/settings").await.text().await.unwrap();
+    assert!(
+        page.contains("Alice at work") && page.contains("https://gitlab.example.com"),
+        "{page}"
+    );
+    assert!(
+        page.contains("glpat-****1234"),
+        "the token is listed masked: {page}"
+    );
+    assert!(!page.contains(token));
+    let bobs = get(&app, Some(&b), "/settings").await.text().await.unwrap();
+    assert!(!bobs.contains("Alice at work"), "providers are personal");
+
+    // Every Redis value under the test's prefix: no plaintext token anywhere.
+    let dump = common::world::redis_text(&app).await;
+    assert!(dump.contains("Alice at work"), "the provider was stored");
+    assert!(
+        !dump.contains(token) && !dump.contains("Secr3tT0ken"),
+        "plaintext token in Redis"
+    );
+
+    // Bob cannot remove Alice's provider; Alice can.
+    let id = page
+        .split("/settings/providers/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let path = format!("/settings/providers/{id}/delete");
+    assert_eq!(
+        post_form(&app, &b, &path, Some(&b.csrf)).await.status(),
+        404
+    );
+    assert_eq!(post_form(&app, &a, &path, None).await.status(), 403);
+    assert_eq!(
+        post_form(&app, &a, &path, Some(&a.csrf)).await.status(),
+        303
+    );
+    let page = get(&app, Some(&a), "/settings").await.text().await.unwrap();
+    assert!(!page.contains("Alice at work"));
+}
+
+#[tokio::test]
+async fn admin_settings_are_for_admins_validated_and_stored_for_intake_and_runners() {
+    let app = app().await;
+    let user = sign_in(&app, &github_user(101, "alice", false)).await;
+    let admin = sign_in(&app, &github_user(999, "root", true)).await;
+    assert_eq!(get(&app, Some(&user), "/admin").await.status(), 404);
+    assert_eq!(
+        post_form(&app, &user, "/admin", Some(&user.csrf))
+            .await
+            .status(),
+        404
+    );
+    let page = get(&app, Some(&admin), "/admin")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("value=\"/repobox\""), "{page}");
+
+    let save = |fields: &[(&str, &str)]| {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("csrf", &admin.csrf);
+        for (k, v) in fields {
+            f.append_pair(k, v);
+        }
+        client()
+            .post(format!("{}/admin", app.url))
+            .header("cookie", &admin.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(f.finish())
+            .send()
+    };
+    // One bad value: nothing is stored.
+    let r = save(&[("trigger", "/bot"), ("per_user_limit", "zero")])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("per_user_limit"));
+    assert!(app.store.get_settings().await.unwrap().is_empty());
+
+    let r = save(&[
+        ("trigger", "/bot"),
+        ("per_user_limit", "3"),
+        ("allowed_repos", "github:acme/*\ngitlab:group/app"),
+        ("allow_workflow_changes", "true"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    let stored = app.store.get_settings().await.unwrap();
+    assert_eq!(stored["trigger"], "/bot");
+    assert_eq!(stored["per_user_limit"], "3");
+    assert_eq!(stored["allow_workflow_changes"], "true");
+    assert!(
+        stored["allowed_repos"].contains("github:acme/*"),
+        "{stored:?}"
+    );
+}

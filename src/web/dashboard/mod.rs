@@ -5,6 +5,8 @@
 //! - [`pages`]: the HTML.
 //! - [`live`]: `/jobs/{id}/events`, the log as an SSE stream resuming at `Last-Event-ID`.
 //! - [`api`]: `/api/v1/…`, the JSON the CLI and scripts use.
+//! - [`signin`]: `/login`'s providers, `/auth/…`.
+//! - [`settings`]: `/settings` (personal providers, sealed) and `/admin`.
 //!
 //! Who sees what: a user sees the jobs they requested (matched by the forge account
 //! they signed in with), admins see all; any other job is a 404, never a 403, so job
@@ -14,6 +16,7 @@ pub mod api;
 pub mod live;
 pub mod pages;
 pub mod session;
+pub mod settings;
 pub mod signin;
 
 use axum::Router;
@@ -46,6 +49,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/auth/ldap", post(signin::ldap))
         .route("/auth/{provider}", get(signin::start))
         .route("/auth/{provider}/callback", get(signin::callback))
+        .route("/settings", get(settings::page))
+        .route("/settings/providers", post(settings::add))
+        .route("/settings/providers/{id}/delete", post(settings::delete))
+        .route("/admin", get(settings::admin).post(settings::save_admin))
         .route("/jobs", get(jobs_page))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/cancel", post(cancel))

@@ -23,6 +23,8 @@ pub fn layout(title: &str, user: Option<&SessionUser>, csrf: &str, body: Markup)
                     @if let Some(user) = user {
                         nav.actions {
                             a href="/jobs" { "Jobs" }
+                            a href="/settings" { "Settings" }
+                            @if user.admin { a href="/admin" { "Admin" } }
                         }
                         span.muted { (user.login) @if user.admin { " · admin" } }
                         form method="post" action="/logout" {

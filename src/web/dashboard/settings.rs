@@ -1,0 +1,327 @@
+//! `/settings` (a user's personal providers) and `/admin` (the admin settings).
+//!
+//! A personal provider is a GitHub or GitLab token (and a GitLab URL) the user adds for
+//! repositories the App cannot reach. The token is sealed (AES-256-GCM, a fresh nonce,
+//! bound to the provider's id) before it is stored, and is never shown again: the page
+//! lists a masked form. Admin settings are validated all together and stored in the
+//! `settings` hash, where intake and runners read them on their next use (no restart).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use maud::{Markup, html};
+use tower_sessions::Session;
+
+use super::session::{self, SessionUser};
+use super::{Page, pages};
+use crate::app::AppState;
+use crate::model::ForgeKind;
+use crate::secret::mask_token;
+use crate::settings::AdminSettings;
+use crate::store::{Provider, accounts};
+
+#[derive(serde::Deserialize)]
+pub struct ProviderForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    token: String,
+}
+
+fn owner(user: &SessionUser) -> String {
+    accounts::owner(&user.provider, &user.id)
+}
+
+struct Listed {
+    id: String,
+    kind: ForgeKind,
+    url: String,
+    label: String,
+    masked: String,
+}
+
+async fn listed(state: &AppState, user: &SessionUser) -> Result<Vec<Listed>, Page> {
+    let providers = state
+        .store
+        .list_providers(&owner(user))
+        .await
+        .map_err(super::unavailable)?;
+    Ok(providers
+        .into_iter()
+        .map(|p| {
+            let masked = state
+                .secret_box
+                .open(&p.token, &Provider::token_context(p.id))
+                .map(|t| mask_token(t.expose()))
+                .unwrap_or_else(|_| "(cannot be opened with this secret key)".into());
+            Listed {
+                id: p.id.to_string(),
+                kind: p.kind,
+                url: p.url,
+                label: p.label,
+                masked,
+            }
+        })
+        .collect())
+}
+
+fn settings_page(
+    user: &SessionUser,
+    csrf: &str,
+    providers: &[Listed],
+    error: Option<&str>,
+) -> Markup {
+    let body = html! {
+        h1 { "Settings" }
+        div.card {
+            h2 { "Your providers" }
+            p.muted { "Tokens for repositories the Repobox App cannot reach. They are stored encrypted and never shown again." }
+            @if providers.is_empty() {
+                p.muted id="no-providers" { "None yet." }
+            } @else {
+                table id="providers" {
+                    thead { tr { th { "Name" } th { "Forge" } th.hide-narrow { "URL" } th { "Token" } th {} } }
+                    tbody {
+                        @for p in providers {
+                            tr {
+                                td { (p.label) }
+                                td { (p.kind.as_str()) }
+                                td.hide-narrow.muted { (p.url) }
+                                td { code { (p.masked) } }
+                                td {
+                                    form method="post" action=(format!("/settings/providers/{}/delete", p.id)) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        button.secondary type="submit" { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        div.card {
+            h2 { "Add a provider" }
+            @if let Some(e) = error { p.error { (e) } }
+            form id="add-provider" method="post" action="/settings/providers" {
+                input type="hidden" name="csrf" value=(csrf);
+                div.filters {
+                    label { "Forge"
+                        select name="kind" { option value="github" { "GitHub" } option value="gitlab" { "GitLab" } }
+                    }
+                    label { "URL" input name="url" placeholder="https://gitlab.example.com (GitLab; empty for github.com)"; }
+                    label { "Name" input name="label" placeholder="work GitLab" required; }
+                    label { "Token" input type="password" name="token" autocomplete="off" required; }
+                    button type="submit" { "Add" }
+                }
+            }
+        }
+    };
+    pages::layout("Settings", Some(user), csrf, body)
+}
+
+pub async fn page(State(state): State<AppState>, session: Session) -> Page {
+    let (user, csrf) = match super::signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    match listed(&state, &user).await {
+        Ok(list) => Page::Html(settings_page(&user, &csrf, &list, None)),
+        Err(p) => p,
+    }
+}
+
+/// Validates the form; the error is shown to the user.
+fn check(form: &ProviderForm) -> Result<(ForgeKind, String), String> {
+    let kind = match form.kind.as_str() {
+        "github" => ForgeKind::GitHub,
+        "gitlab" => ForgeKind::GitLab,
+        _ => return Err("Choose GitHub or GitLab.".into()),
+    };
+    if form.label.trim().is_empty() || form.label.chars().count() > 100 {
+        return Err("Give the provider a name (at most 100 characters).".into());
+    }
+    let token = form.token.trim();
+    if token.len() < 8 || token.len() > 512 || token.chars().any(char::is_whitespace) {
+        return Err("The token does not look like a token.".into());
+    }
+    let url = match (kind, form.url.trim()) {
+        (ForgeKind::GitHub, "") => "https://api.github.com".to_owned(),
+        (ForgeKind::GitLab, "") => return Err("A GitLab provider needs its URL.".into()),
+        (_, url) => {
+            let parsed = url::Url::parse(url).map_err(|_| "The URL is not a URL.".to_owned())?;
+            if !matches!(parsed.scheme(), "https" | "http") {
+                return Err("The URL must start with https://.".into());
+            }
+            url.trim_end_matches('/').to_owned()
+        }
+    };
+    Ok((kind, url))
+}
+
+pub async fn add(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<ProviderForm>,
+) -> Page {
+    let (user, csrf) = match super::signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let (kind, url) = match check(&form) {
+        Ok(v) => v,
+        Err(e) => {
+            return match listed(&state, &user).await {
+                Ok(list) => Page::Status(
+                    StatusCode::BAD_REQUEST,
+                    settings_page(&user, &csrf, &list, Some(&e)),
+                ),
+                Err(p) => p,
+            };
+        }
+    };
+    let id = ulid::Ulid::new();
+    let provider = Provider {
+        id,
+        owner: owner(&user),
+        kind,
+        url,
+        label: form.label.trim().to_owned(),
+        token: state
+            .secret_box
+            .seal(form.token.trim(), &Provider::token_context(id)),
+        created_at: time::OffsetDateTime::now_utc(),
+    };
+    match state.store.add_provider(&provider).await {
+        Ok(()) => Page::Redirect("/settings".into()),
+        Err(e) => super::unavailable(e),
+    }
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<super::CsrfForm>,
+) -> Page {
+    let (user, csrf) = match super::signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let Ok(id) = id.parse::<ulid::Ulid>() else {
+        return Page::NotFound(pages::not_found(Some(&user), &csrf));
+    };
+    match state.store.delete_provider(&owner(&user), id).await {
+        Ok(true) => Page::Redirect("/settings".into()),
+        Ok(false) => Page::NotFound(pages::not_found(Some(&user), &csrf)),
+        Err(e) => super::unavailable(e),
+    }
+}
+
+fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&str>) -> Markup {
+    let repos: Vec<String> = s.allowed_repos.iter().map(|p| p.to_string()).collect();
+    let body = html! {
+        h1 { "Admin settings" }
+        div.card {
+            p.muted { "Intake and runners read these on their next use; no restart is needed. Empty fields keep the configured value." }
+            @if let Some(e) = error { p.error { (e) } }
+            form id="admin-settings" method="post" action="/admin" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Allowed repositories (one per line, e.g. github:acme/* — empty: all)"
+                    textarea name="allowed_repos" rows="4" { (repos.join("\n")) }
+                }
+                div.filters {
+                    label { "Trigger" input name="trigger" value=(s.trigger); }
+                    label { "Label" input name="label" value=(s.label); }
+                    label { "Model" input name="model" value=(s.model); }
+                    label { "Jobs per user" input name="per_user_limit" value=(s.per_user_limit); }
+                    label { "Max turns" input name="max_turns" value=(s.max_turns); }
+                    label { "Workflow changes"
+                        select name="allow_workflow_changes" {
+                            option value="false" selected[!s.allow_workflow_changes] { "refused" }
+                            option value="true" selected[s.allow_workflow_changes] { "allowed" }
+                        }
+                    }
+                }
+                p { button type="submit" { "Save" } }
+            }
+        }
+    };
+    pages::layout("Admin", Some(user), csrf, body)
+}
+
+async fn admin_user(session: &Session) -> Result<(SessionUser, String), Page> {
+    let (user, csrf) = super::signed_in(session).await?;
+    if !user.admin {
+        return Err(Page::NotFound(pages::not_found(Some(&user), &csrf)));
+    }
+    Ok((user, csrf))
+}
+
+pub async fn admin(State(state): State<AppState>, session: Session) -> Page {
+    let (user, csrf) = match admin_user(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    match state.settings.load().await {
+        Ok(s) => Page::Html(admin_page(&user, &csrf, &s, None)),
+        Err(e) => super::unavailable(e),
+    }
+}
+
+pub async fn save_admin(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> Page {
+    let (user, csrf) = match admin_user(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, form.get("csrf").map(String::as_str).unwrap_or("")).await {
+        return super::csrf_refused();
+    }
+    let mut updates: Vec<(&str, String)> = Vec::new();
+    for name in [
+        "allowed_repos",
+        "trigger",
+        "label",
+        "model",
+        "per_user_limit",
+        "max_turns",
+        "allow_workflow_changes",
+    ] {
+        if let Some(value) = form.get(name) {
+            let value = if name == "allowed_repos" {
+                value.split_whitespace().collect::<Vec<_>>().join(",")
+            } else {
+                value.trim().to_owned()
+            };
+            if !value.is_empty() || name == "allowed_repos" {
+                updates.push((name, value));
+            }
+        }
+    }
+    match state.settings.save(&updates).await {
+        Ok(()) => Page::Redirect("/admin".into()),
+        Err(crate::settings::SaveError::Invalid(e)) => {
+            let current = state.settings.current().await;
+            Page::Status(
+                StatusCode::BAD_REQUEST,
+                admin_page(&user, &csrf, &current, Some(&e.to_string())),
+            )
+        }
+        Err(e) => super::unavailable(e),
+    }
+}
