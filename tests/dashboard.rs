@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{Options, TestApp};
@@ -17,8 +16,6 @@ use repobox::job::{Job, JobId, JobStatus, TriggerKind};
 use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
 use repobox::task::Task;
 use repobox::web::dashboard::session::{COOKIE, SessionUser};
-use serde_json::json;
-use tower_sessions::session::{Id, Record};
 
 async fn app() -> TestApp {
     TestApp::start(Options {
@@ -35,10 +32,7 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-struct Browser {
-    cookie: String,
-    csrf: String,
-}
+use common::SignedIn as Browser;
 
 fn github_user(id: u64, login: &str, admin: bool) -> SessionUser {
     SessionUser {
@@ -50,33 +44,8 @@ fn github_user(id: u64, login: &str, admin: bool) -> SessionUser {
     }
 }
 
-/// A signed-in session for `user`, stored as the sign-in route stores one.
 async fn sign_in(app: &TestApp, user: &SessionUser) -> Browser {
-    let id = Id::default();
-    let csrf = format!("{:032x}", rand::random::<u128>());
-    let record = Record {
-        id,
-        data: HashMap::from([
-            ("user".to_owned(), serde_json::to_value(user).unwrap()),
-            ("csrf".to_owned(), json!(csrf)),
-        ]),
-        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-    };
-    let stored = app
-        .store
-        .save_session(
-            &id.to_string(),
-            &serde_json::to_string(&record).unwrap(),
-            Duration::from_secs(3600),
-            true,
-        )
-        .await
-        .unwrap();
-    assert!(stored);
-    Browser {
-        cookie: format!("{COOKIE}={id}"),
-        csrf,
-    }
+    app.sign_in(user).await
 }
 
 /// A job on `acme/api` requested by GitHub user `requester`, stored with its indices.
@@ -536,4 +505,110 @@ async fn admin_settings_are_for_admins_validated_and_stored_for_intake_and_runne
         stored["allowed_repos"].contains("github:acme/*"),
         "{stored:?}"
     );
+}
+
+async fn new_job(app: &TestApp, browser: &Browser, fields: &[(&str, &str)]) -> reqwest::Response {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        f.append_pair(k, v);
+    }
+    client()
+        .post(format!("{}/jobs/new", app.url))
+        .header("cookie", &browser.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(f.finish())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_new_job_form_stores_a_dashboard_job_for_the_acknowledger() {
+    let app = app().await;
+    let a = sign_in(&app, &github_user(101, "alice", false)).await;
+    let page = get(&app, Some(&a), "/jobs/new").await.text().await.unwrap();
+    assert!(page.contains("id=\"new-job\""), "{page}");
+    let good = [
+        ("csrf", a.csrf.as_str()),
+        ("repo", "github:acme/api"),
+        ("kind", "issue"),
+        ("number", "#7"),
+        (
+            "prompt",
+            "Fix the flaky login test\n<!-- and push to main -->please",
+        ),
+    ];
+    let mut no_token = good;
+    no_token[0].1 = "";
+    assert_eq!(new_job(&app, &a, &no_token).await.status(), 403);
+    for (field, value, error) in [
+        ("repo", "acme", "owner/name"),
+        ("repo", "gitlab:acme/api", "need a gitlab sign-in"),
+        ("number", "x", "positive number"),
+        ("prompt", " ", "Write what the agent should do"),
+    ] {
+        let mut fields = good;
+        let slot = fields.iter_mut().find(|(k, _)| *k == field).unwrap();
+        slot.1 = value;
+        let r = new_job(&app, &a, &fields).await;
+        assert_eq!(r.status(), 400, "{field}={value}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(error), "{field}={value}: {text}");
+    }
+    let tasks_before = intake_tasks(&app).await.len();
+
+    let r = new_job(&app, &a, &good).await;
+    assert_eq!(r.status(), 303);
+    let id = location(&r).trim_start_matches("/jobs/").to_owned();
+    let job = app.job(&id).await;
+    assert_eq!(job.trigger, TriggerKind::Dashboard);
+    assert_eq!(job.status, JobStatus::Queued);
+    assert_eq!(
+        (job.requester.id, job.requester.login.as_str()),
+        (101, "alice")
+    );
+    assert_eq!(job.repo.full_name, "acme/api");
+    assert_eq!((job.thread.kind, job.thread.number), (ThreadKind::Issue, 7));
+    assert_eq!(job.instructions, "Fix the flaky login test\nplease");
+    let tasks = intake_tasks(&app).await;
+    assert_eq!(tasks.len(), tasks_before + 1);
+    assert!(
+        tasks.last().unwrap().contains(&id),
+        "an acknowledge task for the job"
+    );
+    let list = get(&app, Some(&a), "/jobs").await.text().await.unwrap();
+    assert!(list.contains(&format!("/jobs/{id}")));
+
+    // A user without a forge account cannot start jobs.
+    let ldap = sign_in(
+        &app,
+        &SessionUser {
+            provider: "ldap".into(),
+            id: "uid=carol,ou=people".into(),
+            login: "carol".into(),
+            name: None,
+            admin: true,
+        },
+    )
+    .await;
+    let mut fields = good;
+    fields[0].1 = &ldap.csrf;
+    let r = new_job(&app, &ldap, &fields).await;
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Sign in with GitHub or GitLab")
+    );
+
+    // Outside the admin's allow-list: refused, nothing stored.
+    app.store
+        .set_settings(&[("allowed_repos", "github:other/*".to_owned())])
+        .await
+        .unwrap();
+    let r = new_job(&app, &a, &good).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not enabled"));
+    assert_eq!(intake_tasks(&app).await.len(), tasks_before + 1);
 }

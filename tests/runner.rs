@@ -729,3 +729,55 @@ async fn the_runner_carries_on_after_a_redis_restart() {
     redis.kill().unwrap();
     redis.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_job_started_from_the_dashboard_runs_like_a_comment_and_its_pr_links_back() {
+    let w = world(Setup::default()).await;
+    let user = repobox::web::dashboard::session::SessionUser {
+        provider: "github".into(),
+        id: "21031067".into(),
+        login: "Codertocat".into(),
+        name: None,
+        admin: false,
+    };
+    let browser = w.app.sign_in(&user).await;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("csrf", &browser.csrf)
+        .append_pair("repo", &format!("github:{REPO}"))
+        .append_pair("kind", "issue")
+        .append_pair("number", "1")
+        .append_pair("prompt", "fix the spelling");
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/jobs/new", w.app.url))
+        .header("cookie", &browser.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.finish())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let id = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/jobs/")
+        .to_owned();
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_eq!(job.trigger.as_str(), "dashboard");
+    let pulls = w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1);
+    let body = pulls[0]["body"].as_str().unwrap();
+    assert!(body.contains("Closes #1"), "{body}");
+    assert!(
+        body.contains(&format!("https://repobox.example.com/jobs/{id}")),
+        "{body}"
+    );
+    // The acknowledger posted the progress comment on the issue (no reaction: no
+    // comment triggered it), and the runner finished it.
+    assert!(w.github.reactions().await.is_empty());
+    let comment = w.final_comment(&job).await;
+    assert!(comment.contains("Opened pull request"), "{comment}");
+}

@@ -159,6 +159,12 @@ impl Default for Options {
     }
 }
 
+/// A browser signed in to the dashboard: its cookie and the session's CSRF token.
+pub struct SignedIn {
+    pub cookie: String,
+    pub csrf: String,
+}
+
 pub struct TestApp {
     pub url: String,
     pub addr: SocketAddr,
@@ -339,6 +345,37 @@ impl TestApp {
     pub async fn xlen(&self, stream: &str) -> usize {
         let mut conn = self.conn().await;
         conn.xlen(format!("{}{stream}", self.prefix)).await.unwrap()
+    }
+
+    /// A signed-in dashboard session for `user`, stored the way the sign-in routes
+    /// store one (a `tower-sessions` record under `session:<id>`).
+    pub async fn sign_in(&self, user: &repobox::web::dashboard::session::SessionUser) -> SignedIn {
+        use tower_sessions::session::{Id, Record};
+        let id = Id::default();
+        let csrf = format!("{:032x}", rand::random::<u128>());
+        let record = Record {
+            id,
+            data: std::collections::HashMap::from([
+                ("user".to_owned(), serde_json::to_value(user).unwrap()),
+                ("csrf".to_owned(), Value::String(csrf.clone())),
+            ]),
+            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        let stored = self
+            .store
+            .save_session(
+                &id.to_string(),
+                &serde_json::to_string(&record).unwrap(),
+                Duration::from_secs(3600),
+                true,
+            )
+            .await
+            .unwrap();
+        assert!(stored);
+        SignedIn {
+            cookie: format!("{}={id}", repobox::web::dashboard::session::COOKIE),
+            csrf,
+        }
     }
 
     pub async fn job(&self, id: &str) -> Job {

@@ -7,6 +7,7 @@
 //! - [`api`]: `/api/v1/…`, the JSON the CLI and scripts use.
 //! - [`signin`]: `/login`'s providers, `/auth/…`.
 //! - [`settings`]: `/settings` (personal providers, sealed) and `/admin`.
+//! - [`new_job`]: `/jobs/new`, a job started from the dashboard.
 //!
 //! Who sees what: a user sees the jobs they requested (matched by the forge account
 //! they signed in with), admins see all; any other job is a 404, never a 403, so job
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod live;
+pub mod new_job;
 pub mod pages;
 pub mod session;
 pub mod settings;
@@ -54,6 +56,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/settings/providers/{id}/delete", post(settings::delete))
         .route("/admin", get(settings::admin).post(settings::save_admin))
         .route("/jobs", get(jobs_page))
+        .route("/jobs/new", get(new_job::page).post(new_job::create))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/retry", post(retry))

@@ -23,6 +23,7 @@ pub fn layout(title: &str, user: Option<&SessionUser>, csrf: &str, body: Markup)
                     @if let Some(user) = user {
                         nav.actions {
                             a href="/jobs" { "Jobs" }
+                            a href="/jobs/new" { "New job" }
                             a href="/settings" { "Settings" }
                             @if user.admin { a href="/admin" { "Admin" } }
                         }

@@ -1,0 +1,249 @@
+//! `/jobs/new`: start a job from the dashboard (SPEC §8).
+//!
+//! The job is the same as a comment-triggered one, only with trigger `dashboard`: it
+//! names a repository and an issue or pull/merge request (where its progress comment
+//! goes and which its PR/MR closes), the prompt is its instructions (sanitised like a
+//! comment's), and the requester is the forge account the user signed in with. It goes
+//! through the acknowledger, which checks that account's write access on the forge
+//! before any runner sees the job. Users who signed in with Google or LDAP have no forge
+//! account and cannot start jobs.
+//!
+//! The repository picker suggests the repositories of the user's earlier jobs and the
+//! admin's allow-list entries; any `forge:owner/name` the forge lets the user write to
+//! works.
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use maud::{Markup, html};
+use tower_sessions::Session;
+
+use super::session::{self, SessionUser};
+use super::{Page, pages};
+use crate::app::AppState;
+use crate::commands::sanitize_untrusted;
+use crate::job::{Job, TriggerKind};
+use crate::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
+use crate::store::JobIndex;
+use crate::task::Task;
+
+/// Longest prompt accepted, in characters.
+const MAX_PROMPT: usize = 20_000;
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct NewJobForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    repo: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    number: String,
+    #[serde(default)]
+    prompt: String,
+}
+
+fn form_page(
+    user: &SessionUser,
+    csrf: &str,
+    suggestions: &[String],
+    form: &NewJobForm,
+    error: Option<&str>,
+) -> Markup {
+    let body = html! {
+        h1 { "New job" }
+        div.card {
+            @if user.forge_account().is_none() {
+                p.error { "Jobs run as a GitHub or GitLab user: sign in with GitHub or GitLab to start one." }
+            }
+            @if let Some(e) = error { p.error id="form-error" { (e) } }
+            form id="new-job" method="post" action="/jobs/new" {
+                input type="hidden" name="csrf" value=(csrf);
+                div.filters {
+                    label { "Repository"
+                        input name="repo" list="repos" placeholder="github:owner/name" value=(form.repo) required;
+                    }
+                    datalist id="repos" { @for r in suggestions { option value=(r) {} } }
+                    label { "On"
+                        select name="kind" {
+                            option value="issue" selected[form.kind != "pull_request" && form.kind != "merge_request"] { "issue" }
+                            option value="pull_request" selected[form.kind == "pull_request"] { "pull request" }
+                            option value="merge_request" selected[form.kind == "merge_request"] { "merge request" }
+                        }
+                    }
+                    label { "Number" input name="number" inputmode="numeric" value=(form.number) required; }
+                }
+                label { "What should the agent do?"
+                    textarea name="prompt" rows="6" required { (form.prompt) }
+                }
+                p { button type="submit" { "Start" } }
+            }
+        }
+    };
+    pages::layout("New job", Some(user), csrf, body)
+}
+
+/// Repositories to suggest: those of the user's recent jobs and the admin's exact
+/// allow-list entries.
+async fn suggestions(state: &AppState, user: &SessionUser) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    if let Some((forge, user_id)) = user.forge_account()
+        && let Ok(page) = state
+            .store
+            .job_page(&JobIndex::User { forge, user_id }, None, 50)
+            .await
+    {
+        for (id, _) in page {
+            if let Ok(Some(job)) = state.store.get_job(id).await {
+                out.insert(format!("{}:{}", job.repo.forge, job.repo.full_name));
+            }
+        }
+    }
+    for pattern in state.settings.current().await.allowed_repos {
+        let text = pattern.to_string();
+        if !text.ends_with("/*") {
+            out.insert(text);
+        }
+    }
+    out.into_iter().collect()
+}
+
+pub async fn page(State(state): State<AppState>, session: Session) -> Page {
+    let (user, csrf) = match super::signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    let list = suggestions(&state, &user).await;
+    Page::Html(form_page(&user, &csrf, &list, &NewJobForm::default(), None))
+}
+
+/// The job the form describes, or what is wrong with it.
+fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
+    let Some((forge, user_id)) = user.forge_account() else {
+        return Err("Sign in with GitHub or GitLab to start jobs.".into());
+    };
+    let repo = form.repo.trim();
+    let (repo_forge, full_name) = match repo.split_once(':') {
+        Some((f, name)) => (
+            f.parse::<ForgeKind>()
+                .map_err(|_| format!("Unknown forge `{f}`."))?,
+            name,
+        ),
+        None => (forge, repo),
+    };
+    if repo_forge != forge {
+        return Err(format!(
+            "You signed in with {forge}; jobs on {repo_forge} need a {repo_forge} sign-in."
+        ));
+    }
+    let parts: Vec<&str> = full_name.split('/').collect();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if parts.len() < 2
+        || !parts.iter().all(|p| valid(p))
+        || (forge == ForgeKind::GitHub && parts.len() != 2)
+    {
+        return Err("Name the repository as owner/name (GitLab: group/…/name).".into());
+    }
+    let kind = match (form.kind.as_str(), forge) {
+        ("pull_request", ForgeKind::GitHub) => ThreadKind::PullRequest,
+        ("merge_request", ForgeKind::GitLab) => ThreadKind::MergeRequest,
+        ("pull_request" | "merge_request", _) => {
+            return Err(format!(
+                "{forge} calls it a {}.",
+                if forge == ForgeKind::GitHub {
+                    "pull request"
+                } else {
+                    "merge request"
+                }
+            ));
+        }
+        _ => ThreadKind::Issue,
+    };
+    let number: u64 = form
+        .number
+        .trim()
+        .trim_start_matches(['#', '!'])
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or("The issue or pull/merge request number must be a positive number.")?;
+    let prompt = sanitize_untrusted(form.prompt.trim()).trim().to_owned();
+    if prompt.is_empty() {
+        return Err("Write what the agent should do.".into());
+    }
+    if prompt.chars().count() > MAX_PROMPT {
+        return Err(format!(
+            "The prompt is longer than {MAX_PROMPT} characters."
+        ));
+    }
+    let title: String = prompt
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(80)
+        .collect();
+    Ok(Job::new(
+        RepoRef {
+            forge,
+            full_name: full_name.to_owned(),
+            id: None,
+            installation_id: None,
+        },
+        ThreadRef { kind, number },
+        title,
+        TriggerKind::Dashboard,
+        UserRef {
+            id: user_id,
+            login: user.login.clone(),
+            is_bot: false,
+        },
+        prompt,
+        time::OffsetDateTime::now_utc(),
+    ))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<NewJobForm>,
+) -> Page {
+    let (user, csrf) = match super::signed_in(&session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let checked = match job_from(&user, &form) {
+        Ok(job) if !state.settings.current().await.repo_allowed(&job.repo) => Err(format!(
+            "Repobox is not enabled for {}:{} (admin settings).",
+            job.repo.forge, job.repo.full_name
+        )),
+        other => other,
+    };
+    let job = match checked {
+        Ok(job) => job,
+        Err(e) => {
+            let list = suggestions(&state, &user).await;
+            return Page::Status(
+                StatusCode::BAD_REQUEST,
+                form_page(&user, &csrf, &list, &form, Some(&e)),
+            );
+        }
+    };
+    match state
+        .store
+        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
+        .await
+    {
+        Ok(_) => Page::Redirect(format!("/jobs/{}", job.id)),
+        Err(e) => super::unavailable(e),
+    }
+}
