@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod anthropic;
+pub mod browser;
 pub mod git_server;
 pub mod github;
 pub mod gitlab;

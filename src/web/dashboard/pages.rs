@@ -74,6 +74,20 @@ pub fn status_badge(status: JobStatus) -> Markup {
     html! { span.badge class=(format!("s-{}", status.as_str())) { (status.as_str()) } }
 }
 
+/// `2026-11-28 00:49:53 UTC`: to the second, for people.
+fn when(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 fn thread_label(job: &Job) -> String {
     let noun = match job.thread.kind {
         ThreadKind::Issue => "issue",
@@ -163,7 +177,7 @@ pub fn jobs(
                                 td { (status_badge(job.status)) }
                                 td { (job.repo.full_name) }
                                 td.hide-narrow { (job.requester.login) }
-                                td.hide-narrow.muted { (crate::job::rfc3339(job.created_at)) }
+                                td.hide-narrow.muted { time datetime=(crate::job::rfc3339(job.created_at)) { (when(job.created_at)) } }
                                 td.hide-narrow.muted { (job.cost_usd.map(|c| format!("${c:.2}")).unwrap_or_default()) }
                             }
                         }
@@ -212,7 +226,7 @@ pub fn job(
                 @if let Some(url) = thread_url { dt { "Thread" } dd { a href=(url) { (url) } } }
                 dt { "Requested by" } dd { "@" (job.requester.login) " · " (job.trigger.as_str()) }
                 @if !job.instructions.is_empty() { dt { "Instructions" } dd { (job.instructions) } }
-                dt { "Created" } dd { (crate::job::rfc3339(job.created_at)) }
+                dt { "Created" } dd { time datetime=(crate::job::rfc3339(job.created_at)) { (when(job.created_at)) } }
                 @if let Some(url) = &job.pr_url { dt { "Result" } dd { a href=(url) { (url) } } }
                 @if let Some(e) = &job.error { dt { "Error" } dd.error { (e) } }
                 @if let Some(m) = &job.model { dt { "Model" } dd { (m) } }

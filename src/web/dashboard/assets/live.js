@@ -13,12 +13,18 @@
     log.dataset.lines = String(Number(log.dataset.lines || "0") + 1);
     if (stick) log.scrollTop = log.scrollHeight;
   });
+  const FINAL = ["succeeded", "no_changes", "failed", "cancelled", "rejected"];
   source.addEventListener("status", function (e) {
     const s = JSON.parse(e.data);
     if (status) {
       status.textContent = s.status;
       status.className = "badge s-" + s.status;
     }
+    const cost = document.getElementById("cost");
+    if (cost && s.cost) cost.textContent = s.cost;
+    // A final job can no longer be cancelled.
+    const cancel = document.getElementById("cancel");
+    if (cancel && FINAL.indexOf(s.status) >= 0) cancel.closest(".actions").remove();
   });
   source.addEventListener("end", function () {
     source.close();
