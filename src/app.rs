@@ -59,6 +59,8 @@ pub struct Inner {
     pub auth: Arc<Authenticator>,
     /// Seals secrets stored from the dashboard (provider tokens) with the secret key.
     pub secret_box: SecretBox,
+    /// What the first-run `/setup` page needs to know.
+    pub setup: web::dashboard::setup::SetupInfo,
 }
 
 impl std::ops::Deref for AppState {
@@ -203,6 +205,12 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         settings: settings.clone(),
         auth,
         secret_box: SecretBox::new(&key),
+        setup: web::dashboard::setup::SetupInfo {
+            github_app_id: config.github_app_id,
+            github_api_url: config.github_api_url.trim_end_matches('/').to_owned(),
+            github_web_url: web::auth::github_web_url(config)?,
+            gitlab_url: config.gitlab_url.clone(),
+        },
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
@@ -307,8 +315,29 @@ pub fn build_runner_with_agent(
 }
 
 /// `repobox runner`: job workers only.
+/// The configuration with the GitHub App registered through `/setup`, when the
+/// environment names none (first run: only Redis is configured).
+async fn with_stored_github_app(mut config: Config) -> anyhow::Result<Config> {
+    if config.github_app_id.is_some() {
+        return Ok(config);
+    }
+    let store = RedisStore::new(config.redis_url.expose(), &config.redis_prefix)?;
+    let (key, _) = config.secret_key(std::path::Path::new("./data"))?;
+    match web::dashboard::setup::apply_stored_app(&mut config, &store, &SecretBox::new(&key)).await
+    {
+        Ok(true) => info!(
+            app_id = config.github_app_id,
+            "using the GitHub App registered through /setup"
+        ),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "the GitHub App registered through /setup is not used"),
+    }
+    Ok(config)
+}
+
 pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    let config = with_stored_github_app(config).await?;
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = Arc::new(RedisStore::new(
         config.redis_url.expose(),
@@ -364,6 +393,7 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
 
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
+    let config = with_stored_github_app(config).await?;
     let metrics = Arc::new(Metrics::new());
     let services = build_services(&config, metrics)?;
     if let Err(e) = services.state.store.ensure_groups().await {

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -279,6 +280,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes one field of the `settings` hash (its default applies again).
     async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The GitHub App registered through `/setup` (`github_app` hash; secrets sealed).
+    async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError>;
+
+    /// Stores the App registered through `/setup` unless one is stored already (`false`
+    /// then, and nothing changes): setup happens once.
+    async fn create_github_app(&self, fields: &[(&str, String)]) -> Result<bool, StoreError>;
+
+    /// Keeps a manifest-flow `state` for `ttl` (`setup:state:<state>`).
+    async fn put_setup_state(&self, state: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Consumes a manifest-flow `state`: `true` once if it was issued and has not expired.
+    async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError>;
 }
 
 /// The job indices of SPEC section 9.

@@ -1012,6 +1012,52 @@ return 1
             .await
             .map_err(unavailable)
     }
+
+    async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = conn
+            .hgetall(format!("{}github_app", self.keys.prefix))
+            .await
+            .map_err(unavailable)?;
+        Ok((!map.is_empty()).then_some(map))
+    }
+
+    async fn create_github_app(&self, fields: &[(&str, String)]) -> Result<bool, StoreError> {
+        let script = Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
+             redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
+        );
+        let mut invocation = script.key(format!("{}github_app", self.keys.prefix));
+        for (k, v) in fields {
+            invocation.arg(*k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(created == 1)
+    }
+
+    async fn put_setup_state(&self, state: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.set_ex::<_, _, ()>(
+            format!("{}setup:state:{state}", self.keys.prefix),
+            "1",
+            ttl.as_secs().max(1),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: i64 = conn
+            .del(format!("{}setup:state:{state}", self.keys.prefix))
+            .await
+            .map_err(unavailable)?;
+        Ok(removed == 1)
+    }
 }
 
 /// Keys of dashboard users and their providers (SPEC section 9).

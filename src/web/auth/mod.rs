@@ -11,6 +11,7 @@
 mod http;
 mod ldap;
 mod oauth;
+pub use oauth::github_web_url;
 mod oidc;
 
 use std::fmt;

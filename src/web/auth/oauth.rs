@@ -272,7 +272,7 @@ fn refused(kind: ProviderKind, response: &BasicErrorResponse) -> AuthError {
 /// GitHub's web base: `REPOBOX_GITHUB_WEB_URL`, else derived from the API base
 /// (`https://api.github.com` → `https://github.com`, GitHub Enterprise Server
 /// `https://host/api/v3` → `https://host`, anything else as it is).
-pub(super) fn github_web_url(config: &Config) -> anyhow::Result<String> {
+pub fn github_web_url(config: &Config) -> anyhow::Result<String> {
     if let Some(web) = &config.github_web_url {
         Url::parse(web).context("REPOBOX_GITHUB_WEB_URL is not a URL")?;
         return Ok(web.trim_end_matches('/').to_owned());

@@ -8,6 +8,7 @@
 //! - [`signin`]: `/login`'s providers, `/auth/…`.
 //! - [`settings`]: `/settings` (personal providers, sealed) and `/admin`.
 //! - [`new_job`]: `/jobs/new`, a job started from the dashboard.
+//! - [`setup`]: `/setup`, the first run (GitHub App manifest flow, GitLab webhook).
 //!
 //! Who sees what: a user sees the jobs they requested (matched by the forge account
 //! they signed in with), admins see all; any other job is a 404, never a 403, so job
@@ -19,6 +20,7 @@ pub mod new_job;
 pub mod pages;
 pub mod session;
 pub mod settings;
+pub mod setup;
 pub mod signin;
 
 use axum::Router;
@@ -51,6 +53,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/auth/ldap", post(signin::ldap))
         .route("/auth/{provider}", get(signin::start))
         .route("/auth/{provider}/callback", get(signin::callback))
+        .route("/setup", get(setup::page))
+        .route("/setup/github/callback", get(setup::callback))
         .route("/settings", get(settings::page))
         .route("/settings/providers", post(settings::add))
         .route("/settings/providers/{id}/delete", post(settings::delete))
