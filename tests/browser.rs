@@ -292,3 +292,80 @@ async fn cancel_on_a_running_job_page_queues_a_cancel_task_and_returns_to_the_jo
     assert_eq!(task["origin"]["requester"]["login"], "alice", "{task}");
     w.stop().await;
 }
+
+/// Signs a GitHub user in by handing the browser a session cookie made the way the
+/// GitHub sign-in makes one (the OAuth round trip itself is tested in
+/// `tests/dashboard_signin.rs`; here the public URL is not the test server's).
+async fn sign_in_as_github_user(w: &World) {
+    let user = repobox::web::dashboard::session::SessionUser {
+        provider: "github".into(),
+        id: "21031067".into(),
+        login: "Codertocat".into(),
+        name: None,
+        admin: false,
+    };
+    let signed = w.app.sign_in(&user).await;
+    let (name, value) = signed.cookie.split_once('=').unwrap();
+    // A page that makes no session, so there is no cookie to collide with.
+    w.browser.goto(&w.url("/assets/style.css")).await;
+    w.browser
+        .js(&format!("document.cookie = '{name}={value}; path=/';"))
+        .await;
+    w.browser.goto(&w.url("/jobs")).await;
+    w.browser.wait_for_path("/jobs").await;
+}
+
+#[tokio::test]
+async fn a_provider_is_added_and_a_job_started_from_the_forms() {
+    let w = World::start().await;
+    sign_in_as_github_user(&w).await;
+    let b = &w.browser;
+
+    // Settings: add a GitLab token; it is listed masked, never in clear.
+    b.click("a[href='/settings']").await;
+    b.wait_for_path("/settings").await;
+    b.find("#no-providers").await;
+    b.js("document.querySelector(\"#add-provider select[name=kind]\").value = 'gitlab';")
+        .await;
+    b.type_into(
+        "#add-provider input[name=url]",
+        "https://gitlab.example.com",
+    )
+    .await;
+    b.type_into("#add-provider input[name=label]", "Team GitLab")
+        .await;
+    b.type_into("#add-provider input[name=token]", "glpat-BrowserToken9876")
+        .await;
+    b.click("#add-provider button[type=submit]").await;
+    let listed = b
+        .wait_for_text("#providers", |t| t.contains("Team GitLab"))
+        .await;
+    assert!(listed.contains("glpat-****9876"), "{listed}");
+    let html = b.js("return document.documentElement.outerHTML;").await;
+    assert!(!html.as_str().unwrap().contains("glpat-BrowserToken9876"));
+    b.screenshot("settings").await;
+
+    // New job: the form stores a queued dashboard job and shows its page.
+    b.click("a[href='/jobs/new']").await;
+    b.wait_for_path("/jobs/new").await;
+    b.type_into("#new-job input[name=repo]", "github:Codertocat/Hello-World")
+        .await;
+    b.type_into("#new-job input[name=number]", "1").await;
+    b.type_into(
+        "#new-job textarea[name=prompt]",
+        "Fix the spelling in the README",
+    )
+    .await;
+    b.screenshot("new-job").await;
+    b.click("#new-job button[type=submit]").await;
+    b.wait_until("the new job's page", || async {
+        b.path().await.starts_with("/jobs/") && b.path().await != "/jobs/new"
+    })
+    .await;
+    let id = b.path().await.trim_start_matches("/jobs/").to_owned();
+    let job = w.app.job(&id).await;
+    assert_eq!(job.trigger, TriggerKind::Dashboard);
+    assert_eq!(job.instructions, "Fix the spelling in the README");
+    assert_eq!(b.text("#status").await, "queued");
+    w.stop().await;
+}
