@@ -12,8 +12,6 @@ use common::browser::Browser;
 use common::slapd::{ALICE_PASSWORD, Slapd, USER_DN_TEMPLATE};
 use common::{Options, TestApp};
 use repobox::job::{Job, JobStatus, TriggerKind};
-use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
-use repobox::task::Task;
 use serde_json::Value;
 
 /// A directory, the app signing in against it (`alice` is an admin), and a browser.
@@ -89,35 +87,9 @@ impl World {
     }
 }
 
-/// A job on `acme/api`, issue `number`, requested by `alice` on GitHub, stored with its
-/// indices as intake stores one.
+/// A job on `acme/api`, issue `number`, requested by `alice` on GitHub.
 async fn job(app: &TestApp, number: u64) -> Job {
-    let job = Job::new(
-        RepoRef {
-            forge: ForgeKind::GitHub,
-            full_name: "acme/api".into(),
-            id: Some(1),
-            installation_id: Some(2),
-        },
-        ThreadRef {
-            kind: ThreadKind::Issue,
-            number,
-        },
-        format!("Issue {number}"),
-        TriggerKind::Comment,
-        UserRef {
-            id: 101,
-            login: "alice".into(),
-            is_bot: false,
-        },
-        "fix it".into(),
-        time::OffsetDateTime::now_utc(),
-    );
-    app.store
-        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
-        .await
-        .unwrap();
-    job
+    app.store_job(101, "alice", number).await
 }
 
 async fn set_status(app: &TestApp, job: &Job, status: JobStatus) {

@@ -13,8 +13,7 @@ use common::{Options, TestApp};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use repobox::job::{Job, JobId, JobStatus, TriggerKind};
-use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
-use repobox::task::Task;
+use repobox::model::ThreadKind;
 use repobox::web::dashboard::session::{COOKIE, SessionUser};
 
 async fn app() -> TestApp {
@@ -48,34 +47,8 @@ async fn sign_in(app: &TestApp, user: &SessionUser) -> Browser {
     app.sign_in(user).await
 }
 
-/// A job on `acme/api` requested by GitHub user `requester`, stored with its indices.
 async fn job(app: &TestApp, requester: u64, login: &str, number: u64) -> Job {
-    let job = Job::new(
-        RepoRef {
-            forge: ForgeKind::GitHub,
-            full_name: "acme/api".into(),
-            id: Some(1),
-            installation_id: Some(2),
-        },
-        ThreadRef {
-            kind: ThreadKind::Issue,
-            number,
-        },
-        format!("Issue {number}"),
-        TriggerKind::Comment,
-        UserRef {
-            id: requester,
-            login: login.into(),
-            is_bot: false,
-        },
-        "fix it".into(),
-        time::OffsetDateTime::now_utc(),
-    );
-    app.store
-        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
-        .await
-        .unwrap();
-    job
+    app.store_job(requester, login, number).await
 }
 
 async fn get(app: &TestApp, browser: Option<&Browser>, path: &str) -> reqwest::Response {

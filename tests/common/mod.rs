@@ -348,6 +348,42 @@ impl TestApp {
         conn.xlen(format!("{}{stream}", self.prefix)).await.unwrap()
     }
 
+    /// A queued job on `acme/api` issue `number`, requested by GitHub user `requester`
+    /// (`login`), stored with its indices and acknowledge task as intake stores one.
+    pub async fn store_job(&self, requester: u64, login: &str, number: u64) -> Job {
+        use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
+        let job = Job::new(
+            RepoRef {
+                forge: ForgeKind::GitHub,
+                full_name: "acme/api".into(),
+                id: Some(1),
+                installation_id: Some(2),
+            },
+            ThreadRef {
+                kind: ThreadKind::Issue,
+                number,
+            },
+            format!("Issue {number}"),
+            repobox::job::TriggerKind::Comment,
+            UserRef {
+                id: requester,
+                login: login.into(),
+                is_bot: false,
+            },
+            "fix it".into(),
+            time::OffsetDateTime::now_utc(),
+        );
+        self.store
+            .accept(
+                None,
+                Some(&job),
+                &repobox::task::Task::Acknowledge { job: job.id },
+            )
+            .await
+            .unwrap();
+        job
+    }
+
     /// A signed-in dashboard session for `user`, stored the way the sign-in routes
     /// store one (a `tower-sessions` record under `session:<id>`).
     pub async fn sign_in(&self, user: &repobox::web::dashboard::session::SessionUser) -> SignedIn {

@@ -163,6 +163,15 @@ async fn signed_in(session: &Session) -> Result<(SessionUser, String), Page> {
     Ok((user, csrf))
 }
 
+/// A form post's user: signed in, and the form's CSRF token is the session's.
+async fn posted(session: &Session, token: &str) -> Result<(SessionUser, String), Page> {
+    let signed = signed_in(session).await?;
+    if !session::check_csrf(session, token).await {
+        return Err(csrf_refused());
+    }
+    Ok(signed)
+}
+
 /// The job if it exists and `user` may see it.
 pub async fn visible_job(
     state: &AppState,
@@ -346,13 +355,10 @@ async fn job_command(
     axum::Form(form): axum::Form<CsrfForm>,
     retry: bool,
 ) -> Page {
-    let (user, csrf) = match signed_in(&session).await {
+    let (user, csrf) = match posted(&session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return csrf_refused();
-    }
     let job = match visible_job(&state, &user, &id).await {
         Ok(Some(job)) => job,
         Ok(None) => return Page::NotFound(pages::not_found(Some(&user), &csrf)),

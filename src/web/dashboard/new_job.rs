@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use maud::{Markup, html};
 use tower_sessions::Session;
 
-use super::session::{self, SessionUser};
+use super::session::SessionUser;
 use super::{Page, pages};
 use crate::app::AppState;
 use crate::commands::sanitize_untrusted;
@@ -214,13 +214,10 @@ pub async fn create(
     session: Session,
     axum::Form(form): axum::Form<NewJobForm>,
 ) -> Page {
-    let (user, csrf) = match super::signed_in(&session).await {
+    let (user, csrf) = match super::posted(&session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
-    }
     let checked = match job_from(&user, &form) {
         Ok(job) if !state.settings.current().await.repo_allowed(&job.repo) => Err(format!(
             "Repobox is not enabled for {}:{} (admin settings).",

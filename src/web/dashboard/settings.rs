@@ -169,13 +169,10 @@ pub async fn add(
     session: Session,
     axum::Form(form): axum::Form<ProviderForm>,
 ) -> Page {
-    let (user, csrf) = match super::signed_in(&session).await {
+    let (user, csrf) = match super::posted(&session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
-    }
     let (kind, url) = match check(&form) {
         Ok(v) => v,
         Err(e) => {
@@ -212,13 +209,10 @@ pub async fn delete(
     Path(id): Path<String>,
     axum::Form(form): axum::Form<super::CsrfForm>,
 ) -> Page {
-    let (user, csrf) = match super::signed_in(&session).await {
+    let (user, csrf) = match super::posted(&session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
-    }
     let Ok(id) = id.parse::<ulid::Ulid>() else {
         return Page::NotFound(pages::not_found(Some(&user), &csrf));
     };
@@ -293,15 +287,7 @@ pub async fn save_admin(
         return super::csrf_refused();
     }
     let mut updates: Vec<(&str, String)> = Vec::new();
-    for name in [
-        "allowed_repos",
-        "trigger",
-        "label",
-        "model",
-        "per_user_limit",
-        "max_turns",
-        "allow_workflow_changes",
-    ] {
+    for name in crate::settings::FIELDS {
         if let Some(value) = form.get(name) {
             let value = if name == "allowed_repos" {
                 value.split_whitespace().collect::<Vec<_>>().join(",")
