@@ -61,6 +61,8 @@ pub struct Inner {
     pub secret_box: SecretBox,
     /// What the first-run `/setup` page needs to know.
     pub setup: web::dashboard::setup::SetupInfo,
+    /// The configured forges (the dashboard lists the repositories the bot reaches).
+    pub forges: Forges,
 }
 
 impl std::ops::Deref for AppState {
@@ -211,6 +213,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
             github_web_url: web::auth::github_web_url(config)?,
             gitlab_url: config.gitlab_url.clone(),
         },
+        forges: forges.clone(),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,

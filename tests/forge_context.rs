@@ -429,3 +429,10 @@ async fn gitlab_server_error_is_transient_and_not_found_permanent() {
     assert!(e.to_string().contains("404"), "{e}");
     assert_no_token(&e, gl::TOKEN);
 }
+
+#[tokio::test]
+async fn gitlab_lists_the_projects_the_bot_may_act_on() {
+    let (_fake, forge) = gitlab().await;
+    let names = forge.reachable_repositories().await.unwrap();
+    assert_eq!(names, vec![GL_PROJECT.to_owned()]);
+}

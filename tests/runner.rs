@@ -741,6 +741,42 @@ async fn a_job_started_from_the_dashboard_runs_like_a_comment_and_its_pr_links_b
         admin: false,
     };
     let browser = w.app.sign_in(&user).await;
+    // The picker lists the App installation's repositories, within the allow-list.
+    w.github
+        .serve_installation(&[REPO, "Codertocat/Other-Repo"])
+        .await;
+    let picker = |w: &World| {
+        let (url, cookie) = (format!("{}/jobs/new", w.app.url), browser.cookie.clone());
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let page = picker(&w).await;
+    for name in [REPO, "Codertocat/Other-Repo"] {
+        assert!(
+            page.contains(&format!("<option value=\"github:{name}\">")),
+            "{name} not offered: {page}"
+        );
+    }
+    w.app
+        .store
+        .set_settings(&[("allowed_repos", format!("github:{REPO}"))])
+        .await
+        .unwrap();
+    let page = picker(&w).await;
+    assert!(page.contains(&format!("github:{REPO}")));
+    assert!(
+        !page.contains("Other-Repo"),
+        "outside the allow-list: {page}"
+    );
     let mut form = url::form_urlencoded::Serializer::new(String::new());
     form.append_pair("csrf", &browser.csrf)
         .append_pair("repo", &format!("github:{REPO}"))

@@ -109,6 +109,11 @@ pub trait Forge: Send + Sync + 'static {
     /// `Co-authored-by:` identity of a user.
     fn co_author(&self, user: &UserRef) -> GitIdentity;
 
+    /// The repositories the bot may act on (GitHub: those of the App's installations;
+    /// GitLab: the projects where the bot user is at least Developer), as
+    /// `owner/name`, sorted; at most a few hundred (first pages only).
+    async fn reachable_repositories(&self) -> Result<Vec<String>, ForgeError>;
+
     /// The thread's opening text and its discussion, oldest comment first, for the
     /// agent's context. Raw forge text: the caller sanitises it.
     async fn discussion(&self, repo: &RepoRef, thread: ThreadRef)

@@ -212,6 +212,9 @@ mod tests {
         ) -> Result<crate::forges::Discussion, ForgeError> {
             unreachable!()
         }
+        async fn reachable_repositories(&self) -> Result<Vec<String>, ForgeError> {
+            unreachable!()
+        }
     }
 
     fn reporter(edits: &Arc<Edits>) -> Reporter {

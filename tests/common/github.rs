@@ -98,6 +98,8 @@ pub struct FakeGitHub {
     pub threads: Arc<Mutex<HashMap<u64, Thread>>>,
     /// Ids of comments a test scripts (those Repobox posts count from 9000).
     scripted_ids: AtomicU64,
+    /// Checks the App's JWT (for App endpoints added after start).
+    jwt_key: jsonwebtoken::DecodingKey,
 }
 
 /// What the fake knows of one thread beyond its defaults.
@@ -149,7 +151,7 @@ impl FakeGitHub {
             .await;
         Mock::given(method("GET"))
             .and(path_regex(r"^/app$"))
-            .and(AppJwt { key })
+            .and(AppJwt { key: key.clone() })
             .respond_with(
                 ResponseTemplate::new(200)
                     .set_body_json(example("apps__get-authenticated.response.200.default")),
@@ -254,12 +256,40 @@ impl FakeGitHub {
             pulls: Arc::default(),
             threads,
             scripted_ids: AtomicU64::new(1_000_000),
+            jwt_key: key,
         }
     }
 
     /// Serves what a runner asks about `full_name`: the repository (cloned from
     /// `clone_url`), its pull requests (stateful: created ones are listed and fetched),
     /// and the App's bot user.
+    /// The App's installation (id 1) and the repositories it covers: what the dashboard
+    /// lists for a new job.
+    pub async fn serve_installation(&self, repositories: &[&str]) {
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path("/app/installations"))
+            .and(AppJwt {
+                key: self.jwt_key.clone(),
+            })
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+                {"id": 1, "account": {"login": "Codertocat", "type": "User"}, "app_id": APP_ID}
+            ])))
+            .mount(&self.server)
+            .await;
+        let repos: Vec<Value> = repositories
+            .iter()
+            .map(|name| json!({"id": 1296269, "full_name": name, "private": false}))
+            .collect();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path("/installation/repositories"))
+            .and(InstallationAuth)
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "total_count": repos.len(), "repository_selection": "selected", "repositories": repos
+            })))
+            .mount(&self.server)
+            .await;
+    }
+
     pub async fn serve_repo(&self, full_name: &str, clone_url: &str, default_branch: &str) {
         let mut repo = example("repos__get.response.200.default-response");
         repo["full_name"] = json!(full_name);

@@ -183,6 +183,15 @@ impl FakeGitLab {
             "http_url_to_repo": clone_url, "web_url": format!("http://gitlab.example/{path_str}"),
             "name": path_str.rsplit('/').next().unwrap(), "visibility": "private"
         });
+        // The projects the bot is a member of with at least Developer access.
+        Mock::given(method("GET"))
+            .and(path("/api/v4/projects"))
+            .and(wiremock::matchers::query_param("membership", "true"))
+            .and(wiremock::matchers::query_param("min_access_level", "30"))
+            .and(header("private-token", TOKEN))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!([project.clone()])))
+            .mount(&self.server)
+            .await;
         for p in [
             format!("/api/v4/projects/{id}"),
             format!("/api/v4/projects/{encoded}"),

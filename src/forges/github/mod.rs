@@ -129,6 +129,9 @@ impl PullBody {
     }
 }
 
+/// Installations whose repositories [`Forge::reachable_repositories`] lists.
+const MAX_LISTED_INSTALLATIONS: usize = 20;
+
 #[derive(Deserialize)]
 struct AccessToken {
     token: String,
@@ -525,6 +528,51 @@ impl Forge for GitHub {
     /// Title and body from the issues API (which serves pull requests too), comments
     /// from `issues/{n}/comments`, 100 a page; reads at most [`DISCUSSION_MAX_PAGES`]
     /// pages and skips the full pages that only hold comments older than the ones kept.
+    async fn reachable_repositories(&self) -> Result<Vec<String>, ForgeError> {
+        #[derive(Deserialize)]
+        struct Installation {
+            id: u64,
+        }
+        #[derive(Deserialize)]
+        struct Repositories {
+            repositories: Vec<FullName>,
+        }
+        #[derive(Deserialize)]
+        struct FullName {
+            full_name: String,
+        }
+        let installations: Vec<Installation> = self
+            .app
+            .get("/app/installations", Some(&[("per_page", "100")]))
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        for installation in installations.iter().take(MAX_LISTED_INSTALLATIONS) {
+            // A read-only token for all of the installation's repositories, used once.
+            let minted: AccessToken = self
+                .app
+                .post(
+                    format!("/app/installations/{}/access_tokens", installation.id),
+                    Some(&json!({ "permissions": { "metadata": "read" } })),
+                )
+                .await
+                .map_err(map_err)?;
+            let token = Secret::new(minted.token);
+            let client = Octocrab::builder()
+                .base_uri(self.api_url.as_str())
+                .and_then(|b| b.personal_token(token.expose().to_owned()).build())
+                .map_err(|e| ForgeError::Permanent(redact(&e.to_string(), &[&token])))?;
+            let page: Repositories = client
+                .get("/installation/repositories", Some(&[("per_page", "100")]))
+                .await
+                .map_err(map_err)?;
+            out.extend(page.repositories.into_iter().map(|r| r.full_name));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     async fn discussion(
         &self,
         repo: &RepoRef,

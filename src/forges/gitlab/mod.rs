@@ -545,6 +545,30 @@ impl Forge for GitLab {
     /// Title and description of the issue or merge request, then its notes oldest
     /// first, 100 a page, at most [`DISCUSSION_MAX_PAGES`] pages; system notes are left
     /// out.
+    async fn reachable_repositories(&self) -> Result<Vec<String>, ForgeError> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            path_with_namespace: String,
+        }
+        let client = self.client().await?;
+        let endpoint = api::projects::Projects::builder()
+            .membership(true)
+            .min_access_level(api::common::AccessLevel::Developer)
+            .build()
+            .expect("all fields set");
+        let projects: Vec<Listed> = api::paged(endpoint, api::Pagination::Limit(300))
+            .query_async(client)
+            .await
+            .map_err(|e| map_err(&self.token, e))?;
+        let mut out: Vec<String> = projects
+            .into_iter()
+            .map(|p| p.path_with_namespace)
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     async fn discussion(
         &self,
         repo: &RepoRef,

@@ -8,9 +8,10 @@
 //! before any runner sees the job. Users who signed in with Google or LDAP have no forge
 //! account and cannot start jobs.
 //!
-//! The repository picker suggests the repositories of the user's earlier jobs and the
-//! admin's allow-list entries; any `forge:owner/name` the forge lets the user write to
-//! works.
+//! The repository picker suggests the repositories the bot reaches on the user's forge
+//! (the GitHub App's installations, the GitLab bot's projects), those of the user's
+//! earlier jobs and the admin's allow-list entries; any `forge:owner/name` the forge
+//! lets the user write to works.
 
 use std::collections::BTreeSet;
 
@@ -85,10 +86,32 @@ fn form_page(
     pages::layout("New job", Some(user), csrf, body)
 }
 
-/// Repositories to suggest: those of the user's recent jobs and the admin's exact
-/// allow-list entries.
+/// Repositories to suggest: those the bot reaches on the user's forge (the App's
+/// installations, the GitLab bot's projects), those of the user's recent jobs and the
+/// admin's exact allow-list entries — all within the allow-list.
 async fn suggestions(state: &AppState, user: &SessionUser) -> Vec<String> {
     let mut out = BTreeSet::new();
+    let settings = state.settings.current().await;
+    if let Some((forge, _)) = user.forge_account()
+        && let Some(client) = state.forges.get(forge)
+    {
+        match client.reachable_repositories().await {
+            Ok(names) => {
+                for name in names {
+                    let repo = RepoRef {
+                        forge,
+                        full_name: name,
+                        id: None,
+                        installation_id: None,
+                    };
+                    if settings.repo_allowed(&repo) {
+                        out.insert(format!("{forge}:{}", repo.full_name));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the repositories the bot reaches"),
+        }
+    }
     if let Some((forge, user_id)) = user.forge_account()
         && let Ok(page) = state
             .store
@@ -101,7 +124,7 @@ async fn suggestions(state: &AppState, user: &SessionUser) -> Vec<String> {
             }
         }
     }
-    for pattern in state.settings.current().await.allowed_repos {
+    for pattern in settings.allowed_repos {
         let text = pattern.to_string();
         if !text.ends_with("/*") {
             out.insert(text);
