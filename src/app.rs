@@ -63,6 +63,8 @@ pub struct Inner {
     pub setup: web::dashboard::setup::SetupInfo,
     /// The configured forges (the dashboard lists the repositories the bot reaches).
     pub forges: Forges,
+    /// `REPOBOX_API_TOKEN`: admin access to `/api/v1` for scripts.
+    pub api_token: Option<Secret>,
 }
 
 impl std::ops::Deref for AppState {
@@ -214,6 +216,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
             gitlab_url: config.gitlab_url.clone(),
         },
         forges: forges.clone(),
+        api_token: config.api_token.clone(),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,

@@ -261,6 +261,9 @@ pub struct Config {
     /// `gitlab:username`, `google:e-mail`, `ldap:uid` (case-insensitive).
     #[arg(long, env = "REPOBOX_ADMINS", value_delimiter = ',', global = true)]
     pub admins: Vec<String>,
+    /// Admin API token for `/api/v1` (`Authorization: Bearer <token>`), for scripts.
+    #[arg(long, env = "REPOBOX_API_TOKEN", global = true, hide_env_values = true)]
+    pub api_token: Option<Secret>,
     /// Google OAuth client id (dashboard login with Google is enabled when set).
     #[arg(long, env = "REPOBOX_GOOGLE_CLIENT_ID", global = true)]
     pub google_client_id: Option<String>,
@@ -340,6 +343,13 @@ impl Config {
         }
         if self.max_turns == 0 {
             bail!("REPOBOX_MAX_TURNS must be at least 1");
+        }
+        if self
+            .api_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 24)
+        {
+            bail!("REPOBOX_API_TOKEN must be at least 24 characters (`repobox keygen` makes one)");
         }
         if self.max_tokens == 0 {
             bail!("REPOBOX_MAX_TOKENS must be at least 1");

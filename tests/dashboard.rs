@@ -585,3 +585,49 @@ async fn the_new_job_form_stores_a_dashboard_job_for_the_acknowledger() {
     assert!(r.text().await.unwrap().contains("not enabled"));
     assert_eq!(intake_tasks(&app).await.len(), tasks_before + 1);
 }
+
+#[tokio::test]
+async fn the_admin_api_token_reads_all_jobs_and_posts_without_a_cookie() {
+    let token = "api-token-0123456789abcdefghijkl";
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        args: vec!["--api-token".into(), token.into()],
+        ..Options::default()
+    })
+    .await;
+    let job_a = job(&app, 101, "alice", 1).await;
+    let job_b = job(&app, 202, "bob", 2).await;
+    let api = |path: String, bearer: &str| {
+        client()
+            .get(format!("{}{path}", app.url))
+            .header("authorization", format!("Bearer {bearer}"))
+            .send()
+    };
+    let list: serde_json::Value = api("/api/v1/jobs".into(), token)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2, "{list}");
+    let r = api(format!("/api/v1/jobs/{}", job_b.id), token)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A wrong token is refused, not treated as anonymous or as the session.
+    let r = api("/api/v1/jobs".into(), "api-token-wrong-wrong-wrong-0000")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let before = intake_tasks(&app).await.len();
+    let r = client()
+        .post(format!("{}/api/v1/jobs/{}/retry", app.url, job_a.id))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let tasks = intake_tasks(&app).await;
+    assert_eq!(tasks.len(), before + 1);
+    assert!(tasks.last().unwrap().contains("\"retry\""));
+}

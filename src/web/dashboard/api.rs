@@ -1,8 +1,10 @@
 //! `/api/v1/…`: the jobs as JSON, for scripts and the dashboard's live parts (SPEC §8).
 //!
-//! Authentication is the dashboard session; a signed-out caller gets 401, a job the
-//! caller may not see 404. Posts with a session cookie must carry the session's CSRF
-//! token in `X-CSRF-Token` (a cookie alone could be sent by another site's form).
+//! Authentication is the dashboard session, or `Authorization: Bearer
+//! <REPOBOX_API_TOKEN>` (admin rights, for scripts); a caller with neither gets 401, a
+//! wrong token 401, a job the caller may not see 404. Posts with a session cookie must
+//! carry the session's CSRF token in `X-CSRF-Token` (a cookie alone could be sent by
+//! another site's form); token posts need none.
 
 use axum::Json;
 use axum::Router;
@@ -29,18 +31,49 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-async fn caller(session: &Session) -> Result<SessionUser, Response> {
+/// Who calls: the holder of `REPOBOX_API_TOKEN` (an admin; `true`: no cookie, so no
+/// CSRF check), or the session's user. A wrong bearer token is refused outright.
+async fn caller(
+    state: &AppState,
+    session: &Session,
+    headers: &HeaderMap,
+) -> Result<(SessionUser, bool), Response> {
+    if let Some(auth) = headers.get("authorization") {
+        let presented = auth
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        return match &state.api_token {
+            Some(token) if token.matches(presented.as_bytes()) => Ok((
+                SessionUser {
+                    provider: "api".into(),
+                    id: "token".into(),
+                    login: "api-token".into(),
+                    name: None,
+                    admin: true,
+                },
+                true,
+            )),
+            _ => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "the API token is not valid",
+            )),
+        };
+    }
     session::user(session)
         .await
+        .map(|u| (u, false))
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first"))
 }
 
 async fn list(
     State(state): State<AppState>,
     session: Session,
+    headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
-    let user = match caller(&session).await {
+    let (user, _) = match caller(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -53,8 +86,13 @@ async fn list(
     }
 }
 
-async fn show(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Response {
-    let user = match caller(&session).await {
+async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let (user, _) = match caller(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -93,7 +131,7 @@ async fn command(
     headers: HeaderMap,
     retry: bool,
 ) -> Response {
-    let user = match caller(&session).await {
+    let (user, by_token) = match caller(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -101,7 +139,7 @@ async fn command(
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !session::check_csrf(&session, token).await {
+    if !by_token && !session::check_csrf(&session, token).await {
         return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
     }
     let job = match super::visible_job(&state, &user, &id).await {
