@@ -270,18 +270,18 @@ impl Client {
         }
     }
 
-    /// Backoff before attempt `attempt + 1`: doubling from the base, with up to 25%
-    /// jitter, and never shorter than `retry-after`.
+    /// Wait before attempt `attempt + 1`: `retry-after` when the server sent one,
+    /// else doubling from the base with up to 25% jitter; both capped.
     fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .retry
             .base_delay
             .saturating_mul(1u32 << (attempt - 1).min(16));
         let jitter = exp.mul_f64(rand::random::<f64>() * 0.25);
-        let backoff = (exp + jitter).min(self.retry.max_delay);
         match retry_after {
-            Some(wait) => wait.min(self.retry.max_delay).max(backoff.min(wait)),
-            None => backoff,
+            // The server said when: that, within the cap.
+            Some(wait) => wait.min(self.retry.max_delay),
+            None => (exp + jitter).min(self.retry.max_delay),
         }
     }
 
@@ -408,9 +408,17 @@ fn error_body(text: &str) -> (String, String) {
     )
 }
 
-/// A reqwest error's text without the URL (which holds nothing secret, but is noise).
+/// A reqwest error as text: what went wrong, then its causes; not the URL (noise).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.without_url_ref().to_string();
+    let mut text = String::from(if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the answer broke off"
+    } else {
+        "HTTP error"
+    });
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         text.push_str(": ");
@@ -418,24 +426,6 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-trait WithoutUrl {
-    fn without_url_ref(&self) -> String;
-}
-
-impl WithoutUrl for reqwest::Error {
-    fn without_url_ref(&self) -> String {
-        if self.is_timeout() {
-            "timed out".into()
-        } else if self.is_connect() {
-            "could not connect".into()
-        } else if self.is_body() || self.is_decode() {
-            "the answer broke off".into()
-        } else {
-            "HTTP error".into()
-        }
-    }
 }
 
 /// A content block being streamed.
