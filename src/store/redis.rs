@@ -23,7 +23,7 @@ use super::{
     StoreError, TaskEntry,
 };
 use crate::job::{Job, JobId, rfc3339};
-use crate::model::{RepoRef, ThreadRef};
+use crate::model::{ForgeKind, RepoRef, ThreadRef};
 use crate::task::Task;
 
 const RUNNERS_GROUP: &str = "runners";
@@ -182,16 +182,24 @@ impl Keys {
         format!("{}jobs:all", self.prefix)
     }
     pub fn jobs_by_user(&self, job: &Job) -> String {
-        format!(
-            "{}jobs:by-user:{}:{}",
-            self.prefix, job.repo.forge, job.requester.id
-        )
+        self.jobs_of_user(job.repo.forge, job.requester.id)
+    }
+    pub fn jobs_of_user(&self, forge: ForgeKind, user_id: u64) -> String {
+        format!("{}jobs:by-user:{forge}:{user_id}", self.prefix)
     }
     pub fn jobs_by_repo(&self, repo: &RepoRef) -> String {
-        format!(
-            "{}jobs:by-repo:{}:{}",
-            self.prefix, repo.forge, repo.full_name
-        )
+        self.jobs_of_repo(repo.forge, &repo.full_name)
+    }
+    pub fn jobs_of_repo(&self, forge: ForgeKind, full_name: &str) -> String {
+        format!("{}jobs:by-repo:{forge}:{full_name}", self.prefix)
+    }
+    /// The GitHub App registered through `/setup`.
+    pub fn github_app(&self) -> String {
+        format!("{}github_app", self.prefix)
+    }
+    /// A manifest-flow `state` issued by `/setup`.
+    pub fn setup_state(&self, state: &str) -> String {
+        format!("{}setup:state:{state}", self.prefix)
     }
     /// Not in the SPEC table: the jobs of one thread, for cancel/retry and the
     /// one-job-per-thread rule.
@@ -803,12 +811,8 @@ impl Store for RedisStore {
     ) -> Result<Vec<(JobId, i64)>, StoreError> {
         let key = match index {
             JobIndex::All => self.keys.jobs_all(),
-            JobIndex::User { forge, user_id } => {
-                format!("{}jobs:by-user:{forge}:{user_id}", self.keys.prefix)
-            }
-            JobIndex::Repo { forge, repo } => {
-                format!("{}jobs:by-repo:{forge}:{repo}", self.keys.prefix)
-            }
+            JobIndex::User { forge, user_id } => self.keys.jobs_of_user(*forge, *user_id),
+            JobIndex::Repo { forge, repo } => self.keys.jobs_of_repo(*forge, repo),
         };
         let max = match before_ms {
             Some(ms) => format!("({ms}"),
@@ -1016,7 +1020,7 @@ return 1
     async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError> {
         let mut conn = self.conn.clone();
         let map: HashMap<String, String> = conn
-            .hgetall(format!("{}github_app", self.keys.prefix))
+            .hgetall(self.keys.github_app())
             .await
             .map_err(unavailable)?;
         Ok((!map.is_empty()).then_some(map))
@@ -1027,7 +1031,7 @@ return 1
             "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
              redis.call('HSET', KEYS[1], unpack(ARGV)) return 1",
         );
-        let mut invocation = script.key(format!("{}github_app", self.keys.prefix));
+        let mut invocation = script.key(self.keys.github_app());
         for (k, v) in fields {
             invocation.arg(*k).arg(v);
         }
@@ -1041,19 +1045,15 @@ return 1
 
     async fn put_setup_state(&self, state: &str, ttl: Duration) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        conn.set_ex::<_, _, ()>(
-            format!("{}setup:state:{state}", self.keys.prefix),
-            "1",
-            ttl.as_secs().max(1),
-        )
-        .await
-        .map_err(unavailable)
+        conn.set_ex::<_, _, ()>(self.keys.setup_state(state), "1", ttl.as_secs().max(1))
+            .await
+            .map_err(unavailable)
     }
 
     async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         let removed: i64 = conn
-            .del(format!("{}setup:state:{state}", self.keys.prefix))
+            .del(self.keys.setup_state(state))
             .await
             .map_err(unavailable)?;
         Ok(removed == 1)
