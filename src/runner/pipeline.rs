@@ -742,20 +742,13 @@ impl Pipeline {
         job.cache_read_tokens = a.usage.cache_read_tokens;
         job.cache_write_tokens = a.usage.cache_write_tokens;
         job.cost_usd = a.cost_usd;
-        let mut fields = vec![
-            ("agent_turns", job.agent_turns.to_string()),
-            ("tool_calls", job.tool_calls.to_string()),
-            ("input_tokens", job.input_tokens.to_string()),
-            ("output_tokens", job.output_tokens.to_string()),
-            ("cache_read_tokens", job.cache_read_tokens.to_string()),
-            ("cache_write_tokens", job.cache_write_tokens.to_string()),
-        ];
-        if let Some(cost) = job.cost_usd {
-            fields.push(("cost_usd", crate::job::cost_field(cost)));
-        }
-        if let Some(model) = &job.model {
-            fields.push(("model", model.clone()));
-        }
+        // The stored form comes from the record's own serialisation.
+        let fields: Vec<(&str, String)> = self
+            .job
+            .to_fields()
+            .into_iter()
+            .filter(|(name, _)| ACTIVITY_FIELDS.contains(name))
+            .collect();
         self.record(&fields).await
     }
 
@@ -993,6 +986,18 @@ impl Pipeline {
         (status, error)
     }
 }
+
+/// The job fields [`Pipeline::record_activity`] writes.
+const ACTIVITY_FIELDS: [&str; 8] = [
+    "agent_turns",
+    "tool_calls",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+];
 
 /// Runs blocking git work off the async workers.
 async fn blocking<T: Send + 'static>(
