@@ -259,23 +259,23 @@ async fn jobs_page(
     }
 }
 
-/// The thread's web address, for the links on the job page.
-pub fn thread_url(job: &Job) -> Option<String> {
+/// The thread's web address on the configured forge, for the links on the job page.
+pub fn thread_url(setup: &setup::SetupInfo, job: &Job) -> Option<String> {
     use crate::model::{ForgeKind, ThreadKind};
-    match job.repo.forge {
-        ForgeKind::GitHub => {
-            let kind = match job.thread.kind {
-                ThreadKind::PullRequest => "pull",
-                _ => "issues",
-            };
-            Some(format!(
-                "https://github.com/{}/{kind}/{}",
-                job.repo.full_name, job.thread.number
-            ))
+    let (base, path) = match (job.repo.forge, job.thread.kind) {
+        (ForgeKind::GitHub, ThreadKind::PullRequest) => (setup.github_web_url.as_str(), "pull"),
+        (ForgeKind::GitHub, _) => (setup.github_web_url.as_str(), "issues"),
+        (ForgeKind::GitLab, ThreadKind::MergeRequest) => {
+            (setup.gitlab_url.as_deref()?, "-/merge_requests")
         }
-        // The GitLab host is not on the job; the page links the PR/MR when there is one.
-        ForgeKind::GitLab => None,
-    }
+        (ForgeKind::GitLab, _) => (setup.gitlab_url.as_deref()?, "-/issues"),
+    };
+    Some(format!(
+        "{}/{}/{path}/{}",
+        base.trim_end_matches('/'),
+        job.repo.full_name,
+        job.thread.number
+    ))
 }
 
 async fn job_page(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Page {
@@ -302,7 +302,7 @@ async fn job_page(State(state): State<AppState>, session: Session, Path(id): Pat
         &user,
         &csrf,
         &job,
-        thread_url(&job).as_deref(),
+        thread_url(&state.setup, &job).as_deref(),
         &text,
         last.as_deref(),
     ))
@@ -367,5 +367,34 @@ async fn job_command(
     match command(&state, &job, retry).await {
         Ok(()) => Page::Redirect(format!("/jobs/{}", job.id)),
         Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ForgeKind, ThreadKind};
+
+    #[test]
+    fn thread_links_follow_the_configured_forges() {
+        let mut setup = setup::SetupInfo {
+            github_app_id: None,
+            github_api_url: "https://ghe.example/api/v3".into(),
+            github_web_url: "https://ghe.example".into(),
+            gitlab_url: None,
+        };
+        let mut job = crate::job::test_job(ThreadKind::PullRequest, 12);
+        assert_eq!(
+            thread_url(&setup, &job).as_deref(),
+            Some("https://ghe.example/acme/api/pull/12")
+        );
+        job.repo.forge = ForgeKind::GitLab;
+        job.thread.kind = ThreadKind::MergeRequest;
+        assert_eq!(thread_url(&setup, &job), None, "GitLab is not configured");
+        setup.gitlab_url = Some("https://gitlab.example/".into());
+        assert_eq!(
+            thread_url(&setup, &job).as_deref(),
+            Some("https://gitlab.example/acme/api/-/merge_requests/12")
+        );
     }
 }
