@@ -67,12 +67,22 @@ fn quote_lines(text: &str) -> String {
     out
 }
 
-/// A login as it may appear in the prompt: sanitised, one line, short.
+/// A login as it may appear in the prompt: sanitised, no whitespace, short.
 fn login(name: &str) -> String {
     sanitize_untrusted(name)
         .chars()
         .filter(|c| !c.is_whitespace())
         .take(64)
+        .collect()
+}
+
+/// A file path as it may appear in the prompt: sanitised and on one line (paths may
+/// hold spaces, and are longer than logins).
+fn path(name: &str) -> String {
+    sanitize_untrusted(name)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1000)
         .collect()
 }
 
@@ -136,7 +146,7 @@ pub fn prompt(
     if let Some(review) = &job.review {
         p.push_str(&format!(
             "\nThe command was written as a review comment on `{}`",
-            login(&review.path)
+            path(&review.path)
         ));
         if let Some(line) = review.line {
             p.push_str(&format!(", line {line}"));
@@ -272,6 +282,23 @@ mod tests {
         let kept = p.matches(" wrote:").count();
         assert!((10..40).contains(&kept), "{kept}");
         assert!(p.contains(&format!("({} earlier ones left out)", 5 + 40 - kept)));
+    }
+
+    #[test]
+    fn a_review_comments_path_is_kept_whole_on_one_line() {
+        let mut j = job();
+        let long = format!("docs/{} guide/intro\nmore.md", "section".repeat(20));
+        j.review = Some(crate::model::ReviewContext {
+            path: long,
+            line: Some(3),
+            diff_hunk: None,
+        });
+        let p = prompt(&j, &RepoConfig::default(), None, None);
+        let expected = format!(
+            "`docs/{} guide/intro more.md`, line 3",
+            "section".repeat(20)
+        );
+        assert!(p.contains(&expected), "{p}");
     }
 
     #[test]
