@@ -836,7 +836,7 @@ async fn print_failed(world: &World, job: &Job) -> anyhow::Result<()> {
         "    {} {} after {} attempt(s): {}",
         job.id,
         job.status.as_str(),
-        job.attempts,
+        job.attempt,
         job.error.as_deref().unwrap_or("no error recorded")
     );
     let lines = world.app.store.read_log(job.id, "0", 1_000, None).await?;

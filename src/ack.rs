@@ -9,8 +9,11 @@
 //! It runs beside intake, not behind the runners, so acknowledgement arrives within
 //! seconds even when every runner is busy.
 //!
-//! Every step is safe to repeat: a re-delivered task reuses the stored progress comment
-//! id and skips a dispatch already recorded.
+//! Every step is safe to repeat (SPEC section 13): a task carries a heartbeat while it is
+//! handled, so another `serve` takes it over only after `REPOBOX_VISIBILITY_TIMEOUT`
+//! without one; a re-run finds the progress comment by its marker instead of posting a
+//! second one, and [`JobQueue::dispatch`] appends a job to `jobs:stream` at most once.
+//! State changes go through the queue's transitions, which never touch a final job.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,21 +25,22 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::forges::{Forge, ForgeError, Forges, with_retries};
-use crate::job::{Job, JobId, JobStatus, TriggerKind, rfc3339};
+use crate::failpoint;
+use crate::forges::{Forge, ForgeError, Forges, find_or_create_comment, with_retries};
+use crate::job::{Job, JobId, JobStatus, TriggerKind};
 use crate::model::Reaction;
 use crate::progress;
 use crate::settings::SettingsSource;
-use crate::store::{Store, TaskEntry};
+use crate::store::{CancelOutcome, Dispatch, Store, TaskEntry};
 use crate::task::{Origin, ReplyKind, Task};
 use crate::telemetry::Metrics;
 
-/// An unacknowledged task is taken over by another consumer after this long.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// After this many deliveries a task that keeps failing on the forge is given up.
 pub const MAX_DELIVERIES: u64 = 5;
-/// Tasks handled at once per process.
+/// Tasks handled at once per process; no more are read than there are free workers.
 const CONCURRENCY: usize = 64;
+/// Most tasks read in one go.
+const READ_BATCH: usize = 32;
 
 /// What became of one task.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +60,9 @@ pub struct Acknowledger {
     pub settings: SettingsSource,
     /// Consumer name in the group; unique per process.
     pub consumer: String,
+    /// A task without its handler's heartbeat this long is taken over by another
+    /// `serve` (`REPOBOX_VISIBILITY_TIMEOUT`).
+    pub visibility_timeout: Duration,
 }
 
 impl Acknowledger {
@@ -68,46 +75,61 @@ impl Acknowledger {
         let mut redis_was_down = false;
         while !shutdown.is_cancelled() {
             while in_flight.try_join_next().is_some() {}
+            // Only as many tasks as there are free workers: a task read is a task held.
+            let mut free = match tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => p,
+            } {
+                Ok(p) => vec![p],
+                Err(_) => break,
+            };
+            while free.len() < READ_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => free.push(p),
+                    Err(_) => break,
+                }
+            }
             let mut entries = Vec::new();
-            if last_claim.is_none_or(|t| t.elapsed() >= STALE_AFTER / 3) {
+            if last_claim.is_none_or(|t| t.elapsed() >= self.heartbeat_every()) {
                 last_claim = Some(Instant::now());
                 match self
                     .store
-                    .claim_stale_tasks(&self.consumer, STALE_AFTER, 32)
+                    .claim_stale_tasks(&self.consumer, self.visibility_timeout, free.len())
                     .await
                 {
                     Ok(claimed) => entries.extend(claimed),
                     Err(e) => debug!(error = %e, "could not claim stale tasks"),
                 }
             }
-            let read = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.store.read_tasks(&self.consumer, 32, Duration::from_secs(2)) => r,
-            };
-            match read {
-                Ok(new) => {
-                    if redis_was_down {
-                        info!("storage reachable again; acknowledger resumes");
-                        redis_was_down = false;
-                        let _ = self.store.ensure_groups().await;
+            if entries.len() < free.len() {
+                let want = free.len() - entries.len();
+                let read = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = self.store.read_tasks(&self.consumer, want, Duration::from_secs(2)) => r,
+                };
+                match read {
+                    Ok(new) => {
+                        if redis_was_down {
+                            info!("storage reachable again; acknowledger resumes");
+                            redis_was_down = false;
+                            let _ = self.store.ensure_groups().await;
+                        }
+                        entries.extend(new)
                     }
-                    entries.extend(new)
-                }
-                Err(e) => {
-                    if !redis_was_down {
-                        warn!(error = %e, "acknowledger cannot read tasks; retrying");
-                        redis_was_down = true;
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    Err(e) => {
+                        if !redis_was_down {
+                            warn!(error = %e, "acknowledger cannot read tasks; retrying");
+                            redis_was_down = true;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
                     }
                 }
             }
             for entry in entries {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
+                let Some(permit) = free.pop() else { break };
                 let this = self.clone();
                 in_flight.spawn(async move {
                     this.process(entry).await;
@@ -117,6 +139,25 @@ impl Acknowledger {
         }
         info!(in_flight = in_flight.len(), "acknowledger stopping");
         while in_flight.join_next().await.is_some() {}
+    }
+
+    fn heartbeat_every(&self) -> Duration {
+        (self.visibility_timeout / 3).max(Duration::from_millis(200))
+    }
+
+    /// Resolves once another consumer has taken the task over; until then it keeps the
+    /// task's idle time low so nobody does.
+    async fn lost(&self, entry_id: &str) {
+        let mut tick = tokio::time::interval(self.heartbeat_every());
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.store.touch_task(&self.consumer, entry_id).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => debug!(error = %e, "task heartbeat failed"),
+            }
+        }
     }
 
     async fn process(&self, entry: TaskEntry) {
@@ -129,10 +170,13 @@ impl Acknowledger {
             }
         };
         let span = info_span!("task", kind = task.name(), entry = %entry.entry_id);
-        let outcome = self
-            .handle(&task, entry.deliveries)
-            .instrument(span.clone())
-            .await;
+        let outcome = tokio::select! {
+            outcome = self.handle(&task, entry.deliveries).instrument(span.clone()) => outcome,
+            () = self.lost(&entry.entry_id) => {
+                warn!(parent: &span, "another serve took the task over; leaving it to them");
+                return;
+            }
+        };
         let _enter = span.enter();
         match outcome {
             Outcome::Done(what) => {
@@ -241,33 +285,49 @@ impl Acknowledger {
             let body = progress::queued(&job, &self.public_url);
             match job.progress_comment_id {
                 Some(existing) => {
-                    self.best_effort(forge.update_comment(&job.repo, job.thread, existing, &body))
-                        .await
-                }
-                None => match with_retries(|| forge.create_comment(&job.repo, job.thread, &body))
+                    self.best_effort(with_retries(|| {
+                        forge.update_comment(&job.repo, job.thread, existing, &body)
+                    }))
                     .await
-                {
-                    Ok(comment_id) => {
-                        self.store
-                            .set_job_fields(
-                                job.id,
-                                &[("progress_comment_id", comment_id.to_string())],
-                            )
-                            .await?;
+                }
+                None => {
+                    let marker = progress::marker(job.id);
+                    match find_or_create_comment(
+                        forge.as_ref(),
+                        &job.repo,
+                        job.thread,
+                        &marker,
+                        &body,
+                    )
+                    .await
+                    {
+                        Ok((comment_id, created)) => {
+                            if created {
+                                failpoint::hit("ack:after_comment");
+                            }
+                            self.store
+                                .set_job_fields(
+                                    job.id,
+                                    &[("progress_comment_id", comment_id.to_string())],
+                                )
+                                .await?;
+                        }
+                        // The runner looks it up (it may exist after an ambiguous
+                        // failure) and posts it when it is missing.
+                        Err(e) => {
+                            warn!(error = %e, "progress comment not posted; the runner will retry")
+                        }
                     }
-                    // The runner posts the progress comment itself when it is missing.
-                    Err(e) => {
-                        warn!(error = %e, "progress comment not posted; the runner will retry")
-                    }
-                },
+                }
             }
-            self.store.dispatch_job(job.id).await?;
-            self.store
-                .set_job_fields(
-                    job.id,
-                    &[("dispatched_at", rfc3339(OffsetDateTime::now_utc()))],
-                )
-                .await?;
+            match self.store.dispatch(job.id).await? {
+                Dispatch::Dispatched => failpoint::hit("ack:after_dispatch"),
+                Dispatch::Already => {
+                    info!("already dispatched by an earlier acknowledgement");
+                    return Ok(Outcome::Done("already_dispatched"));
+                }
+                Dispatch::NotQueued => return Ok(Outcome::Done("already_final")),
+            }
             let latency = (OffsetDateTime::now_utc() - job.created_at).as_seconds_f64();
             self.metrics.ack_latency(latency);
             info!(
@@ -280,17 +340,11 @@ impl Acknowledger {
         .await
     }
 
+    /// Ends a job that is still queued (a final job is never touched).
     async fn finish(&self, job: &Job, status: JobStatus, error: &str) -> Result<(), Failure> {
-        self.store
-            .set_job_fields(
-                job.id,
-                &[
-                    ("status", status.as_str().to_owned()),
-                    ("error", error.to_owned()),
-                    ("finished_at", rfc3339(OffsetDateTime::now_utc())),
-                ],
-            )
-            .await?;
+        if !self.store.end_queued(job.id, status, error).await? {
+            info!(job = %job.id, "job no longer queued; left as it is");
+        }
         Ok(())
     }
 
@@ -323,7 +377,9 @@ impl Acknowledger {
                 progress::near_miss(&trigger, word, suggestion)
             }
         };
-        with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+        forge
+            .create_comment(&origin.repo, origin.thread, &body)
+            .await?;
         Ok(Outcome::Done("replied"))
     }
 
@@ -360,7 +416,9 @@ impl Acknowledger {
             .await?;
         let Some(job) = target else {
             let body = progress::nothing_to_cancel(&self.trigger().await);
-            with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+            forge
+                .create_comment(&origin.repo, origin.thread, &body)
+                .await?;
             return Ok(Outcome::Done("nothing_to_cancel"));
         };
         if let Some(comment) = origin.comment {
@@ -368,46 +426,49 @@ impl Acknowledger {
                 .await;
         }
         let by = origin.requester.login.clone();
-        if job.status == JobStatus::Queued {
-            self.store
-                .set_job_fields(
-                    job.id,
-                    &[
-                        ("cancel_requested", "1".to_owned()),
-                        ("status", JobStatus::Cancelled.as_str().to_owned()),
-                        ("finished_at", rfc3339(OffsetDateTime::now_utc())),
-                    ],
-                )
-                .await?;
-            let body = progress::cancelled(&job, &self.public_url, &by);
-            match job.progress_comment_id {
-                Some(id) => {
-                    self.best_effort(forge.update_comment(&origin.repo, origin.thread, id, &body))
+        match self.store.cancel(job.id).await? {
+            CancelOutcome::Cancelled => {
+                let body = progress::cancelled(&job, &self.public_url, &by);
+                match job.progress_comment_id {
+                    Some(id) => {
+                        self.best_effort(with_retries(|| {
+                            forge.update_comment(&origin.repo, origin.thread, id, &body)
+                        }))
                         .await
-                }
-                None => {
-                    with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body))
+                    }
+                    None => {
+                        let marker = progress::marker(job.id);
+                        find_or_create_comment(
+                            forge.as_ref(),
+                            &origin.repo,
+                            origin.thread,
+                            &marker,
+                            &body,
+                        )
                         .await?;
+                    }
                 }
+                info!(job = %job.id, by, "queued job cancelled");
             }
-            info!(job = %job.id, by, "queued job cancelled");
-        } else {
-            // The runner watches `cancel_requested`, stops the agent and writes the final state.
-            self.store
-                .set_job_fields(job.id, &[("cancel_requested", "1".to_owned())])
-                .await?;
-            self.best_effort(async {
-                forge
-                    .create_comment(
-                        &origin.repo,
-                        origin.thread,
-                        &progress::cancel_requested(&job),
-                    )
-                    .await
-                    .map(|_| ())
-            })
-            .await;
-            info!(job = %job.id, by, "cancel requested for running job");
+            CancelOutcome::Requested => {
+                // The runner watches `cancel_requested`, stops the agent and writes the
+                // final state.
+                self.best_effort(async {
+                    forge
+                        .create_comment(
+                            &origin.repo,
+                            origin.thread,
+                            &progress::cancel_requested(&job),
+                        )
+                        .await
+                        .map(|_| ())
+                })
+                .await;
+                info!(job = %job.id, by, "cancel requested for running job");
+            }
+            CancelOutcome::Final => {
+                info!(job = %job.id, "the job ended before the cancel arrived");
+            }
         }
         Ok(Outcome::Done("cancelled"))
     }
@@ -424,7 +485,9 @@ impl Acknowledger {
             .await?
         else {
             let body = progress::nothing_to_retry(&self.trigger().await);
-            with_retries(|| forge.create_comment(&origin.repo, origin.thread, &body)).await?;
+            forge
+                .create_comment(&origin.repo, origin.thread, &body)
+                .await?;
             return Ok(Outcome::Done("nothing_to_retry"));
         };
         let mut job = Job::new(

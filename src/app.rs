@@ -225,6 +225,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         public_url: config.public_url.clone(),
         settings,
         consumer: consumer_name(),
+        visibility_timeout: config.visibility_timeout,
     });
     Ok(Services {
         state,

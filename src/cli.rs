@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 use crate::job::JobId;
-use crate::store::{RedisStore, Store};
+use crate::store::{JobRecords, RedisStore};
 use crate::{app, doctor, telemetry};
 
 #[derive(Debug, Parser)]
@@ -131,6 +131,8 @@ async fn jobs(config: &Config, action: JobsCmd) -> anyhow::Result<()> {
             if job.status.is_final() {
                 println!("job {id} is already {}", job.status.as_str());
             } else {
+                // The runner that holds (or next claims) the job ends it and writes the
+                // final comment; a flag, not a state change.
                 store
                     .set_job_fields(id, &[("cancel_requested", "1".to_owned())])
                     .await?;
@@ -185,7 +187,7 @@ fn describe(job: &crate::job::Job) -> String {
         job.agent_turns,
         job.tool_calls,
         crate::progress::cost_text(job),
-        job.attempts
+        job.attempt
     ));
     if let Some(summary) = &job.summary {
         out.push_str(&format!("summary:\n{summary}\n"));

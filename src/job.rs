@@ -171,8 +171,16 @@ pub struct Job {
     pub pushed_sha: Option<String>,
     /// The agent's summary of what it changed and why.
     pub summary: Option<String>,
-    /// How many times a runner started the job (more than 1 after a re-delivery).
-    pub attempts: u64,
+    /// The current run's number: incremented by every claim (more than 1 after a
+    /// re-delivery). With `runner` it is the run's lease (SPEC section 13).
+    pub attempt: u64,
+    /// The consumer name of the runner that claimed the job last.
+    pub runner: Option<String>,
+    /// The push plan, recorded before the push: the branch the job's commit goes to and
+    /// the commit it is built on. A re-delivered job finds its commit there (by the
+    /// `Repobox-Job:` trailer) instead of running the agent again.
+    pub push_branch: Option<String>,
+    pub push_parent: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -224,7 +232,10 @@ impl Job {
             cancel_requested: false,
             pushed_sha: None,
             summary: None,
-            attempts: 0,
+            attempt: 0,
+            runner: None,
+            push_branch: None,
+            push_parent: None,
             started_at: None,
             finished_at: None,
             files_changed: 0,
@@ -309,10 +320,13 @@ impl Job {
         opt("delivery_id", self.delivery_id.clone());
         opt("pushed_sha", self.pushed_sha.clone());
         opt("summary", self.summary.clone());
+        opt("runner", self.runner.clone());
+        opt("push_branch", self.push_branch.clone());
+        opt("push_parent", self.push_parent.clone());
         opt("started_at", self.started_at.map(rfc3339));
         opt("finished_at", self.finished_at.map(rfc3339));
         for (k, v) in [
-            ("attempts", self.attempts),
+            ("attempt", self.attempt),
             ("files_changed", self.files_changed),
             ("additions", self.additions),
             ("deletions", self.deletions),
@@ -402,7 +416,10 @@ impl Job {
             cancel_requested: get("cancel_requested") == Some("1"),
             pushed_sha: get("pushed_sha").map(str::to_owned),
             summary: get("summary").map(str::to_owned),
-            attempts: opt_num("attempts")?.unwrap_or(0),
+            attempt: opt_num("attempt")?.unwrap_or(0),
+            runner: get("runner").map(str::to_owned),
+            push_branch: get("push_branch").map(str::to_owned),
+            push_parent: get("push_parent").map(str::to_owned),
             started_at: opt_time("started_at")?,
             finished_at: opt_time("finished_at")?,
             files_changed: opt_num("files_changed")?.unwrap_or(0),
@@ -488,7 +505,7 @@ mod tests {
         job.cache_write_tokens = 300;
         job.pushed_sha = Some("abc123".into());
         job.summary = Some("Fixed it.".into());
-        job.attempts = 2;
+        job.attempt = 2;
         job.started_at = Some(OffsetDateTime::from_unix_timestamp(1_700_000_100).unwrap());
         job.finished_at = Some(OffsetDateTime::from_unix_timestamp(1_700_000_200).unwrap());
         job.files_changed = 3;

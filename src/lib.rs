@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod doctor;
 pub mod event;
+pub mod failpoint;
 pub mod forges;
 pub mod git;
 pub mod job;

@@ -6,10 +6,17 @@ use crate::commands;
 use crate::job::Job;
 use crate::model::{ForgeKind, ThreadKind};
 
+/// The invisible marker every progress comment carries (SPEC section 13), by which a
+/// re-run acknowledgement or runner finds the comment an earlier attempt posted.
+pub fn marker(job: crate::job::JobId) -> String {
+    format!("<!-- repobox:job:{job} -->")
+}
+
 fn header(job: &Job, public_url: &str) -> String {
     let url = public_url.trim_end_matches('/');
     format!(
-        "**Repobox** · job `{id}` · [live log]({url}/jobs/{id})",
+        "{marker}\n**Repobox** · job `{id}` · [live log]({url}/jobs/{id})",
+        marker = marker(job.id),
         id = job.id
     )
 }

@@ -384,7 +384,7 @@ async fn a_runner_killed_mid_job_is_replaced_and_the_job_has_one_pr_and_one_comm
     w.release(&work2, &id);
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
-    assert_eq!(job.attempts, 2);
+    assert_eq!(job.attempt, 2);
     assert_eq!(w.github.created_pulls().await.len(), 1, "exactly one PR");
     assert_eq!(w.github.comments().await.len(), 1, "exactly one comment");
 

@@ -75,6 +75,20 @@ pub trait Forge: Send + Sync + 'static {
         body: &str,
     ) -> Result<(), ForgeError>;
 
+    /// The id of the bot's own comment on the thread whose body contains `marker` (the
+    /// progress comment's `<!-- repobox:job:<id> -->`), if there is one: what an
+    /// acknowledgement or a runner looks up before it posts, so a re-run posts no
+    /// second comment.
+    async fn find_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ForgeError> {
+        let _ = (repo, thread, marker);
+        Ok(None)
+    }
+
     /// Clone URL and default branch.
     async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError>;
 
@@ -220,6 +234,25 @@ where
             other => return other,
         }
     }
+}
+
+/// The bot's comment carrying `marker` on the thread, found (`false`) or posted now
+/// (`true`). The post is sent once: after an ambiguous failure (timeout, 5xx) the comment
+/// may exist, so the caller tries again later and this looks it up first.
+pub async fn find_or_create_comment(
+    forge: &dyn Forge,
+    repo: &RepoRef,
+    thread: ThreadRef,
+    marker: &str,
+    body: &str,
+) -> Result<(u64, bool), ForgeError> {
+    if let Some(id) = with_retries(|| forge.find_comment(repo, thread, marker)).await? {
+        return Ok((id, false));
+    }
+    forge
+        .create_comment(repo, thread, body)
+        .await
+        .map(|id| (id, true))
 }
 
 /// What the runner asks the forge to open.

@@ -91,6 +91,37 @@ impl Mirror {
         self.resolve(&extra_destination(refname))
     }
 
+    /// The newest commit reachable from `tip` (a SHA), at most `limit` commits back and
+    /// not past `stop_at`, whose message has the trailer line `trailer` (e.g.
+    /// `Repobox-Job: 01J…`): how a re-delivered job finds the commit an earlier attempt
+    /// pushed.
+    pub fn commit_with_trailer(
+        &self,
+        tip: &str,
+        stop_at: Option<&str>,
+        trailer: &str,
+        limit: usize,
+    ) -> Result<Option<String>, GitError> {
+        let repo = self.open()?;
+        let err = |e| GitError::other("look for the job's commit", e);
+        let mut walk = repo.revwalk().map_err(err)?;
+        walk.push(Oid::from_str(tip).map_err(err)?).map_err(err)?;
+        if let Some(stop) = stop_at.and_then(|s| Oid::from_str(s).ok())
+            && repo.find_commit(stop).is_ok()
+        {
+            walk.hide(stop).map_err(err)?;
+        }
+        for oid in walk.take(limit) {
+            let oid = oid.map_err(err)?;
+            let commit = repo.find_commit(oid).map_err(err)?;
+            let message = String::from_utf8_lossy(commit.message_bytes());
+            if message.lines().any(|l| l.trim() == trailer) {
+                return Ok(Some(oid.to_string()));
+            }
+        }
+        Ok(None)
+    }
+
     /// Creates a work tree at `<workdir>/trees/<job_id>` on the new branch
     /// `repobox-job/<job_id>` starting at `base_sha`, checked out; replaces a leftover
     /// tree of the same job (a runner that crashed). Reuses a parked tree of this mirror

@@ -1,17 +1,19 @@
 //! Job runners (`repobox runner`, the worker half of `repobox all`).
 //!
 //! A runner is one consumer in the group `runners` on `jobs:stream`, running up to
-//! `REPOBOX_WORKERS` jobs at once. Delivery is at-least-once:
-//! - an entry stays pending until its job reaches a final state; a runner that dies
-//!   leaves it pending, and after the visibility timeout another runner claims it
-//!   (XAUTOCLAIM). A live runner's heartbeat resets the idle time of its entries so long
-//!   jobs are not stolen;
-//! - effects are exactly-once because every effect is recorded on the job as soon as it
-//!   happens (progress comment id, branch, pushed commit, PR/MR URL) and looked up
-//!   before it is made again ([`pipeline`]);
-//! - admission ([`Store::admit`]) enforces the per-user limit and one running job per
-//!   thread across all runners: a job over a limit leaves the stream for a waiting list
-//!   and comes back when a slot frees up, so other users are never blocked behind it;
+//! `REPOBOX_WORKERS` jobs at once. Delivery is at-least-once, effects exactly-once
+//! (SPEC sections 6 and 13):
+//! - a job is run under a lease: [`JobQueue::claim`] admits it (per-user limit, one job
+//!   per thread across all runners; a job over a limit waits in a waiting list, so other
+//!   users are never blocked behind it), increments its `attempt` and makes this runner
+//!   its holder, in one step. Every later write of the run is fenced by that lease;
+//! - an entry stays pending until its job ends; the heartbeat (fenced too) keeps its idle
+//!   time low. A runner that dies leaves it pending, and after the visibility timeout
+//!   another runner claims it (XAUTOCLAIM) under a new attempt. A runner whose lease is
+//!   gone (its heartbeat or a write says so, or the cancel watch sees another holder)
+//!   stops the agent and makes no further effect;
+//! - every effect is looked up before it is made ([`pipeline`]): the progress comment by
+//!   its marker, the commit by its `Repobox-Job:` trailer, the PR/MR by head branch;
 //! - SIGTERM stops the agents and hands their jobs back to the stream at once.
 //!
 //! Modules: [`pipeline`] (one job, step by step), [`reporter`] (the progress comment),
@@ -34,12 +36,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::agent::Agent;
+use crate::failpoint;
 use crate::forges::Forges;
 use crate::git::Mirrors;
 use crate::job::{Job, JobId, JobStatus, rfc3339};
 use crate::sandbox::SandboxKind;
 use crate::settings::AdminSettings;
-use crate::store::{Admission, JobEntry, Start, Store, StoreError};
+use crate::store::{Claim, JobEntry, Lease, Store, StoreError};
 use crate::telemetry::Metrics;
 
 use self::pipeline::{Pipeline, Stop, StopReason};
@@ -91,8 +94,8 @@ pub struct Runner {
     pub mirrors: Arc<Mirrors>,
     pub metrics: Arc<Metrics>,
     pub settings: RunnerSettings,
-    /// Entries being worked on: entry id → (job, its stop handle).
-    in_flight: Mutex<HashMap<String, (Job, Stop)>>,
+    /// Jobs being worked on: job id → (job, its lease, its stop handle).
+    in_flight: Mutex<HashMap<JobId, (Job, Lease, Stop)>>,
 }
 
 impl Runner {
@@ -172,7 +175,7 @@ impl Runner {
             }
         }
         info!("runner stopping: handing back in-flight jobs");
-        for (_, stop) in self.in_flight.lock().unwrap().values() {
+        for (_, _, stop) in self.in_flight.lock().unwrap().values() {
             stop.stop(StopReason::Shutdown);
         }
         let _ = permits.acquire_many(workers as u32).await;
@@ -208,29 +211,26 @@ impl Runner {
         Ok(claimed)
     }
 
+    /// Every heartbeat interval, each run's fenced heartbeat; a run whose lease is gone
+    /// is stopped.
     async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.settings.heartbeat_every());
         loop {
             tick.tick().await;
-            let entries: Vec<(String, Job)> = self
-                .in_flight
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(id, (job, _))| (id.clone(), job.clone()))
-                .collect();
-            for (entry_id, job) in entries {
-                if let Err(e) = self
+            let runs: Vec<(Job, Lease, Stop)> =
+                self.in_flight.lock().unwrap().values().cloned().collect();
+            for (job, lease, stop) in runs {
+                match self
                     .store
-                    .touch_job(
-                        &self.settings.consumer,
-                        &entry_id,
-                        &job,
-                        self.settings.lease(),
-                    )
+                    .heartbeat(&lease, &job, self.settings.lease())
                     .await
                 {
-                    warn!(job = %job.id, error = %e, "heartbeat failed");
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(job = %job.id, attempt = lease.attempt, "lease lost: another runner holds the job; stopping");
+                        stop.stop(StopReason::LeaseLost);
+                    }
+                    Err(e) => warn!(job = %job.id, error = %e, "heartbeat failed"),
                 }
             }
         }
@@ -259,78 +259,95 @@ impl Runner {
     }
 
     async fn ack_only(&self, entry_id: &str) {
-        if let Err(e) = self.store.ack_job(entry_id).await {
+        if let Err(e) = self.store.drop_entry(entry_id).await {
             warn!(error = %e, "could not acknowledge entry");
         }
     }
 
     async fn handle_job(self: Arc<Self>, entry: &JobEntry, id: JobId) -> Result<(), StoreError> {
         let s = &self.settings;
-        let Some(job) = self.store.get_job(id).await? else {
+        let Some(mut job) = self.store.get_job(id).await? else {
             warn!("job record missing; dropping entry");
             self.ack_only(&entry.entry_id).await;
             return Ok(());
         };
-        if job.status.is_final() {
-            info!(
-                status = job.status.as_str(),
-                "job already final; dropping entry"
-            );
-            return self.release(entry, &job, false).await;
-        }
         let user_limit = self.admin_settings().await.per_user_limit;
-        if self
+        let lease = match self
             .store
-            .admit(&entry.entry_id, &job, user_limit, s.lease())
+            .claim(&entry.entry_id, &job, &s.consumer, user_limit, s.lease())
             .await?
-            == Admission::Deferred
         {
-            info!(user = %job.requester.login, "job waits for a free slot (per-user limit or one job per thread)");
-            return Ok(());
-        }
-        match self.store.start_job(id, &s.consumer).await? {
-            Start::Running => {}
-            Start::Missing | Start::Final(_) => return self.release(entry, &job, false).await,
-        }
+            Claim::Leased(lease) => lease,
+            Claim::Deferred => {
+                info!(user = %job.requester.login, "job waits for a free slot (per-user limit or one job per thread)");
+                return Ok(());
+            }
+            Claim::Final(status) => {
+                info!(status = status.as_str(), "job already final; entry dropped");
+                return Ok(());
+            }
+            Claim::Missing => {
+                warn!("job record missing; entry dropped");
+                return Ok(());
+            }
+            Claim::Stale => {
+                info!(entry = %entry.entry_id, "not the job's current entry (a duplicate); dropped");
+                return Ok(());
+            }
+        };
+        failpoint::hit("runner:after_claim");
+        job.status = JobStatus::Running;
+        job.attempt = lease.attempt;
+        job.runner = Some(lease.runner.clone());
         let stop = Stop::new();
         self.in_flight
             .lock()
             .unwrap()
-            .insert(entry.entry_id.clone(), (job.clone(), stop.clone()));
+            .insert(id, (job.clone(), lease.clone(), stop.clone()));
         let gave_up = entry.deliveries > s.max_deliveries;
-        let pipeline = Pipeline::new(self.clone(), job.clone(), stop.clone());
+        let pipeline = Pipeline::new(self.clone(), job.clone(), lease.clone(), stop.clone());
         let started = Instant::now();
         let outcome = tokio::spawn(pipeline.run(gave_up.then_some(entry.deliveries))).await;
-        self.in_flight.lock().unwrap().remove(&entry.entry_id);
-        let handed_back = match outcome {
-            Ok(handed_back) => handed_back,
-            Err(join) => {
-                error!(panic = join.is_panic(), "job pipeline crashed");
-                self.crashed(&job).await?;
-                false
-            }
-        };
+        self.in_flight.lock().unwrap().remove(&id);
+        if let Err(join) = outcome {
+            error!(panic = join.is_panic(), "job pipeline crashed");
+            self.crashed(&job, &lease).await?;
+        }
         self.metrics.job_run(started.elapsed().as_secs_f64());
-        self.release(entry, &job, handed_back).await
+        Ok(())
     }
 
-    /// Acknowledges the entry and frees the job's slots (see [`Store::release`]).
-    async fn release(&self, entry: &JobEntry, job: &Job, requeue: bool) -> Result<(), StoreError> {
+    /// Ends the run with `fields` (carrying the final status): fenced, with the entry
+    /// dropped and the slots freed in the same step.
+    pub(crate) async fn finish(
+        &self,
+        job: &Job,
+        lease: &Lease,
+        fields: &[(&str, String)],
+    ) -> Result<(), StoreError> {
         let user_limit = self.admin_settings().await.per_user_limit;
         self.store
-            .release(
-                &entry.entry_id,
-                job,
-                user_limit,
-                self.settings.lease(),
-                requeue,
-            )
+            .finish(lease, job, fields, user_limit, self.settings.lease())
+            .await
+    }
+
+    /// Hands the run's job back to the stream (shutdown).
+    pub(crate) async fn hand_back(&self, job: &Job, lease: &Lease) -> Result<(), StoreError> {
+        let user_limit = self.admin_settings().await.per_user_limit;
+        self.store
+            .hand_back(lease, job, user_limit, self.settings.lease())
             .await
     }
 
     /// A pipeline panicked: the job fails with a plain message (never the panic text,
     /// which could hold anything) and the worker carries on.
-    async fn crashed(&self, job: &Job) -> Result<(), StoreError> {
+    async fn crashed(&self, job: &Job, lease: &Lease) -> Result<(), StoreError> {
+        // The record has what the run did before it crashed (the progress comment id).
+        let job = &self
+            .store
+            .get_job(job.id)
+            .await?
+            .unwrap_or_else(|| job.clone());
         let error = "internal error: the runner crashed on this job; see the runner's log";
         // The work tree removed itself on unwind (WorkTree's Drop); the scratch dir did not.
         let scratch = self
@@ -339,9 +356,13 @@ impl Runner {
             .join("scratch")
             .join(job.id.to_string());
         let _ = tokio::fs::remove_dir_all(scratch).await;
-        if let (Some(forge), Some(comment)) =
-            (self.forges.get(job.repo.forge), job.progress_comment_id)
-        {
+        // Only while the run still holds the job: after a takeover it is the new run's.
+        let current = self.store.record(lease, &[]).await.is_ok();
+        if let (true, Some(forge), Some(comment)) = (
+            current,
+            self.forges.get(job.repo.forge),
+            job.progress_comment_id,
+        ) {
             let trigger = self.admin_settings().await.trigger;
             let body = crate::progress::finished(
                 job,
@@ -361,16 +382,14 @@ impl Runner {
             }
         }
         // Last, as in the pipeline: the final comment is out once the status says so.
-        self.store
-            .set_job_fields(
-                job.id,
-                &[
-                    ("status", JobStatus::Failed.as_str().to_owned()),
-                    ("error", error.to_owned()),
-                    ("finished_at", rfc3339(time::OffsetDateTime::now_utc())),
-                ],
-            )
-            .await?;
-        Ok(())
+        let fields = [
+            ("status", JobStatus::Failed.as_str().to_owned()),
+            ("error", error.to_owned()),
+            ("finished_at", rfc3339(time::OffsetDateTime::now_utc())),
+        ];
+        match self.finish(job, lease, &fields).await {
+            Err(StoreError::LeaseLost) => Ok(()),
+            other => other,
+        }
     }
 }

@@ -1,15 +1,21 @@
 //! One job, step by step (SPEC section 6): re-check → prepare the work tree → agent →
 //! commit → push → pull/merge request → report.
 //!
-//! Exactly-once effects under re-delivery: each effect is written to the job record as
-//! soon as it has happened, and every step first looks there (and, for the pull/merge
-//! request, on the forge) for what an earlier attempt already did:
-//! - the progress comment: `progress_comment_id` (posted here only if `serve` never did);
+//! Exactly-once effects under re-delivery (SPEC section 13): every write of the run is
+//! fenced by its [`Lease`], each effect is recorded as soon as it has happened, and each
+//! one is looked up where it lives before it is made again:
+//! - the progress comment: `progress_comment_id`, else found on the thread by its marker
+//!   (posted here only if `serve` never did);
 //! - the branch: `branch`, chosen once, so a retry that collides gets a suffix but a
-//!   re-delivery reuses its own;
-//! - the push: `pushed_sha`; a re-delivered job that already pushed goes straight on to
-//!   the pull/merge request;
-//! - the pull/merge request: `pr_url`, else the open one whose head is the job's branch.
+//!   re-delivery reuses its own (the protected-head fallback branch included);
+//! - the commit: every commit carries `Repobox-Job: <id>`; the push plan (`push_branch`,
+//!   `push_parent`) is recorded before the push, and a re-delivered job whose target
+//!   branch already holds a commit with its trailer goes straight on to the pull/merge
+//!   request without running the agent;
+//! - the pull/merge request: found by head branch before it is opened, and after an
+//!   ambiguous failure looked up again rather than posted blindly.
+//!
+//! The crash points of SPEC section 13 ([`failpoint`]) sit at each effect boundary.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,7 +34,11 @@ use super::repo_config::{self, RepoConfig};
 use super::reporter::Reporter;
 use crate::agent::command::CommandAgent;
 use crate::agent::{Activity, Agent, AgentError, AgentOutcome, AgentRequest};
-use crate::forges::{ChangeRequest, Discussion, Forge, ForgeError, NewChangeRequest, with_retries};
+use crate::failpoint;
+use crate::forges::{
+    ChangeRequest, Discussion, Forge, ForgeError, NewChangeRequest, find_or_create_comment,
+    with_retries,
+};
 use crate::git::{CommitInfo, Credentials, GitError, Mirror, WorkTree};
 use crate::job::{Job, JobStatus, rfc3339};
 use crate::model::{Reaction, ThreadKind};
@@ -36,7 +46,7 @@ use crate::progress::{self, Checklist, Final, StepState};
 use crate::sandbox::{Limits, SandboxSpec};
 use crate::secret::{Secret, mask_all};
 use crate::settings::AdminSettings;
-use crate::store::StoreError;
+use crate::store::{Lease, StoreError};
 
 /// Why a job was stopped before it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +57,8 @@ pub enum StopReason {
     TimedOut,
     /// The runner is shutting down: the job is handed back, not ended.
     Shutdown,
+    /// Another runner holds the job now (this run's lease is gone): stop, touch nothing.
+    LeaseLost,
 }
 
 /// A job's stop switch: the first reason wins.
@@ -93,6 +105,8 @@ enum Outcome {
     Done(Final),
     /// Shutdown: the job goes back to the stream for another runner.
     HandBack,
+    /// The lease is gone: the job is another run's now.
+    Lost,
 }
 
 /// Where the job's commits go.
@@ -106,6 +120,8 @@ enum Target {
 pub struct Pipeline {
     runner: Arc<Runner>,
     job: Job,
+    /// This run's lease: the fence of every write.
+    lease: Lease,
     stop: Stop,
     checklist: Checklist,
     started: Instant,
@@ -121,9 +137,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(runner: Arc<Runner>, job: Job, stop: Stop) -> Pipeline {
+    pub fn new(runner: Arc<Runner>, job: Job, lease: Lease, stop: Stop) -> Pipeline {
         Pipeline {
             job,
+            lease,
             stop,
             checklist: Checklist::default(),
             started: Instant::now(),
@@ -163,7 +180,7 @@ impl Pipeline {
         if self.job.cancel_requested {
             self.stop.stop(StopReason::Cancelled);
         }
-        let attempt = self.job.attempts + 1;
+        let attempt = self.lease.attempt;
         log.step(format!(
             "Runner {} took the job (attempt {attempt})",
             self.runner.settings.consumer
@@ -176,7 +193,7 @@ impl Pipeline {
                 id,
                 self.runner.settings.progress_interval,
             )),
-            Err(e) => {
+            Err(Failure(e)) => {
                 warn!(error = %e, "no progress comment; the job runs without one");
                 None
             }
@@ -204,6 +221,12 @@ impl Pipeline {
         // The record changes last: whoever sees the new status (a test, `jobs show`, the
         // dashboard) also finds the final comment written and the whole log stored.
         match outcome {
+            Outcome::Lost => {
+                log.step("Another runner took the job over; this run stopped without finishing it");
+                log.close().await;
+                warn!("lease lost; the job is left to the runner that holds it");
+                false
+            }
             Outcome::HandBack => {
                 log.step("Runner shutting down: job handed back to the queue");
                 if let Some(r) = reporter {
@@ -216,17 +239,15 @@ impl Pipeline {
                     .ok();
                 }
                 log.close().await;
-                if let Err(e) = store
-                    .set_job_fields(self.job.id, &[("status", "queued".to_owned())])
-                    .await
-                {
-                    warn!(error = %e, "could not mark the job queued; it is re-delivered anyway");
+                if let Err(e) = self.runner.hand_back(&self.job, &self.lease).await {
+                    warn!(error = %e, "could not hand the job back; it is re-delivered after the visibility timeout");
                 }
                 true
             }
             Outcome::Done(final_state) => {
                 let (status, error) = self.report_final(&log, reporter, &final_state).await;
                 log.close().await;
+                failpoint::hit("runner:before_final");
                 if let Err(e) = self.record_final(status, error).await {
                     warn!(error = %e, "could not record the final state");
                 }
@@ -240,29 +261,32 @@ impl Pipeline {
         mask_all(text, &self.secrets.lock().unwrap())
     }
 
-    /// The job's progress comment id; posts the acknowledgement (eyes and the comment)
-    /// when `serve` never did.
-    async fn progress_comment(&mut self, forge: &dyn Forge) -> Result<u64, ForgeError> {
+    /// The job's progress comment id, showing the running state; posts the
+    /// acknowledgement (eyes and the comment) when `serve` never did, after looking for
+    /// one an earlier attempt posted.
+    async fn progress_comment(&mut self, forge: &dyn Forge) -> Result<u64, Failure> {
+        let body = progress::running(&self.job, &self.runner.settings.public_url, &self.checklist);
         if let Some(id) = self.job.progress_comment_id {
+            self.fence().await?;
+            with_retries(|| forge.update_comment(&self.job.repo, self.job.thread, id, &body))
+                .await?;
+            failpoint::hit("runner:after_comment");
             return Ok(id);
         }
         if let Some(comment) = self.job.trigger_comment {
-            let _ = forge
-                .react(&self.job.repo, self.job.thread, comment, Reaction::Eyes)
-                .await;
+            let _ = with_retries(|| {
+                forge.react(&self.job.repo, self.job.thread, comment, Reaction::Eyes)
+            })
+            .await;
         }
-        let body = progress::queued(&self.job, &self.runner.settings.public_url);
-        let id =
-            with_retries(|| forge.create_comment(&self.job.repo, self.job.thread, &body)).await?;
+        self.fence().await?;
+        let marker = progress::marker(self.job.id);
+        let (id, _created) =
+            find_or_create_comment(forge, &self.job.repo, self.job.thread, &marker, &body).await?;
+        failpoint::hit("runner:after_comment");
         self.job.progress_comment_id = Some(id);
-        if let Err(e) = self
-            .runner
-            .store
-            .set_job_fields(self.job.id, &[("progress_comment_id", id.to_string())])
-            .await
-        {
-            warn!(error = %e, "could not record the progress comment id");
-        }
+        self.record(&[("progress_comment_id", id.to_string())])
+            .await?;
         Ok(id)
     }
 
@@ -270,6 +294,7 @@ impl Pipeline {
     fn start_watchers(&self) -> CancellationToken {
         let done = CancellationToken::new();
         let (store, id, stop) = (self.runner.store.clone(), self.job.id, self.stop.clone());
+        let lease = self.lease.clone();
         let watch_done = done.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -278,11 +303,25 @@ impl Pipeline {
                     _ = tick.tick() => {}
                     _ = watch_done.cancelled() => return,
                 }
-                if let Ok(Some(job)) = store.get_job(id).await
-                    && job.cancel_requested
-                {
-                    stop.stop(StopReason::Cancelled);
-                    return;
+                match store.get_job(id).await {
+                    // Another run holds the job (or it ended): stop within a second.
+                    Ok(Some(job))
+                        if job.status != JobStatus::Running
+                            || job.attempt != lease.attempt
+                            || job.runner.as_deref() != Some(lease.runner.as_str()) =>
+                    {
+                        stop.stop(StopReason::LeaseLost);
+                        return;
+                    }
+                    Ok(Some(job)) if job.cancel_requested => {
+                        stop.stop(StopReason::Cancelled);
+                        return;
+                    }
+                    Ok(None) => {
+                        stop.stop(StopReason::LeaseLost);
+                        return;
+                    }
+                    _ => {}
                 }
             }
         });
@@ -311,6 +350,7 @@ impl Pipeline {
                 ),
             }),
             StopReason::Shutdown => Outcome::HandBack,
+            StopReason::LeaseLost => Outcome::Lost,
         })
     }
 
@@ -324,12 +364,20 @@ impl Pipeline {
         }
     }
 
-    async fn record(&mut self, fields: &[(&str, String)]) -> Result<(), Failure> {
-        self.runner
-            .store
-            .set_job_fields(self.job.id, fields)
-            .await
-            .map_err(Failure::from)
+    /// Writes fields of the job under the run's lease; a lost lease stops the run.
+    async fn record(&self, fields: &[(&str, String)]) -> Result<(), Failure> {
+        match self.runner.store.record(&self.lease, fields).await {
+            Err(StoreError::LeaseLost) => {
+                self.stop.stop(StopReason::LeaseLost);
+                Err(Failure(StoreError::LeaseLost.to_string()))
+            }
+            other => other.map_err(Failure::from),
+        }
+    }
+
+    /// Checks the lease right before an effect on the forge or the remote.
+    async fn fence(&self) -> Result<(), Failure> {
+        self.record(&[]).await
     }
 
     async fn steps(
@@ -386,6 +434,21 @@ impl Pipeline {
             None => Target::NewBranch {
                 base: info.default_branch.clone(),
             },
+            // An earlier attempt found the head protected and moved to a branch into it:
+            // this attempt goes on there (the recorded branch and base say so).
+            Some(cr)
+                if cr.same_repo
+                    && self.job.base.as_deref() == Some(cr.head_branch.as_str())
+                    && self
+                        .job
+                        .branch
+                        .as_deref()
+                        .is_some_and(|b| b != cr.head_branch) =>
+            {
+                Target::NewBranch {
+                    base: cr.head_branch,
+                }
+            }
             Some(cr) if cr.same_repo => Target::Head(cr),
             // A fork: Repobox may not push there. Its work goes onto a new branch built on
             // the fork's head, into the same base.
@@ -494,7 +557,14 @@ impl Pipeline {
         self.checklist.branch = Some(branch.clone());
 
         let mut push_branch = branch.clone();
-        if self.job.pushed_sha.is_some() {
+        let pushed_before = match &self.job.pushed_sha {
+            Some(_) => true,
+            None => {
+                self.find_own_commit(&mirror, &branch, &target, &base_sha)
+                    .await?
+            }
+        };
+        if pushed_before {
             log.step("An earlier attempt already pushed; going on to the pull/merge request");
             self.checklist.agent = StepState::Done;
             self.checklist.pushed = true;
@@ -514,10 +584,11 @@ impl Pipeline {
                             &config,
                             &info.clone_url,
                             creds,
-                            &branch,
+                            (&branch, &base_sha),
                             log,
                         )
                         .await?;
+                    failpoint::hit("runner:after_push");
                     self.job.pushed_sha = Some(commit.sha.clone());
                     self.record(&[("pushed_sha", commit.sha.clone())]).await?;
                     self.checklist.pushed = true;
@@ -547,6 +618,37 @@ impl Pipeline {
             number: cr.number,
             updated_existing,
         }))
+    }
+
+    /// Whether the target branch already holds this job's commit (its `Repobox-Job:`
+    /// trailer): an earlier attempt pushed and died before recording it. Records it.
+    async fn find_own_commit(
+        &mut self,
+        mirror: &Arc<Mirror>,
+        branch: &str,
+        target: &Target,
+        base_sha: &str,
+    ) -> Result<bool, Failure> {
+        // A new branch starts at the base; a head branch at the parent the push plan
+        // recorded (its tip already includes the commit).
+        let stop_at = match target {
+            Target::NewBranch { .. } => Some(base_sha.to_owned()),
+            Target::Head(_) => self.job.push_parent.clone(),
+        };
+        let (m, b, trailer) = (mirror.clone(), branch.to_owned(), trailer(&self.job));
+        let found = blocking(move || match m.remote_branch(&b)? {
+            Some(tip) => m.commit_with_trailer(&tip, stop_at.as_deref(), &trailer, 50),
+            None => Ok(None),
+        })
+        .await?;
+        let Some(sha) = found else {
+            return Ok(false);
+        };
+        self.job.pushed_sha = Some(sha.clone());
+        self.job.commit_sha = Some(sha.clone());
+        self.record(&[("pushed_sha", sha.clone()), ("commit_sha", sha.clone())])
+            .await?;
+        Ok(true)
     }
 
     /// `repobox/<number>-<slug>`, with `-2`, `-3`… when the remote already has it (a
@@ -728,6 +830,7 @@ impl Pipeline {
             commit.additions,
             commit.deletions
         ));
+        failpoint::hit("runner:after_commit");
         Ok(Some(commit))
     }
 
@@ -792,13 +895,14 @@ impl Pipeline {
             m.push_str("\n\n");
         }
         m.push_str(&format!(
-            "Requested by @{} in {}.\nRepobox job {}: {url}/jobs/{}\n\nCo-authored-by: {} <{}>\n",
+            "Requested by @{} in {}.\nRepobox job {}: {url}/jobs/{}\n\nCo-authored-by: {} <{}>\n{}\n",
             job.requester.login,
             job.thread.reference(),
             job.id,
             job.id,
             co_author.name,
-            co_author.email
+            co_author.email,
+            trailer(job),
         ));
         m
     }
@@ -814,10 +918,11 @@ impl Pipeline {
         config: &RepoConfig,
         url: &str,
         creds: Arc<Credentials>,
-        branch: &str,
+        (branch, parent): (&str, &str),
         log: &JobLog,
     ) -> Result<String, Failure> {
         let force = matches!(target, Target::NewBranch { .. });
+        self.record_push_plan(branch, parent).await?;
         log.step(format!("Pushing to `{branch}`"));
         match self.push_to(url, creds.clone(), branch, force).await {
             Ok(()) => return Ok(branch.to_owned()),
@@ -840,8 +945,20 @@ impl Pipeline {
             .await?;
         self.checklist.branch = Some(new_branch.clone());
         *target = Target::NewBranch { base: head };
+        self.record_push_plan(&new_branch, parent).await?;
         self.push_to(url, creds, &new_branch, true).await?;
         Ok(new_branch)
+    }
+
+    /// The push plan, recorded (fenced) right before the push.
+    async fn record_push_plan(&mut self, branch: &str, parent: &str) -> Result<(), Failure> {
+        self.job.push_branch = Some(branch.to_owned());
+        self.job.push_parent = Some(parent.to_owned());
+        self.record(&[
+            ("push_branch", branch.to_owned()),
+            ("push_parent", parent.to_owned()),
+        ])
+        .await
     }
 
     async fn push_to(
@@ -851,6 +968,9 @@ impl Pipeline {
         branch: &str,
         force: bool,
     ) -> Result<(), GitError> {
+        if self.fence().await.is_err() {
+            return Err(GitError::Other(StoreError::LeaseLost.to_string()));
+        }
         let (url, branch) = (url.to_owned(), branch.to_owned());
         self.on_tree(move |wt| wt.push(&url, &creds, &branch, force))
             .await
@@ -917,7 +1037,30 @@ impl Pipeline {
             body: &text,
             draft: config.draft,
         };
-        let cr = with_retries(|| forge.open_change_request(&job.repo, new.clone())).await?;
+        // Sent once per round: after an ambiguous failure the request may exist, so the
+        // next round looks it up before it opens one.
+        let mut round = 1;
+        let cr = loop {
+            self.fence().await?;
+            match forge.open_change_request(&job.repo, new.clone()).await {
+                Ok(cr) => break cr,
+                Err(e) => {
+                    if let Some(found) =
+                        with_retries(|| forge.find_change_request(&job.repo, branch)).await?
+                    {
+                        info!(error = %e, "the pull/merge request exists after all");
+                        break found;
+                    }
+                    if !e.is_transient() || round == 3 {
+                        return Err(e.into());
+                    }
+                    warn!(error = %e, round, "opening the pull/merge request failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(round)).await;
+                    round += 1;
+                }
+            }
+        };
+        failpoint::hit("runner:after_pr");
         self.job.pr_url = Some(cr.url.clone());
         self.record(&[("pr_url", cr.url.clone())]).await?;
         info!(url = %cr.url, "change request opened");
@@ -936,6 +1079,7 @@ impl Pipeline {
         }
     }
 
+    /// The final state, fenced: the run's last write (see [`super::Runner::finish`]).
     async fn record_final(
         &self,
         status: JobStatus,
@@ -948,7 +1092,7 @@ impl Pipeline {
         if let Some(e) = error {
             fields.push(("error", e));
         }
-        self.runner.store.set_job_fields(self.job.id, &fields).await
+        self.runner.finish(&self.job, &self.lease, &fields).await
     }
 
     /// Logs and posts the final state; returns the status and error to record.
@@ -1007,6 +1151,11 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| Failure(format!("git task failed: {e}")))?
         .map_err(Failure::from)
+}
+
+/// The trailer every commit of the job carries (SPEC section 13).
+fn trailer(job: &Job) -> String {
+    format!("Repobox-Job: {}", job.id)
 }
 
 fn short(sha: &str) -> String {

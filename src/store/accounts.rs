@@ -7,12 +7,38 @@
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
+
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use ulid::Ulid;
 
 use crate::job::rfc3339;
 use crate::model::ForgeKind;
+
+use super::StoreError;
+
+/// Dashboard users and their personal providers.
+#[async_trait]
+pub trait Accounts: Send + Sync {
+    /// Creates or updates `user:{provider}:{id}`; `created_at` is kept from the first write.
+    async fn upsert_user(&self, user: &User) -> Result<(), StoreError>;
+
+    async fn get_user(&self, provider: &str, id: &str) -> Result<Option<User>, StoreError>;
+
+    /// Stores `provider:{id}` and adds it to its owner's index. The token must already be
+    /// sealed ([`crate::crypto::SecretBox`]); plain text is refused with
+    /// [`StoreError::Corrupt`] and nothing is written.
+    async fn add_provider(&self, provider: &Provider) -> Result<(), StoreError>;
+
+    /// The owner's (`provider:id`, see [`User::owner`]) providers, oldest first.
+    async fn list_providers(&self, owner: &str) -> Result<Vec<Provider>, StoreError>;
+
+    async fn get_provider(&self, id: Ulid) -> Result<Option<Provider>, StoreError>;
+
+    /// Deletes the provider if `owner` owns it; `false` when it is not theirs or is gone.
+    async fn delete_provider(&self, owner: &str, id: Ulid) -> Result<bool, StoreError>;
+}
 
 /// A dashboard user, keyed by the sign-in provider (`github`, `gitlab`, `google`,
 /// `ldap`) and that provider's user id.
@@ -23,7 +49,7 @@ pub struct User {
     pub login: String,
     pub name: Option<String>,
     pub email: Option<String>,
-    /// Kept from the first [`crate::store::Store::upsert_user`].
+    /// Kept from the first [`Accounts::upsert_user`].
     pub created_at: OffsetDateTime,
     pub last_login_at: OffsetDateTime,
 }

@@ -199,7 +199,7 @@ fn checklist(job: &Job) -> Markup {
     html! {
         ul.checklist {
             li.done { "Queued — requested by @" (job.requester.login) }
-            li.done[started] { "Runner started" @if job.attempts > 1 { " (attempt " (job.attempts) ")" } }
+            li.done[started] { "Runner started" @if job.attempt > 1 { " (attempt " (job.attempt) ")" } }
             li.done[agent_done] { "Agent" @if job.agent_turns > 0 { " · " (job.agent_turns) " turns · " (job.tool_calls) " tool calls" } }
             li.done[job.pushed_sha.is_some()] { "Push" @if let Some(b) = &job.branch { " " code { (b) } } }
             li.done[job.pr_url.is_some()] {

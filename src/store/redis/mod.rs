@@ -1,0 +1,399 @@
+//! Redis backend of the storage seams, keys as in SPEC section 9.
+//!
+//! One module per seam ([`queue`], [`records`], [`sessions`], [`accounts`],
+//! [`settings`]); the queue's transitions are Lua scripts in `lua/`, each one atomic, all
+//! sharing `lua/lib.lua` (prefix, fencing, enqueue-at-most-once, slot promotion).
+//!
+//! Connections: a multiplexed one for ordinary commands (short response timeout, so
+//! intake answers 503 quickly when Redis is gone), and one of its own for each kind of
+//! blocking read (the acknowledger's task read, the runner's job read, live-log reads),
+//! which would otherwise hold up every command queued behind them and each other. All
+//! reconnect by themselves (`ConnectionManager`), so a Redis restart needs no restart.
+//!
+//! The intake script and the queue scripts touch keys in several hash slots (the job,
+//! the streams, the slot sets): single-node Redis/Valkey is what runs now; Redis Cluster
+//! (SPEC section 18) needs them split per slot.
+
+mod accounts;
+mod queue;
+mod records;
+mod sessions;
+mod settings;
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimOptions, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, FromRedisValue, RedisError};
+
+use super::{Delivery, JobEntry, JobQueue, StoreError, TaskEntry};
+use crate::job::{Job, JobId};
+use crate::model::{ForgeKind, RepoRef, ThreadRef};
+use crate::task::Task;
+
+pub(super) const RUNNERS_GROUP: &str = "runners";
+pub(super) const ACK_GROUP: &str = "acknowledgers";
+
+/// Lines kept per job log (approximate trim, `XADD MAXLEN ~`).
+pub(super) const LOG_MAX_LINES: usize = 20_000;
+
+/// Key names under the configured prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+    pub fn jobs_stream(&self) -> String {
+        format!("{}jobs:stream", self.prefix)
+    }
+    pub fn intake_stream(&self) -> String {
+        format!("{}intake:stream", self.prefix)
+    }
+    pub fn job(&self, id: JobId) -> String {
+        format!("{}job:{{{id}}}", self.prefix)
+    }
+    pub fn job_output(&self, id: JobId) -> String {
+        format!("{}job:{{{id}}}:output", self.prefix)
+    }
+    /// `session:<id>`: a dashboard session.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+    pub fn jobs_all(&self) -> String {
+        format!("{}jobs:all", self.prefix)
+    }
+    pub fn jobs_by_user(&self, job: &Job) -> String {
+        self.jobs_of_user(job.repo.forge, job.requester.id)
+    }
+    pub fn jobs_of_user(&self, forge: ForgeKind, user_id: u64) -> String {
+        format!("{}jobs:by-user:{forge}:{user_id}", self.prefix)
+    }
+    pub fn jobs_by_repo(&self, repo: &RepoRef) -> String {
+        self.jobs_of_repo(repo.forge, &repo.full_name)
+    }
+    pub fn jobs_of_repo(&self, forge: ForgeKind, full_name: &str) -> String {
+        format!("{}jobs:by-repo:{forge}:{full_name}", self.prefix)
+    }
+    /// The GitHub App registered through `/setup`.
+    pub fn github_app(&self) -> String {
+        format!("{}github_app", self.prefix)
+    }
+    /// A manifest-flow `state` issued by `/setup`.
+    pub fn setup_state(&self, state: &str) -> String {
+        format!("{}setup:state:{state}", self.prefix)
+    }
+    /// Not in the SPEC table: the jobs of one thread, for cancel/retry and the
+    /// one-job-per-thread rule.
+    pub fn jobs_by_thread(&self, repo: &RepoRef, thread: ThreadRef) -> String {
+        format!(
+            "{}jobs:by-thread:{}:{}:{}:{}",
+            self.prefix,
+            repo.forge,
+            repo.full_name,
+            thread.kind.as_str(),
+            thread.number
+        )
+    }
+    /// Slots of a user's running jobs (sorted set: job id → lease expiry, ms).
+    pub fn running_user(&self, job: &Job) -> String {
+        format!(
+            "{}running:user:{}:{}",
+            self.prefix, job.repo.forge, job.requester.id
+        )
+    }
+    /// A user's jobs waiting for a slot, in order (list).
+    pub fn waiting_user(&self, job: &Job) -> String {
+        format!(
+            "{}waiting:user:{}:{}",
+            self.prefix, job.repo.forge, job.requester.id
+        )
+    }
+    fn thread_suffix(job: &Job) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            job.repo.forge,
+            job.repo.full_name,
+            job.thread.kind.as_str(),
+            job.thread.number
+        )
+    }
+    /// The slot of a thread's running job (at most one).
+    pub fn running_thread(&self, job: &Job) -> String {
+        format!("{}running:thread:{}", self.prefix, Self::thread_suffix(job))
+    }
+    pub fn waiting_thread(&self, job: &Job) -> String {
+        format!("{}waiting:thread:{}", self.prefix, Self::thread_suffix(job))
+    }
+    /// Every non-empty waiting list → `<running key>\n<limit>`.
+    pub fn waiting_index(&self) -> String {
+        format!("{}waiting:index", self.prefix)
+    }
+    /// Not in the SPEC table: jobs not yet final (sorted set by creation), which the
+    /// orphan reconciler looks through.
+    pub fn jobs_active(&self) -> String {
+        format!("{}jobs:active", self.prefix)
+    }
+    /// The orphan reconciler's lock (one at a time across processes).
+    pub fn orphans_lock(&self) -> String {
+        format!("{}lock:orphans", self.prefix)
+    }
+    /// The key prefix (the queue scripts build job keys from it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn settings(&self) -> String {
+        format!("{}settings", self.prefix)
+    }
+    pub fn delivery(&self, d: Delivery<'_>) -> String {
+        format!("{}delivery:{}:{}", self.prefix, d.forge, d.id)
+    }
+}
+
+pub struct RedisStore {
+    keys: Keys,
+    /// Ordinary commands and scripts.
+    conn: ConnectionManager,
+    /// The acknowledger's `XREADGROUP BLOCK` on `intake:stream`.
+    ack_read: ConnectionManager,
+    /// The runner's `XREADGROUP BLOCK` on `jobs:stream`.
+    runner_read: ConnectionManager,
+    /// Blocking reads of job logs (`XREAD BLOCK`).
+    log_read: ConnectionManager,
+    scripts: queue::Scripts,
+}
+
+impl RedisStore {
+    /// Sets up lazy connections: no Redis is needed until the first command, so the
+    /// process starts (and `/healthz` answers) while Redis is still down.
+    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("REPOBOX_REDIS_URL is not a valid Redis URL: {e}"))?;
+        let base = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            base.clone()
+                .set_response_timeout(Some(Duration::from_secs(2))),
+        )?;
+        let blocking = base.set_response_timeout(Some(Duration::from_secs(10)));
+        let reader = || ConnectionManager::new_lazy_with_config(client.clone(), blocking.clone());
+        Ok(RedisStore {
+            keys: Keys::new(prefix),
+            conn,
+            ack_read: reader()?,
+            runner_read: reader()?,
+            log_read: reader()?,
+            scripts: queue::Scripts::new(),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn create_group(&self, stream: &str, group: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        // From id 0, so entries appended before the group existed are still delivered.
+        let res: Result<(), RedisError> = conn.xgroup_create_mkstream(stream, group, "0").await;
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// A group read's reply; `None` when Redis had lost the consumer group (a restart
+    /// without persistence), which is recreated so the next read works.
+    async fn unless_group_lost<T>(
+        &self,
+        reply: Result<T, RedisError>,
+    ) -> Result<Option<T>, StoreError> {
+        match reply {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_groups().await?;
+                Ok(None)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// An entry read from a consumer group: its id, the text of its one field (or why it
+/// has none), and how often it has been handed out.
+pub(super) struct RawEntry {
+    id: String,
+    field: Result<String, String>,
+    deliveries: u64,
+}
+
+fn raw_entries(ids: Vec<redis::streams::StreamId>, field: &str, deliveries: u64) -> Vec<RawEntry> {
+    ids.into_iter()
+        .map(|entry| RawEntry {
+            field: entry
+                .map
+                .get(field)
+                .ok_or_else(|| format!("entry has no `{field}` field"))
+                .and_then(|v| String::from_redis_value(v.clone()).map_err(|e| e.to_string())),
+            deliveries: entry
+                .delivered_count
+                .map(|n| n as u64)
+                .unwrap_or(deliveries),
+            id: entry.id,
+        })
+        .collect()
+}
+
+impl RawEntry {
+    pub(super) fn into_task(self) -> TaskEntry {
+        TaskEntry {
+            task: self
+                .field
+                .and_then(|json| serde_json::from_str::<Task>(&json).map_err(|e| e.to_string())),
+            entry_id: self.id,
+            deliveries: self.deliveries,
+        }
+    }
+
+    pub(super) fn into_job(self) -> JobEntry {
+        JobEntry {
+            job: self.field.and_then(|id| {
+                id.parse::<JobId>()
+                    .map_err(|e| format!("bad job id `{id}`: {e}"))
+            }),
+            entry_id: self.id,
+            deliveries: self.deliveries,
+        }
+    }
+}
+
+impl RedisStore {
+    /// New entries of `stream` for `consumer` in `group`, waiting up to `block`.
+    async fn group_read(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        field: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let opts = StreamReadOptions::default()
+            .group(group, consumer)
+            .count(count)
+            .block(block.as_millis() as usize);
+        let mut conn = if group == ACK_GROUP {
+            self.ack_read.clone()
+        } else {
+            self.runner_read.clone()
+        };
+        let reply: Result<Option<StreamReadReply>, RedisError> =
+            conn.xread_options(&[stream], &[">"], &opts).await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| raw_entries(k.ids, field, 1))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Entries other consumers left unacknowledged for `min_idle`, now this consumer's.
+    async fn group_claim(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        field: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Result<redis::streams::StreamAutoClaimReply, RedisError> = conn
+            .xautoclaim_options(
+                stream,
+                group,
+                consumer,
+                min_idle.as_millis() as u64,
+                "0-0",
+                StreamAutoClaimOptions::default().count(count),
+            )
+            .await;
+        let Some(reply) = self.unless_group_lost(reply).await? else {
+            return Ok(Vec::new());
+        };
+        let mut entries = raw_entries(reply.claimed, field, 2);
+        // XAUTOCLAIM does not report delivery counts; XPENDING does.
+        for entry in &mut entries {
+            let pending: redis::streams::StreamPendingCountReply = conn
+                .xpending_count(stream, group, &entry.id, &entry.id, 1)
+                .await
+                .map_err(unavailable)?;
+            if let Some(p) = pending.ids.first() {
+                entry.deliveries = p.times_delivered as u64;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Acknowledges an entry and removes it from the stream.
+    async fn ack_delete(
+        &self,
+        stream: &str,
+        group: &str,
+        entry_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let (_acked, _deleted): (i64, i64) = redis::pipe()
+            .atomic()
+            .xack(stream, group, &[entry_id])
+            .xdel(stream, &[entry_id])
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+pub(super) fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait::async_trait]
+impl super::Store for RedisStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Keys of dashboard users and their providers (SPEC section 9).
+impl Keys {
+    pub fn user(&self, provider: &str, id: &str) -> String {
+        format!("{}user:{provider}:{id}", self.prefix)
+    }
+    pub fn provider(&self, id: ulid::Ulid) -> String {
+        format!("{}provider:{id}", self.prefix)
+    }
+    /// Not in the SPEC table: a user's provider ids by creation time (`owner` is
+    /// `provider:id`).
+    pub fn providers_by_user(&self, owner: &str) -> String {
+        format!("{}providers:by-user:{owner}", self.prefix)
+    }
+}

@@ -1,0 +1,38 @@
+//! Admin settings (the `settings` hash, SPEC section 9) and what the first-run `/setup`
+//! stores (the GitHub App, one-time manifest states).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+#[async_trait]
+pub trait SettingsStore: Send + Sync {
+    /// One admin setting, if set.
+    async fn setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// The whole `settings` hash (see [`crate::settings::AdminSettings`]).
+    async fn get_settings(&self) -> Result<HashMap<String, String>, StoreError>;
+
+    /// Sets fields of the `settings` hash in one write (validate first:
+    /// [`crate::settings::SettingsSource::save`]).
+    async fn set_settings(&self, fields: &[(&str, String)]) -> Result<(), StoreError>;
+
+    /// Removes one field of the `settings` hash (its default applies again).
+    async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The GitHub App registered through `/setup` (`github_app` hash; secrets sealed).
+    async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError>;
+
+    /// Stores the App registered through `/setup` unless one is stored already (`false`
+    /// then, and nothing changes): setup happens once.
+    async fn create_github_app(&self, fields: &[(&str, String)]) -> Result<bool, StoreError>;
+
+    /// Keeps a manifest-flow `state` for `ttl` (`setup:state:<state>`).
+    async fn put_setup_state(&self, state: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Consumes a manifest-flow `state`: `true` once if it was issued and has not expired.
+    async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError>;
+}
