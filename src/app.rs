@@ -413,6 +413,11 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     info!(%addr, public_url = %config.public_url, "repobox serve listening");
     let shutdown = CancellationToken::new();
     let ack = tokio::spawn(services.acknowledger.clone().run(shutdown.clone()));
+    tokio::spawn(crate::reconcile::run(
+        services.state.store.clone(),
+        config.visibility_timeout,
+        shutdown.clone(),
+    ));
     let runner = if with_runner {
         match build_runner(
             &config,

@@ -22,6 +22,7 @@ pub mod git;
 pub mod job;
 pub mod model;
 pub mod progress;
+pub mod reconcile;
 pub mod runner;
 pub mod sandbox;
 pub mod secret;

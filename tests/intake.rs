@@ -33,6 +33,7 @@ async fn a_command_queues_exactly_one_job() {
         "delivery:github:delivery-1".into(),
         "intake:stream".into(),
         format!("job:{{{id}}}"),
+        "jobs:active".into(),
         "jobs:all".into(),
         "jobs:by-repo:github:Codertocat/Hello-World".into(),
         "jobs:by-thread:github:Codertocat/Hello-World:issue:1".into(),
@@ -44,6 +45,7 @@ async fn a_command_queues_exactly_one_job() {
 
     let mut conn = app.conn().await;
     for index in [
+        "jobs:active",
         "jobs:all",
         "jobs:by-repo:github:Codertocat/Hello-World",
         "jobs:by-user:github:21031067",
@@ -82,8 +84,8 @@ async fn a_command_queues_exactly_one_job() {
         .await
         .unwrap();
     assert!(
-        (86_000..=86_400).contains(&ttl),
-        "delivery id kept for 24 h, ttl {ttl}"
+        (259_000..=259_200).contains(&ttl),
+        "delivery id kept for 72 h (SPEC 13), ttl {ttl}"
     );
     app.stop().await;
 }

@@ -10,6 +10,7 @@ pub mod github;
 pub mod gitlab;
 pub mod oauth_fake;
 pub mod oidc_keys;
+pub mod processes;
 pub mod slapd;
 pub mod world;
 

@@ -53,6 +53,8 @@ pub struct Setup<'a> {
     pub repobox_yml: Option<&'a str>,
     /// A Redis of the test's own instead of the shared one.
     pub redis_url: Option<String>,
+    /// Runs the acknowledger in the test process (off when `serve` processes do it).
+    pub acknowledger: bool,
 }
 
 impl Default for Setup<'_> {
@@ -64,6 +66,7 @@ impl Default for Setup<'_> {
             custom_agent: None,
             repobox_yml: None,
             redis_url: None,
+            acknowledger: true,
         }
     }
 }
@@ -112,6 +115,7 @@ pub async fn world(setup: Setup<'_>) -> World {
         runner: setup.runner,
         agent: setup.custom_agent,
         redis_url: setup.redis_url.unwrap_or_else(super::redis_url),
+        acknowledger: setup.acknowledger,
         ..Options::default()
     })
     .await;
