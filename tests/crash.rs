@@ -123,9 +123,10 @@ impl Cluster {
             .filter(|p| p["head"] == branch.as_str())
             .collect();
         assert_eq!(pulls.len(), 1, "one pull request: {pulls:#?}");
+        let base = job.base.clone().expect("a base");
         let log = self.w.remote_git(
             REPO_GIT,
-            &["log", "--format=%B%x00", &format!("main..{branch}")],
+            &["log", "--format=%B%x00", &format!("{base}..{branch}")],
         );
         let trailer = format!("Repobox-Job: {id}");
         assert_eq!(
@@ -226,6 +227,44 @@ async fn crash_at_runner_after_pr() {
 #[tokio::test]
 async fn crash_at_runner_before_final() {
     crash_at("runner:before_final").await;
+}
+
+/// On a pull request whose head refuses the push, the work goes to a new branch into the
+/// head; a crash right after that push must not make the next attempt push to yet another
+/// branch (or open a second pull request).
+#[tokio::test]
+async fn crash_after_push_to_the_fallback_branch_of_a_protected_head() {
+    let c = cluster(Launch {
+        failpoints: Some("runner:after_push"),
+        ..Launch::default()
+    })
+    .await;
+    let (_head, id) = c.w.command_on_pull_request(true, false).await;
+    let job = c.finished(&id).await;
+    assert!(c.aborts(Role::Runner) >= 1, "the crash point fired");
+    assert_eq!(
+        job.status,
+        JobStatus::Succeeded,
+        "{:?}\n{}",
+        job.error,
+        c.logs()
+    );
+    assert_eq!(
+        job.base.as_deref(),
+        Some("feature"),
+        "into the protected head"
+    );
+    let branch = job.branch.clone().unwrap();
+    assert!(branch.starts_with("repobox/7-"), "{branch}");
+    assert!(
+        !branch.ends_with("-2"),
+        "no second fallback branch: {branch}"
+    );
+    let pulls = c.w.github.created_pulls().await;
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert_eq!(pulls[0]["base"], "feature");
+    c.assert_effects_once(&job).await;
+    c.stop().await;
 }
 
 /// 30 commands on 30 threads at once, alternating between the two `serve`s: 30 jobs,
