@@ -62,7 +62,7 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
         )
     });
     checks.push(
-        match RedisStore::new(config.redis_url.expose(), &config.redis_prefix) {
+        match RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "doctor") {
             Err(e) => check("redis", Status::Fail, format!("{e:#}")),
             Ok(store) => match store.ping().await {
                 Ok(()) => check("redis", Status::Ok, "answers PING"),
