@@ -33,6 +33,7 @@ mod accounts;
 pub(crate) mod conn;
 mod queue;
 mod records;
+mod server;
 mod sessions;
 mod settings;
 
@@ -42,6 +43,7 @@ use redis::streams::{StreamAutoClaimOptions, StreamReadOptions, StreamReadReply}
 use redis::{AsyncCommands, FromRedisValue, RedisError};
 
 pub use self::records::RedisLogReader;
+pub use self::server::{Durability, Rdb, ReadFrom};
 
 use self::conn::{ConnectionSpec, NamedConnection, connection_name};
 use super::{Delivery, JobEntry, JobQueue, StoreError, TaskEntry};
