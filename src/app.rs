@@ -35,6 +35,7 @@ use crate::store::{RedisStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::web;
 use crate::web::auth::Authenticator;
+use crate::web::dashboard::log_hub::LogHub;
 use crate::webhooks::intake::IntakeSettings;
 use crate::webhooks::{self, MAX_BODY_BYTES, verify};
 
@@ -65,6 +66,8 @@ pub struct Inner {
     pub forges: Forges,
     /// `REPOBOX_API_TOKEN`: admin access to `/api/v1` for scripts.
     pub api_token: Option<Secret>,
+    /// The live-log readers, one per job being watched (`/jobs/{id}/events`).
+    pub log_hub: Arc<LogHub>,
 }
 
 impl std::ops::Deref for AppState {
@@ -159,11 +162,22 @@ pub fn build_forges(config: &Config) -> anyhow::Result<(Forges, Arc<OnceLock<Str
     Ok((forges, gitlab_bot_username))
 }
 
-/// Builds the store, forges, state and acknowledger from the configuration.
+/// Builds the store, forges, state and acknowledger from the configuration, as `serve`.
 pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
-    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
+    build_services_as(config, metrics, "serve")
+}
+
+/// [`build_services`] for the process role `role` (`serve` or `all`), which names the
+/// Redis connections (`repobox:<role>:<purpose>`).
+pub fn build_services_as(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    role: &str,
+) -> anyhow::Result<Services> {
+    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
         config.redis_url.expose(),
         &config.redis_prefix,
+        role,
     )?);
     let (forges, gitlab_bot_username) = build_forges(config)?;
     let github_webhook_secrets = config
@@ -217,6 +231,7 @@ pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<
         },
         forges: forges.clone(),
         api_token: config.api_token.clone(),
+        log_hub: Arc::new(LogHub::new(store.clone())),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
@@ -324,11 +339,11 @@ pub fn build_runner_with_agent(
 /// `repobox runner`: job workers only.
 /// The configuration with the GitHub App registered through `/setup`, when the
 /// environment names none (first run: only Redis is configured).
-async fn with_stored_github_app(mut config: Config) -> anyhow::Result<Config> {
+async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Result<Config> {
     if config.github_app_id.is_some() {
         return Ok(config);
     }
-    let store = RedisStore::new(config.redis_url.expose(), &config.redis_prefix)?;
+    let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, role)?;
     let (key, _) = config.secret_key(std::path::Path::new("./data"))?;
     match web::dashboard::setup::apply_stored_app(&mut config, &store, &SecretBox::new(&key)).await
     {
@@ -344,11 +359,12 @@ async fn with_stored_github_app(mut config: Config) -> anyhow::Result<Config> {
 
 pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    let config = with_stored_github_app(config).await?;
+    let config = with_stored_github_app(config, "runner").await?;
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn Store> = Arc::new(RedisStore::new(
+    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
         config.redis_url.expose(),
         &config.redis_prefix,
+        "runner",
     )?);
     let (forges, _) = build_forges(&config)?;
     let runner = build_runner(&config, store.clone(), forges, metrics)?;
@@ -400,9 +416,10 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
 
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
-    let config = with_stored_github_app(config).await?;
+    let role = if with_runner { "all" } else { "serve" };
+    let config = with_stored_github_app(config, role).await?;
     let metrics = Arc::new(Metrics::new());
-    let services = build_services(&config, metrics)?;
+    let services = build_services_as(&config, metrics, role)?;
     if let Err(e) = services.state.store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; intake answers 503 until it is");
     }

@@ -87,7 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn jobs(config: &Config, action: JobsCmd) -> anyhow::Result<()> {
-    let store = RedisStore::new(config.redis_url.expose(), &config.redis_prefix)?;
+    let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "cli")?;
     match action {
         JobsCmd::List { limit } => {
             for id in store.recent_jobs(limit).await? {
@@ -195,12 +195,22 @@ fn describe(job: &crate::job::Job) -> String {
     out
 }
 
-/// Prints the job log; with `follow`, keeps printing until the job is final.
+/// Prints the job log; with `follow`, keeps printing until the job is final (waiting
+/// on a log reader of its own, `repobox:cli:log-read:<id>`).
 async fn follow_log(store: &RedisStore, id: JobId, follow: bool) -> anyhow::Result<()> {
     let mut after = "0".to_owned();
+    let mut reader = match follow {
+        true => Some(store.log_reader(id).await?),
+        false => None,
+    };
     loop {
-        let block = follow.then_some(std::time::Duration::from_secs(1));
-        let lines = store.read_log(id, &after, 500, block).await?;
+        let lines = match reader.as_mut() {
+            Some(r) => {
+                r.next(&after, 500, Some(std::time::Duration::from_secs(1)))
+                    .await?
+            }
+            None => store.read_log(id, &after, 500, None).await?,
+        };
         for l in &lines {
             println!("{}", l.line);
         }

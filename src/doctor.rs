@@ -1,6 +1,10 @@
 //! `repobox doctor`: checks configuration, Redis, forge credentials, agent credentials
 //! and the sandbox; prints one line per check with a hint, exits 1 on any FAIL.
 //! Secrets are never printed.
+//!
+//! Redis is checked for being there and for keeping what it is given (SPEC section 13,
+//! "Redis durability"): `redis eviction` FAILs when the server may evict keys, `redis
+//! persistence` WARNs when neither AOF nor RDB persistence is on.
 
 use std::fmt;
 use std::path::Path;
@@ -8,6 +12,7 @@ use std::path::Path;
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
+use crate::store::redis::{Rdb, ReadFrom};
 use crate::store::{RedisStore, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,19 +66,20 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             "none yet: generated into ./data/secret.key on first start (or set REPOBOX_SECRET_KEY from `repobox keygen`)",
         )
     });
-    checks.push(
-        match RedisStore::new(config.redis_url.expose(), &config.redis_prefix) {
-            Err(e) => check("redis", Status::Fail, format!("{e:#}")),
-            Ok(store) => match store.ping().await {
-                Ok(()) => check("redis", Status::Ok, "answers PING"),
-                Err(_) => check(
-                    "redis",
-                    Status::Fail,
-                    "no answer: start redis-server or set REPOBOX_REDIS_URL",
-                ),
-            },
+    match RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "doctor") {
+        Err(e) => checks.push(check("redis", Status::Fail, format!("{e:#}"))),
+        Ok(store) => match store.ping().await {
+            Ok(()) => {
+                checks.push(check("redis", Status::Ok, "answers PING"));
+                checks.extend(durability_checks(&store).await);
+            }
+            Err(_) => checks.push(check(
+                "redis",
+                Status::Fail,
+                "no answer: start redis-server or set REPOBOX_REDIS_URL",
+            )),
         },
-    );
+    }
     checks.push(match config.github_app() {
         Err(e) => check("github app", Status::Fail, format!("{e:#}")),
         Ok(None) => check(
@@ -185,6 +191,63 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
         },
     });
     checks
+}
+
+/// SPEC section 13, "Redis durability": FAIL when the server may evict keys (an
+/// accepted job would vanish), WARN when it persists nothing (a restart loses every job;
+/// the orphan reconciler re-queues what it can).
+async fn durability_checks(store: &RedisStore) -> Vec<Check> {
+    let d = match store.durability().await {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![check(
+                "redis eviction",
+                Status::Warn,
+                format!("cannot read the server's settings: {e}"),
+            )];
+        }
+    };
+    let from = match d.source {
+        ReadFrom::Config => "",
+        ReadFrom::Info => " (from INFO: CONFIG is disabled)",
+    };
+    let eviction = if d.evicts() {
+        check(
+            "redis eviction",
+            Status::Fail,
+            format!(
+                "maxmemory-policy is {}{from}: Redis may delete job records and streams when memory runs short; set `maxmemory-policy noeviction` (redis.conf, or CONFIG SET maxmemory-policy noeviction)",
+                d.maxmemory_policy
+            ),
+        )
+    } else {
+        check(
+            "redis eviction",
+            Status::Ok,
+            format!("maxmemory-policy noeviction{from}"),
+        )
+    };
+    let mut kept = Vec::new();
+    if d.aof {
+        kept.push("AOF (appendonly yes)".to_owned());
+    }
+    match &d.rdb {
+        Rdb::Scheduled(schedule) => kept.push(format!("RDB snapshots (save {schedule})")),
+        Rdb::Snapshots(n) if *n > 0 => kept.push(format!("RDB ({n} snapshots since start)")),
+        Rdb::Snapshots(_) | Rdb::Off => {}
+    }
+    let persistence = if d.persists() {
+        check("redis persistence", Status::Ok, kept.join(" and "))
+    } else {
+        check(
+            "redis persistence",
+            Status::Warn,
+            format!(
+                "neither AOF nor RDB persistence is on{from}: a Redis restart loses every queued and running job; set `appendonly yes` (or a `save` schedule)"
+            ),
+        )
+    };
+    vec![eviction, persistence]
 }
 
 /// Prints the table; returns whether every check passed (no FAIL).

@@ -5,8 +5,9 @@
 //! - [`queue::JobQueue`]: the job's lifecycle. Intake, the acknowledger's tasks, dispatch,
 //!   the runners' fenced claims and every state transition (SPEC section 13). The only
 //!   way a job changes state.
-//! - [`records::JobRecords`]: reading job records, their indices and logs, and the few
-//!   non-state fields outside a run's lease.
+//! - [`records::JobRecords`]: reading job records, their indices and logs (and waiting
+//!   on a log through a [`records::LogReader`] with a connection of its own), and the
+//!   few non-state fields outside a run's lease.
 //! - [`sessions::Sessions`]: dashboard sessions.
 //! - [`accounts::Accounts`]: dashboard users and their personal providers.
 //! - [`settings::SettingsStore`]: admin settings, the GitHub App stored by `/setup`.
@@ -31,7 +32,7 @@ pub use self::accounts::{Accounts, Provider, User};
 pub use self::queue::{
     Accepted, CancelOutcome, Claim, Dispatch, JobEntry, JobQueue, Lease, TaskEntry,
 };
-pub use self::records::{JobIndex, JobRecords, LogLine};
+pub use self::records::{JobIndex, JobRecords, LogLine, LogReader};
 pub use self::redis::RedisStore;
 pub use self::sessions::Sessions;
 pub use self::settings::SettingsStore;

@@ -1,5 +1,11 @@
 //! Reading job records, their indices and logs (SPEC section 9), and the few fields
 //! written outside a run's lease.
+//!
+//! Logs are read two ways: [`JobRecords::read_log`] for what is there now (pages, the
+//! catch-up of a live viewer), and a [`LogReader`] for waiting on new lines: a reader
+//! of one job with a connection of its own, so its blocking reads hold up no other
+//! command and no other reader (SPEC section 13). The dashboard opens one per job being
+//! watched and fans its lines out to every viewer (`web::dashboard::log_hub`).
 
 use std::time::Duration;
 
@@ -60,10 +66,32 @@ pub trait JobRecords: Send + Sync {
     async fn append_log(&self, id: JobId, lines: &[String]) -> Result<(), StoreError>;
 
     /// Log lines after stream id `after` (`0` for the start), waiting up to `block` for
-    /// the first one when given.
+    /// the first one when given. Waits share one connection per process: for one
+    /// follower; many followers of a job share a [`LogReader`] instead.
     async fn read_log(
         &self,
         id: JobId,
+        after: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<LogLine>, StoreError>;
+
+    /// A reader of job `id`'s log with a connection of its own, opened lazily and closed
+    /// when the reader is dropped.
+    async fn log_reader(&self, id: JobId) -> Result<Box<dyn LogReader>, StoreError>;
+}
+
+/// Waits for new lines of one job's log (see [`JobRecords::log_reader`]).
+#[async_trait]
+pub trait LogReader: Send {
+    /// The id of the newest line now (`0-0` for an empty log): where a reader that
+    /// wants only the lines still to come starts.
+    async fn last_id(&mut self) -> Result<String, StoreError>;
+
+    /// Up to `count` lines after stream id `after`, waiting up to `block` for the first
+    /// one when given (an empty answer: none came in time).
+    async fn next(
+        &mut self,
         after: &str,
         count: usize,
         block: Option<Duration>,

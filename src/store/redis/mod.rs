@@ -4,28 +4,48 @@
 //! [`settings`]); the queue's transitions are Lua scripts in `lua/`, each one atomic, all
 //! sharing `lua/lib.lua` (prefix, fencing, enqueue-at-most-once, slot promotion).
 //!
-//! Connections: a multiplexed one for ordinary commands (short response timeout, so
-//! intake answers 503 quickly when Redis is gone), and one of its own for each kind of
-//! blocking read (the acknowledger's task read, the runner's job read, live-log reads),
-//! which would otherwise hold up every command queued behind them and each other. All
-//! reconnect by themselves (`ConnectionManager`), so a Redis restart needs no restart.
+//! Connections (SPEC section 13, "Blocking reads"): a multiplexed one for ordinary
+//! commands (short response timeout, so intake answers 503 quickly when Redis is gone),
+//! and one of its own for each kind of blocking read — the acknowledger's task read, the
+//! runner's job read, and one per live-log reader ([`JobRecords::log_reader`]) — which
+//! would otherwise hold up every command queued behind them and each other. Each names
+//! itself `repobox:<role>:<purpose>` ([`conn`]; the role is the process's: `serve`,
+//! `runner`, `all`, `cli`, `doctor`), so `CLIENT LIST` shows the layout:
+//!
+//! | name | what waits on it |
+//! |---|---|
+//! | `repobox:<role>:commands` | every ordinary command and script |
+//! | `repobox:<role>:ack-read` | the acknowledger's `XREADGROUP BLOCK` on `intake:stream` |
+//! | `repobox:<role>:job-read` | the runner's `XREADGROUP BLOCK` on `jobs:stream` |
+//! | `repobox:<role>:log-read:<job id>` | one job's live log (`XREAD BLOCK`), shared by all its viewers |
+//! | `repobox:<role>:log-read` | `read_log` with a wait (one follower, e.g. `repobox jobs show`) |
+//!
+//! All are made on first use and reconnect by themselves (and name themselves again),
+//! so a Redis restart needs no restart.
+//!
+//! [`JobRecords::log_reader`]: crate::store::JobRecords::log_reader
 //!
 //! The intake script and the queue scripts touch keys in several hash slots (the job,
 //! the streams, the slot sets): single-node Redis/Valkey is what runs now; Redis Cluster
 //! (SPEC section 18) needs them split per slot.
 
 mod accounts;
+pub(crate) mod conn;
 mod queue;
 mod records;
+mod server;
 mod sessions;
 mod settings;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimOptions, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, FromRedisValue, RedisError};
 
+pub use self::records::RedisLogReader;
+pub use self::server::{Durability, Rdb, ReadFrom};
+
+use self::conn::{ConnectionSpec, NamedConnection, connection_name};
 use super::{Delivery, JobEntry, JobQueue, StoreError, TaskEntry};
 use crate::job::{Job, JobId};
 use crate::model::{ForgeKind, RepoRef, ThreadRef};
@@ -155,44 +175,66 @@ impl Keys {
     }
 }
 
+/// The role of a store built without one ([`RedisStore::new`]): its connections are
+/// named `repobox:repobox:<purpose>`.
+pub const DEFAULT_ROLE: &str = "repobox";
+
 pub struct RedisStore {
     keys: Keys,
+    /// The process's role, the middle part of every connection name.
+    role: String,
+    /// How blocking-read connections are made; each live-log reader opens its own.
+    blocking: ConnectionSpec,
     /// Ordinary commands and scripts.
-    conn: ConnectionManager,
+    conn: NamedConnection,
     /// The acknowledger's `XREADGROUP BLOCK` on `intake:stream`.
-    ack_read: ConnectionManager,
+    ack_read: NamedConnection,
     /// The runner's `XREADGROUP BLOCK` on `jobs:stream`.
-    runner_read: ConnectionManager,
-    /// Blocking reads of job logs (`XREAD BLOCK`).
-    log_read: ConnectionManager,
+    runner_read: NamedConnection,
+    /// `read_log` with a wait (`XREAD BLOCK`); the dashboard's viewers use
+    /// [`JobRecords::log_reader`](crate::store::JobRecords::log_reader) instead.
+    log_read: NamedConnection,
     scripts: queue::Scripts,
 }
 
 impl RedisStore {
-    /// Sets up lazy connections: no Redis is needed until the first command, so the
-    /// process starts (and `/healthz` answers) while Redis is still down.
+    /// [`RedisStore::with_role`] with the role [`DEFAULT_ROLE`].
     pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        Self::with_role(url, prefix, DEFAULT_ROLE)
+    }
+
+    /// Sets up lazy connections named `repobox:<role>:<purpose>`: no Redis is needed
+    /// until the first command, so the process starts (and `/healthz` answers) while
+    /// Redis is still down.
+    pub fn with_role(url: &str, prefix: &str, role: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| anyhow::anyhow!("REPOBOX_REDIS_URL is not a valid Redis URL: {e}"))?;
-        let base = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            base.clone()
-                .set_response_timeout(Some(Duration::from_secs(2))),
-        )?;
-        let blocking = base.set_response_timeout(Some(Duration::from_secs(10)));
-        let reader = || ConnectionManager::new_lazy_with_config(client.clone(), blocking.clone());
+        let commands = ConnectionSpec {
+            client,
+            connection_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(2),
+        };
+        // Longer than any wait of a blocking read.
+        let blocking = ConnectionSpec {
+            response_timeout: Duration::from_secs(10),
+            ..commands.clone()
+        };
+        let name = |purpose: &str| connection_name(role, purpose);
         Ok(RedisStore {
             keys: Keys::new(prefix),
-            conn,
-            ack_read: reader()?,
-            runner_read: reader()?,
-            log_read: reader()?,
+            role: role.to_owned(),
+            conn: commands.open(name("commands")),
+            ack_read: blocking.open(name("ack-read")),
+            runner_read: blocking.open(name("job-read")),
+            log_read: blocking.open(name("log-read")),
+            blocking,
             scripts: queue::Scripts::new(),
         })
+    }
+
+    /// The role the connections are named with.
+    pub fn role(&self) -> &str {
+        &self.role
     }
 
     pub fn keys(&self) -> &Keys {

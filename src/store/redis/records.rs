@@ -1,4 +1,6 @@
-//! [`JobRecords`] on Redis: job hashes, the index sorted sets and the capped log streams.
+//! [`JobRecords`] on Redis: job hashes, the index sorted sets and the capped log streams,
+//! and [`RedisLogReader`], one job's log read over a connection of its own
+//! (`repobox:<role>:log-read:<job id>`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,10 +10,11 @@ use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, FromRedisValue};
 use time::OffsetDateTime;
 
+use super::conn::{NamedConnection, connection_name};
 use super::{LOG_MAX_LINES, RedisStore, unavailable};
 use crate::job::{Job, JobId, rfc3339};
 use crate::model::{RepoRef, ThreadRef};
-use crate::store::{JobIndex, JobRecords, LogLine, StoreError};
+use crate::store::{JobIndex, JobRecords, LogLine, LogReader, StoreError};
 
 #[async_trait]
 impl JobRecords for RedisStore {
@@ -127,31 +130,81 @@ impl JobRecords for RedisStore {
         count: usize,
         block: Option<Duration>,
     ) -> Result<Vec<LogLine>, StoreError> {
-        let key = self.keys.job_output(id);
-        let mut opts = StreamReadOptions::default().count(count);
-        let mut conn = match block {
-            Some(b) => {
-                opts = opts.block(b.as_millis() as usize);
-                self.log_read.clone()
-            }
+        let conn = match block {
+            Some(_) => self.log_read.clone(),
             None => self.conn.clone(),
         };
-        let reply: Option<StreamReadReply> = conn
-            .xread_options(&[&key], &[after], &opts)
+        xread_log(conn, &self.keys.job_output(id), after, count, block).await
+    }
+
+    async fn log_reader(&self, id: JobId) -> Result<Box<dyn LogReader>, StoreError> {
+        let name = connection_name(&self.role, &format!("log-read:{id}"));
+        Ok(Box::new(RedisLogReader {
+            key: self.keys.job_output(id),
+            conn: self.blocking.open(name),
+        }))
+    }
+}
+
+/// One job's log over its own connection, which closes when the reader is dropped.
+pub struct RedisLogReader {
+    key: String,
+    conn: NamedConnection,
+}
+
+#[async_trait]
+impl LogReader for RedisLogReader {
+    async fn last_id(&mut self) -> Result<String, StoreError> {
+        let newest: redis::streams::StreamRangeReply = self
+            .conn
+            .xrevrange_count(&self.key, "+", "-", 1)
             .await
             .map_err(unavailable)?;
-        Ok(reply
+        Ok(newest
+            .ids
             .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|entry| LogLine {
-                line: entry
-                    .map
-                    .get("line")
-                    .and_then(|v| String::from_redis_value(v.clone()).ok())
-                    .unwrap_or_default(),
-                id: entry.id,
-            })
-            .collect())
+            .next()
+            .map(|entry| entry.id)
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
+
+    async fn next(
+        &mut self,
+        after: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        xread_log(self.conn.clone(), &self.key, after, count, block).await
+    }
+}
+
+/// `XREAD [BLOCK] COUNT` on one log stream.
+async fn xread_log(
+    mut conn: NamedConnection,
+    key: &str,
+    after: &str,
+    count: usize,
+    block: Option<Duration>,
+) -> Result<Vec<LogLine>, StoreError> {
+    let mut opts = StreamReadOptions::default().count(count);
+    if let Some(b) = block {
+        opts = opts.block(b.as_millis() as usize);
+    }
+    let reply: Option<StreamReadReply> = conn
+        .xread_options(&[key], &[after], &opts)
+        .await
+        .map_err(unavailable)?;
+    Ok(reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .map(|entry| LogLine {
+            line: entry
+                .map
+                .get("line")
+                .and_then(|v| String::from_redis_value(v.clone()).ok())
+                .unwrap_or_default(),
+            id: entry.id,
+        })
+        .collect())
 }

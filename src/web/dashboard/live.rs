@@ -6,9 +6,14 @@
 //! (the page already shows the lines up to there). A `status` event (JSON: status,
 //! tokens, cost) follows every change of the job's status; when the job is final and
 //! its log is drained, an `end` event closes the stream.
+//!
+//! Viewers do not wait on Redis themselves: all viewers of a job follow one reader in
+//! the [`LogHub`](super::log_hub::LogHub), and read from the store (without waiting)
+//! only to catch up to it — their backlog after `Last-Event-ID`, or lines the feed went
+//! past before they could see them. Lines are sent strictly after the viewer's place,
+//! so catching up and following never send a line twice.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,14 +22,11 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use tower_sessions::Session;
 
+use super::log_hub::{BATCH, Subscription, Update, WAIT, position};
 use super::session;
 use crate::app::AppState;
 use crate::job::{Job, JobStatus};
-
-/// Lines per read.
-const BATCH: usize = 200;
-/// How long one read waits for a new line (and so how often the status is checked).
-const WAIT: Duration = Duration::from_secs(1);
+use crate::store::LogLine;
 
 #[derive(serde::Deserialize)]
 pub struct After {
@@ -75,12 +77,20 @@ pub async fn events(
         .into_response()
 }
 
-struct Cursor {
+/// One viewer's stream: its place in the log (the last event id it sent), the newest
+/// job record it knows, and its place on the job's feed in the [`LogHub`].
+///
+/// [`LogHub`]: super::log_hub::LogHub
+struct Viewer {
     state: AppState,
     job: Job,
     after: String,
     /// The status last sent (`None` before the first).
     sent: Option<JobStatus>,
+    /// `None` for a job that was final when the viewer came: its log is complete.
+    feed: Option<Subscription>,
+    /// The feed may not continue from `after`: read from the store first.
+    behind: bool,
     done: bool,
 }
 
@@ -89,56 +99,113 @@ fn stream(
     job: Job,
     after: String,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let cursor = Cursor {
+    // Joined after the job was read, so every record the feed passes on is newer.
+    let feed = (!job.status.is_final()).then(|| state.log_hub.subscribe(job.id));
+    let viewer = Viewer {
         state,
         job,
         after,
         sent: None,
+        feed,
+        behind: true,
         done: false,
     };
-    futures::stream::unfold(cursor, |mut c| async move {
-        if c.done {
+    futures::stream::unfold(viewer, |mut v| async move {
+        if v.done {
             return None;
         }
-        let mut events = Vec::new();
-        if c.sent != Some(c.job.status) {
-            c.sent = Some(c.job.status);
-            events.push(status_event(&c.job));
-        }
-        // The status is read before the log: a final status seen here means the log
-        // was complete before it (the runner writes the record last).
-        let final_now = c.job.status.is_final();
-        let block = (!final_now).then_some(WAIT);
-        match c
-            .state
-            .store
-            .read_log(c.job.id, &c.after, BATCH, block)
-            .await
-        {
-            Ok(lines) => {
-                let drained = lines.len() < BATCH;
-                for line in lines {
-                    c.after = line.id.clone();
-                    events.push(Event::default().event("line").id(line.id).data(line.line));
-                }
-                if final_now && drained {
-                    events.push(Event::default().event("end").data(c.job.status.as_str()));
-                    c.done = true;
-                }
-            }
-            Err(_) => {
-                // Redis is away: wait and try again; the browser keeps its place.
-                tokio::time::sleep(WAIT).await;
-            }
-        }
-        if !c.done
-            && let Ok(Some(job)) = c.state.store.get_job(c.job.id).await
-        {
-            c.job = job;
-        }
-        Some((futures::stream::iter(events.into_iter().map(Ok)), c))
+        let events = v.next_events().await;
+        Some((futures::stream::iter(events.into_iter().map(Ok)), v))
     })
     .flatten()
+}
+
+impl Viewer {
+    /// The next events to send (possibly none).
+    async fn next_events(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.sent != Some(self.job.status) {
+            self.sent = Some(self.job.status);
+            events.push(status_event(&self.job));
+        }
+        // A final status means the log was complete before it (the runner writes the
+        // record last): read it to the end, then close.
+        if self.job.status.is_final() {
+            self.feed = None;
+            match self.catch_up(&mut events).await {
+                Ok(true) => {
+                    events.push(Event::default().event("end").data(self.job.status.as_str()));
+                    self.done = true;
+                }
+                Ok(false) => {}
+                Err(()) => tokio::time::sleep(WAIT).await,
+            }
+            return events;
+        }
+        if self.behind {
+            match self.catch_up(&mut events).await {
+                Ok(drained) => self.behind = !drained,
+                Err(()) => tokio::time::sleep(WAIT).await,
+            }
+            return events;
+        }
+        let Some(feed) = self.feed.as_mut() else {
+            self.behind = true;
+            return events;
+        };
+        match feed.next().await {
+            Update::Lines(batch) => {
+                if position(&batch.after) > position(&self.after) {
+                    // Lines between our place and the batch went by before we could see
+                    // them: read them (and this batch) from the store.
+                    self.behind = true;
+                } else {
+                    self.push_lines(&batch.lines, &mut events);
+                }
+            }
+            Update::Lagged => self.behind = true,
+            Update::Job(job) => self.job = (*job).clone(),
+            Update::Closed => {
+                // The reader is gone: join a new one, reading from the store meanwhile.
+                self.feed = Some(self.state.log_hub.subscribe(self.job.id));
+                self.behind = true;
+            }
+        }
+        events
+    }
+
+    /// One read of the lines after our place from the store, without waiting; whether
+    /// that reached the end of the log. `Err` when the store is away.
+    async fn catch_up(&mut self, events: &mut Vec<Event>) -> Result<bool, ()> {
+        let lines = self
+            .state
+            .store
+            .read_log(self.job.id, &self.after, BATCH, None)
+            .await
+            .map_err(|_| ())?;
+        let drained = lines.len() < BATCH;
+        self.push_lines(&lines, events);
+        Ok(drained)
+    }
+
+    /// Sends the lines after our place, in order, and moves the place past them.
+    fn push_lines(&mut self, lines: &[LogLine], events: &mut Vec<Event>) {
+        let mut at = position(&self.after);
+        for line in lines {
+            let pos = position(&line.id);
+            if pos <= at {
+                continue;
+            }
+            at = pos;
+            self.after = line.id.clone();
+            events.push(
+                Event::default()
+                    .event("line")
+                    .id(line.id.clone())
+                    .data(line.line.clone()),
+            );
+        }
+    }
 }
 
 #[cfg(test)]

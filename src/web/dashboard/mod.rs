@@ -4,6 +4,7 @@
 //! - [`session`]: sessions, the signed-in user, CSRF tokens.
 //! - [`pages`]: the HTML.
 //! - [`live`]: `/jobs/{id}/events`, the log as an SSE stream resuming at `Last-Event-ID`.
+//! - [`log_hub`]: one live-log reader per watched job, shared by all its viewers.
 //! - [`api`]: `/api/v1/…`, the JSON the CLI and scripts use.
 //! - [`signin`]: `/login`'s providers, `/auth/…`.
 //! - [`settings`]: `/settings` (personal providers, sealed) and `/admin`.
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod live;
+pub mod log_hub;
 pub mod new_job;
 pub mod pages;
 pub mod session;
