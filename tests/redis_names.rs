@@ -1,7 +1,8 @@
 //! Every Redis connection names itself `repobox:<role>:<purpose>` (SPEC section 13), and
 //! names itself again after a reconnect: a connection killed by the server (`CLIENT
-//! KILL`) and a whole Redis restart both come back under the same name. Uses its own
-//! `redis-server` on a free port, so `CLIENT LIST` shows only this test's connections.
+//! KILL`) and a whole Redis restart both come back under the same name (its own
+//! `redis-server` on a free port, so `CLIENT LIST` shows only this test's connections);
+//! and `repobox jobs show` follows a log on a reader of its own.
 
 mod common;
 
@@ -128,4 +129,81 @@ async fn connections_are_named_by_role_and_purpose_and_renamed_after_a_reconnect
     }
     redis.kill().unwrap();
     redis.wait().unwrap();
+}
+
+/// `repobox jobs show` follows a running job's log through a reader of its own
+/// (`repobox:cli:log-read:<id>`), prints the lines written meanwhile, and stops at the
+/// final status.
+#[tokio::test]
+async fn jobs_show_follows_the_log_on_its_own_named_reader() {
+    use common::{Options, TestApp};
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        ..Options::default()
+    })
+    .await;
+    let job = app.store_job(7, "octocat", 7).await;
+    app.store
+        .set_job_fields(job.id, &[("status", "running".into())])
+        .await
+        .unwrap();
+    app.store
+        .append_log(job.id, &["first line".to_owned()])
+        .await
+        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_repobox"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("REPOBOX_") {
+            cmd.env_remove(key);
+        }
+    }
+    let child = tokio::process::Command::from(cmd)
+        .args(["jobs", "show", &job.id.to_string()])
+        .env("REPOBOX_REDIS_URL", common::redis_url())
+        .env("REPOBOX_REDIS_PREFIX", &app.prefix)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let name = format!("repobox:cli:log-read:{}", job.id);
+    let conn = app.conn().await;
+    app.wait_until("the CLI's reader connection", || {
+        let mut conn = conn.clone();
+        let name = name.clone();
+        async move {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            list.lines()
+                .filter(|l| l.contains(&format!(" name={name} ")))
+                .count()
+                == 1
+        }
+    })
+    .await;
+    app.store
+        .append_log(job.id, &["second line".to_owned()])
+        .await
+        .unwrap();
+    app.store
+        .set_job_fields(job.id, &[("status", "succeeded".into())])
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("jobs show stops at the final status")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let log = text.split("--- log ---").nth(1).unwrap();
+    assert_eq!(
+        log.trim().lines().collect::<Vec<_>>(),
+        ["first line", "second line", "--- succeeded ---"],
+        "{text}"
+    );
+    app.stop().await;
 }
