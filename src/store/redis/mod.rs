@@ -18,7 +18,7 @@
 //! | `repobox:<role>:ack-read` | the acknowledger's `XREADGROUP BLOCK` on `intake:stream` |
 //! | `repobox:<role>:job-read` | the runner's `XREADGROUP BLOCK` on `jobs:stream` |
 //! | `repobox:<role>:log-read:<job id>` | one job's live log (`XREAD BLOCK`), shared by all its viewers |
-//! | `repobox:<role>:log-read` | `read_log` with a wait (one follower, e.g. `repobox jobs show`) |
+//! | `repobox:<role>:log-read` | `read_log` with a wait, for a single follower (Repobox's own processes use log readers) |
 //!
 //! All are made on first use and reconnect by themselves (and name themselves again),
 //! so a Redis restart needs no restart.
