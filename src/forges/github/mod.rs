@@ -165,6 +165,8 @@ struct IssueText {
 
 #[derive(Deserialize)]
 struct IssueComment {
+    #[serde(default)]
+    id: u64,
     /// `null` for a deleted account.
     #[serde(default)]
     user: Option<Login>,
@@ -571,6 +573,44 @@ impl Forge for GitHub {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The thread's comments, 100 a page (at most [`DISCUSSION_MAX_PAGES`]), for the
+    /// first one by the App's bot whose body has the marker.
+    async fn find_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ForgeError> {
+        let client = self.client(repo).await?;
+        let bot = self.bot_login().await?;
+        let route = format!(
+            "/repos/{}/issues/{}/comments",
+            repo.full_name, thread.number
+        );
+        for page in 1..=DISCUSSION_MAX_PAGES as u64 {
+            let query = [
+                ("per_page", COMMENTS_PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let got: octocrab::Page<IssueComment> =
+                client.get(&route, Some(&query)).await.map_err(map_err)?;
+            let next = page_number(got.next.as_ref()).filter(|n| *n > page);
+            let found = got.items.into_iter().find(|c| {
+                c.user
+                    .as_ref()
+                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&bot))
+                    && c.body.as_deref().is_some_and(|b| b.contains(marker))
+            });
+            if let Some(comment) = found {
+                return Ok(Some(comment.id));
+            }
+            if next.is_none() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn discussion(

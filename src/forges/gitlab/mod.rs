@@ -67,6 +67,8 @@ struct ThreadText {
 #[derive(Deserialize)]
 struct ThreadNote {
     #[serde(default)]
+    id: u64,
+    #[serde(default)]
     body: Option<String>,
     /// Notes GitLab writes itself ("changed the description", "added 1 commit").
     #[serde(default)]
@@ -567,6 +569,45 @@ impl Forge for GitLab {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    /// The bot's own notes on the thread, page by page (at most
+    /// [`DISCUSSION_MAX_PAGES`]), for the first whose body has the marker.
+    async fn find_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ForgeError> {
+        let client = self.client().await?;
+        let bot = self.bot_username.get().cloned().unwrap_or_default();
+        let kind = match thread.kind {
+            ThreadKind::Issue => "issues",
+            _ => "merge_requests",
+        };
+        let path = format!(
+            "projects/{}/{kind}/{}/notes",
+            Self::project(repo),
+            thread.number
+        );
+        for page in 1..=DISCUSSION_MAX_PAGES as u64 {
+            let (notes, headers) = self.notes_page(client, &path, page).await?;
+            let found = notes.into_iter().find(|n| {
+                !n.system
+                    && (bot.is_empty() || n.author.username == bot)
+                    && n.body.as_deref().is_some_and(|b| b.contains(marker))
+            });
+            if let Some(note) = found {
+                return Ok(Some(note.id));
+            }
+            let next = header_page(&headers, "x-next-page")
+                .or_else(|| link_next_page(&headers))
+                .filter(|n| *n > page);
+            if next.is_none() {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn discussion(
