@@ -246,8 +246,14 @@ pub async fn find_or_create_comment(
     marker: &str,
     body: &str,
 ) -> Result<(u64, bool), ForgeError> {
-    if let Some(id) = with_retries(|| forge.find_comment(repo, thread, marker)).await? {
-        return Ok((id, false));
+    match with_retries(|| forge.find_comment(repo, thread, marker)).await {
+        Ok(Some(id)) => return Ok((id, false)),
+        Ok(None) => {}
+        // The forge cannot say (and would refuse the post too, or it is down): try later.
+        Err(e) if e.is_transient() => return Err(e),
+        // The listing is refused (a token without read access to comments, a thread
+        // the API does not list): nothing to find, so post.
+        Err(e) => tracing::debug!(error = %e, "comments could not be listed; posting"),
     }
     forge
         .create_comment(repo, thread, body)
