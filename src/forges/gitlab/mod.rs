@@ -590,7 +590,7 @@ impl Forge for GitLab {
             Self::project(repo),
             thread.number
         );
-        for page in 1..=DISCUSSION_MAX_PAGES as u64 {
+        for page in 1..=DISCUSSION_MAX_PAGES {
             let (notes, headers) = self.notes_page(client, &path, page).await?;
             let found = notes.into_iter().find(|n| {
                 !n.system
