@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod redis;
+pub mod redis_budget;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,8 +20,9 @@ use crate::task::Task;
 pub use self::accounts::{Provider, User};
 pub use self::redis::RedisStore;
 
-/// How long a webhook delivery id is remembered (SPEC section 3).
-pub const DELIVERY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a webhook delivery id is remembered (SPEC section 13: 72 h, GitHub's manual
+/// redelivery window is 3 days).
+pub const DELIVERY_TTL: Duration = Duration::from_secs(72 * 60 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,7 +46,7 @@ pub struct Delivery<'a> {
 pub enum Accepted {
     /// Stored: the job (if any) and the task are durable.
     Stored,
-    /// The delivery id was seen in the last 24 h; nothing was written.
+    /// The delivery id was seen within [`DELIVERY_TTL`]; nothing was written.
     Duplicate,
 }
 
@@ -293,6 +295,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Consumes a manifest-flow `state`: `true` once if it was issued and has not expired.
     async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError>;
+
+    // ---- Webhook recovery (SPEC section 13), for `crate::webhooks::redeliver`. ----
+
+    /// Intake has accepted this delivery (its dedupe key `delivery:{forge}:{id}` exists).
+    async fn delivery_seen(&self, delivery: Delivery<'_>) -> Result<bool, StoreError>;
+
+    /// The newest GitHub hook delivery (attempt id) a finished reconciler round saw
+    /// (`redeliver:cursor`): the next round reads no further back.
+    async fn redeliver_cursor(&self) -> Result<Option<u64>, StoreError>;
+
+    async fn set_redeliver_cursor(&self, delivery_id: u64) -> Result<(), StoreError>;
+
+    /// Takes the cluster-wide lock `lock:<name>` for `ttl` unless someone holds it
+    /// (`SET NX PX`); `true` when taken. It is not released: it expires.
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    // ---- End of webhook recovery. ----
 }
 
 /// The job indices of SPEC section 9.

@@ -1058,6 +1058,62 @@ return 1
             .map_err(unavailable)?;
         Ok(removed == 1)
     }
+    // ---- Webhook recovery (SPEC section 13), for `crate::webhooks::redeliver`. ----
+
+    async fn delivery_seen(&self, delivery: Delivery<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.exists(self.keys.delivery(delivery))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn redeliver_cursor(&self) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let text: Option<String> = conn
+            .get(self.keys.redeliver_cursor())
+            .await
+            .map_err(unavailable)?;
+        text.map(|t| {
+            t.parse()
+                .map_err(|_| StoreError::Corrupt(format!("redeliver:cursor is `{t}`")))
+        })
+        .transpose()
+    }
+
+    async fn set_redeliver_cursor(&self, delivery_id: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.set(self.keys.redeliver_cursor(), delivery_id.to_string())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.keys.lock(name))
+            .arg(ulid::Ulid::new().to_string())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(taken.is_some())
+    }
+
+    // ---- End of webhook recovery. ----
+}
+
+/// Keys of webhook recovery (SPEC section 13).
+impl Keys {
+    /// `redeliver:cursor`: the newest hook delivery a reconciler round saw.
+    pub fn redeliver_cursor(&self) -> String {
+        format!("{}redeliver:cursor", self.prefix)
+    }
+    /// `lock:<name>`: a cluster-wide lock (e.g. one reconciler at a time).
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
+    }
 }
 
 /// Keys of dashboard users and their providers (SPEC section 9).
