@@ -567,10 +567,8 @@ impl Forge for GitHub {
             None => Vec::new(),
         };
         let mut pages_read = 1;
-        for page in later {
-            if pages_read == FIND_MAX_PAGES {
-                break;
-            }
+        let mut left_unread = last.is_some_and(|last| last > FIND_MAX_PAGES);
+        for page in later.into_iter().take(FIND_MAX_PAGES as usize - 1) {
             pages_read += 1;
             if let Some(id) = mine(&read(page).await?) {
                 return Ok(Some(id));
@@ -580,7 +578,11 @@ impl Forge for GitHub {
             return Ok(Some(id));
         }
         if last.is_none() {
-            while let Some(page) = next.filter(|_| pages_read < FIND_MAX_PAGES) {
+            while let Some(page) = next {
+                if pages_read == FIND_MAX_PAGES {
+                    left_unread = true;
+                    break;
+                }
                 pages_read += 1;
                 let got = read(page).await?;
                 if let Some(id) = mine(&got) {
@@ -589,11 +591,11 @@ impl Forge for GitHub {
                 next = page_number(got.next.as_ref()).filter(|n| *n > page);
             }
         }
-        if pages_read == FIND_MAX_PAGES {
+        if left_unread {
             tracing::warn!(
                 repo = %repo.full_name,
                 thread = thread.number,
-                "find_comment: stopped after {FIND_MAX_PAGES} pages of comments"
+                "find_comment: not found in the {FIND_MAX_PAGES} pages of comments read"
             );
         }
         Ok(None)
