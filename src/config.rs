@@ -477,3 +477,32 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     file.write_all(contents.as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["repobox"];
+        all.extend_from_slice(args);
+        all.push("serve");
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn forge_timeout_and_redelivery_interval_defaults_and_off() {
+        let config = parse(&[]);
+        assert_eq!(config.forge_timeout, Duration::from_secs(30));
+        assert_eq!(config.redeliver_interval, Duration::from_secs(5 * 60));
+        let config = parse(&["--forge-timeout", "5s", "--redeliver-interval", "0"]);
+        assert_eq!(config.forge_timeout, Duration::from_secs(5));
+        assert!(config.redeliver_interval.is_zero(), "0 turns it off");
+        config.validate().unwrap();
+        let too_short = parse(&["--forge-timeout", "200ms"]);
+        let err = too_short.validate().unwrap_err().to_string();
+        assert!(err.contains("REPOBOX_FORGE_TIMEOUT"), "{err}");
+    }
+}
