@@ -24,13 +24,15 @@ use crate::agent::claude;
 use crate::agent::command::CommandAgent;
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::crypto::SecretBox;
-use crate::forges::Forges;
+use crate::forges::budget::{GITHUB_LIMITS, GITLAB_LIMITS, RequestBudget};
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
+use crate::forges::{ForgeOptions, Forges};
 use crate::model::ForgeKind;
 use crate::runner::{Runner, RunnerSettings};
 use crate::secret::Secret;
 use crate::settings::{AdminSettings, SettingsSource};
+use crate::store::redis_budget::RedisBudget;
 use crate::store::{RedisStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::web;
@@ -136,19 +138,49 @@ pub struct Services {
     pub acknowledger: Arc<Acknowledger>,
     /// The forges, shared with a runner in the same process (`all`).
     pub forges: Forges,
+    /// The GitHub adapter itself, for the App-level calls (webhook redelivery).
+    pub github: Option<Arc<GitHub>>,
 }
 
-/// The configured forges, and the handle on GitLab's bot username (learned later).
-pub fn build_forges(config: &Config) -> anyhow::Result<(Forges, Arc<OnceLock<String>>)> {
+/// What [`build_forges`] builds.
+pub struct BuiltForges {
+    pub forges: Forges,
+    /// GitLab's bot username, learned once GitLab answers.
+    pub gitlab_bot_username: Arc<OnceLock<String>>,
+    /// The GitHub adapter itself (also in `forges`), for the App-level calls.
+    pub github: Option<Arc<GitHub>>,
+}
+
+/// The configured forges, with `REPOBOX_FORGE_TIMEOUT` and a request budget for
+/// content writes shared in Redis by every process (per GitHub installation, per GitLab
+/// token).
+pub fn build_forges(config: &Config) -> anyhow::Result<BuiltForges> {
     let mut forges = Forges::default();
     let mut gitlab_bot_username = Arc::new(OnceLock::new());
+    let budget = RedisBudget::new(config.redis_url.expose(), &config.redis_prefix, &[])?;
+    let options = |limits| {
+        let budget: Arc<dyn RequestBudget> = Arc::new(budget.with_limits(limits));
+        ForgeOptions {
+            timeout: config.forge_timeout,
+            budget: Some(budget),
+        }
+    };
+    let mut github_adapter = None;
     if let Some(app) = config.github_app()? {
-        let github = GitHub::new(&app.api_url, app.app_id, &app.private_key)
-            .context("REPOBOX_GITHUB_PRIVATE_KEY")?;
-        forges.github = Some(Arc::new(github));
+        let github = Arc::new(
+            GitHub::new(
+                &app.api_url,
+                app.app_id,
+                &app.private_key,
+                options(GITHUB_LIMITS),
+            )
+            .context("REPOBOX_GITHUB_PRIVATE_KEY")?,
+        );
+        github_adapter = Some(github.clone());
+        forges.github = Some(github);
     }
     if let Some(bot) = config.gitlab_bot()? {
-        let gitlab = Arc::new(GitLab::new(&bot.url, bot.token)?);
+        let gitlab = Arc::new(GitLab::new(&bot.url, bot.token, options(GITLAB_LIMITS))?);
         gitlab_bot_username = gitlab.bot_username();
         // Learn the bot's username in the background; GitLab may be down at start.
         let probe = gitlab.clone();
@@ -159,7 +191,11 @@ pub fn build_forges(config: &Config) -> anyhow::Result<(Forges, Arc<OnceLock<Str
         });
         forges.gitlab = Some(gitlab);
     }
-    Ok((forges, gitlab_bot_username))
+    Ok(BuiltForges {
+        forges,
+        gitlab_bot_username,
+        github: github_adapter,
+    })
 }
 
 /// Builds the store, forges, state and acknowledger from the configuration, as `serve`.
@@ -179,7 +215,11 @@ pub fn build_services_as(
         &config.redis_prefix,
         role,
     )?);
-    let (forges, gitlab_bot_username) = build_forges(config)?;
+    let BuiltForges {
+        forges,
+        gitlab_bot_username,
+        github,
+    } = build_forges(config)?;
     let github_webhook_secrets = config
         .github_webhook_secret
         .as_ref()
@@ -246,6 +286,7 @@ pub fn build_services_as(
         state,
         acknowledger,
         forges,
+        github,
     })
 }
 
@@ -366,7 +407,7 @@ pub async fn run_runner(config: Config) -> anyhow::Result<()> {
         &config.redis_prefix,
         "runner",
     )?);
-    let (forges, _) = build_forges(&config)?;
+    let forges = build_forges(&config)?.forges;
     let runner = build_runner(&config, store.clone(), forges, metrics)?;
     if let Err(e) = store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; retrying");
@@ -435,6 +476,17 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         config.visibility_timeout,
         shutdown.clone(),
     ));
+    let redeliver = match &services.github {
+        Some(github) if !config.redeliver_interval.is_zero() => {
+            let reconciler = webhooks::redeliver::Redeliverer::new(
+                github.clone(),
+                services.state.store.clone(),
+                config.redeliver_interval,
+            );
+            Some(tokio::spawn(reconciler.run(shutdown.clone())))
+        }
+        _ => None,
+    };
     let runner = if with_runner {
         match build_runner(
             &config,
@@ -460,6 +512,9 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     serve(listener, build_router(services.state), shutdown.clone()).await?;
     shutdown.cancel();
     let _ = ack.await;
+    if let Some(redeliver) = redeliver {
+        let _ = redeliver.await;
+    }
     if let Some(runner) = runner {
         let _ = runner.await;
     }

@@ -230,6 +230,13 @@ pub struct Config {
     /// takes it over (a runner that died mid-job).
     #[arg(long, env = "REPOBOX_VISIBILITY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
     pub visibility_timeout: Duration,
+    /// Connect and request timeout of one forge (GitHub, GitLab) API request.
+    #[arg(long, env = "REPOBOX_FORGE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub forge_timeout: Duration,
+    /// How often `serve` asks GitHub to redeliver webhook deliveries that failed and
+    /// were never received (`0`: never).
+    #[arg(long, env = "REPOBOX_REDELIVER_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub redeliver_interval: Duration,
     /// Give the agent's sandbox network access (off by default).
     #[arg(
         long,
@@ -337,6 +344,12 @@ impl Config {
         }
         if self.visibility_timeout < Duration::from_secs(1) {
             bail!("REPOBOX_VISIBILITY_TIMEOUT must be at least 1s");
+        }
+        if self.forge_timeout < Duration::from_secs(1) {
+            bail!("REPOBOX_FORGE_TIMEOUT must be at least 1s");
+        }
+        if !self.redeliver_interval.is_zero() && self.redeliver_interval < Duration::from_secs(10) {
+            bail!("REPOBOX_REDELIVER_INTERVAL must be 0 (off) or at least 10s");
         }
         if self.agent == AgentKind::Command && self.agent_command.is_none() {
             bail!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command");
@@ -463,4 +476,33 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(contents.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["repobox"];
+        all.extend_from_slice(args);
+        all.push("serve");
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn forge_timeout_and_redelivery_interval_defaults_and_off() {
+        let config = parse(&[]);
+        assert_eq!(config.forge_timeout, Duration::from_secs(30));
+        assert_eq!(config.redeliver_interval, Duration::from_secs(5 * 60));
+        let config = parse(&["--forge-timeout", "5s", "--redeliver-interval", "0"]);
+        assert_eq!(config.forge_timeout, Duration::from_secs(5));
+        assert!(config.redeliver_interval.is_zero(), "0 turns it off");
+        config.validate().unwrap();
+        let too_short = parse(&["--forge-timeout", "200ms"]);
+        let err = too_short.validate().unwrap_err().to_string();
+        assert!(err.contains("REPOBOX_FORGE_TIMEOUT"), "{err}");
+    }
 }

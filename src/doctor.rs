@@ -87,7 +87,15 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Status::Skip,
             "not configured (set REPOBOX_GITHUB_APP_ID, or open /setup)",
         ),
-        Ok(Some(app)) => match GitHub::new(&app.api_url, app.app_id, &app.private_key) {
+        Ok(Some(app)) => match GitHub::new(
+            &app.api_url,
+            app.app_id,
+            &app.private_key,
+            crate::forges::ForgeOptions {
+                timeout: config.forge_timeout,
+                budget: None,
+            },
+        ) {
             Err(e) => check("github app", Status::Fail, format!("{e:#}")),
             Ok(gh) => match gh.app_name().await {
                 Ok(name) => check(
@@ -121,7 +129,14 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Status::Skip,
             "not configured (set REPOBOX_GITLAB_URL)",
         ),
-        Ok(Some(bot)) => match GitLab::new(&bot.url, bot.token) {
+        Ok(Some(bot)) => match GitLab::new(
+            &bot.url,
+            bot.token,
+            crate::forges::ForgeOptions {
+                timeout: config.forge_timeout,
+                budget: None,
+            },
+        ) {
             Err(e) => check("gitlab", Status::Fail, format!("{e:#}")),
             Ok(gl) => match gl.client().await {
                 Ok(_) => check(

@@ -9,7 +9,7 @@ use common::github::{self as gh, FakeGitHub};
 use common::gitlab::{self as gl, FakeGitLab};
 use repobox::forges::github::GitHub;
 use repobox::forges::gitlab::GitLab;
-use repobox::forges::{DISCUSSION_MAX_COMMENTS, Discussion, Forge, ForgeError};
+use repobox::forges::{DISCUSSION_MAX_COMMENTS, Discussion, Forge, ForgeError, ForgeOptions};
 use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef};
 use repobox::secret::Secret;
 
@@ -22,7 +22,13 @@ async fn github() -> (FakeGitHub, GitHub) {
     fake.serve_repo(GH_REPO, "https://example.invalid/x.git", "main")
         .await;
     let pem = std::fs::read_to_string(gh::private_key_path()).unwrap();
-    let forge = GitHub::new(&fake.uri(), gh::APP_ID, &Secret::new(pem)).unwrap();
+    let forge = GitHub::new(
+        &fake.uri(),
+        gh::APP_ID,
+        &Secret::new(pem),
+        ForgeOptions::default(),
+    )
+    .unwrap();
     (fake, forge)
 }
 
@@ -44,7 +50,12 @@ async fn gitlab() -> (FakeGitLab, GitLab) {
         "main",
     )
     .await;
-    let forge = GitLab::new(&fake.server.uri(), Secret::new(gl::TOKEN)).unwrap();
+    let forge = GitLab::new(
+        &fake.server.uri(),
+        Secret::new(gl::TOKEN),
+        ForgeOptions::default(),
+    )
+    .unwrap();
     (fake, forge)
 }
 

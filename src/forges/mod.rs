@@ -2,11 +2,17 @@
 //! into crate-owned [`crate::event::Event`]s here (`*/webhook.rs`), and the [`Forge`]
 //! trait is the one seam through which the rest of Repobox calls a forge's API.
 //! No octocrab or gitlab type leaves this module.
+//!
+//! Forge calls have one retry layer, [`with_retries`], for idempotent calls only; every
+//! request has a deadline ([`ForgeOptions::timeout`], `REPOBOX_FORGE_TIMEOUT`), and
+//! content writes are spaced by a shared [`budget::RequestBudget`] (SPEC section 13).
 
+pub mod budget;
 pub mod github;
 pub mod gitlab;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,17 +22,60 @@ use crate::model::{AccessLevel, CommentRef, ForgeKind, Reaction, RepoRef, Thread
 /// A failed forge call. The text is safe to log and to show: it never carries a token.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ForgeError {
-    /// Network trouble, 5xx or a rate limit: worth retrying later.
+    /// Network trouble, a timeout, 5xx or a rate limit: worth retrying later.
     #[error("{0}")]
     Transient(String),
     /// The forge refused the call (4xx): retrying will not help.
     #[error("{0}")]
     Permanent(String),
+    /// The forge asked Repobox to slow down: a 429, a 403 for a (secondary) rate limit,
+    /// or any error answer that says when to come back. `retry_after` is the wait the
+    /// forge named (`retry-after`, or `x-ratelimit-reset` with no requests remaining),
+    /// `None` when it named none. Transient.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl ForgeError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, ForgeError::Transient(_))
+        matches!(
+            self,
+            ForgeError::Transient(_) | ForgeError::RateLimited { .. }
+        )
+    }
+
+    /// The wait the forge asked for, when it named one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ForgeError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Classifies an error answer by its status and headers: a rate limit (429, a 403
+    /// that names a wait or says "rate limit") or any answer with `retry-after` becomes
+    /// [`ForgeError::RateLimited`]; the rest as [`ForgeError::from_status`].
+    pub fn from_response(
+        status: u16,
+        headers: &http::HeaderMap,
+        message: impl Into<String>,
+    ) -> Self {
+        let message = message.into();
+        let hint = wait_hint(headers, time::OffsetDateTime::now_utc().unix_timestamp());
+        let rate_limited = status == 429
+            || (status == 403 && (hint.is_some() || message.to_lowercase().contains("rate limit")))
+            || (status >= 500 && headers.contains_key(http::header::RETRY_AFTER));
+        if rate_limited {
+            ForgeError::RateLimited {
+                message,
+                retry_after: hint,
+            }
+        } else {
+            ForgeError::from_status(status, message)
+        }
     }
 
     /// Classifies an HTTP status from a forge.
@@ -87,6 +136,22 @@ pub trait Forge: Send + Sync + 'static {
     ) -> Result<Option<u64>, ForgeError> {
         let _ = (repo, thread, marker);
         Ok(None)
+    }
+
+    /// An intermediate edit of the progress comment: like [`Forge::update_comment`],
+    /// but when the request budget of the installation (GitHub) or token (GitLab) is
+    /// short it returns `Ok(false)` at once without calling the forge, so progress
+    /// edits are dropped before final states are held up. `Ok(true)`: written.
+    async fn update_progress(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<bool, ForgeError> {
+        self.update_comment(repo, thread, comment_id, body)
+            .await
+            .map(|()| true)
     }
 
     /// Clone URL and default branch.
@@ -215,20 +280,48 @@ pub struct ChangeRequest {
     pub open: bool,
 }
 
-/// Calls `f` up to three times while it fails transiently, with a short backoff.
+/// Attempts [`with_retries`] makes of one call.
+pub const RETRY_ATTEMPTS: u32 = 3;
+
+/// The longest wait [`with_retries`] accepts from the forge (`retry-after`,
+/// `x-ratelimit-reset`); a longer one fails the call (transiently) at once.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// First backoff when the forge named no wait; it doubles per attempt, jittered.
+const BASE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The one retry layer for forge calls (the client libraries' own retries are off).
+///
+/// Calls `f` up to [`RETRY_ATTEMPTS`] times while it fails transiently. When the forge
+/// said how long to wait ([`ForgeError::retry_after`]) it waits that long, if that is at
+/// most [`MAX_RETRY_WAIT`] (else it gives up at once with that error); otherwise it
+/// backs off 0.5 s, 1 s, … with jitter.
+///
+/// **Only for idempotent calls**: reads (GET), edits (PATCH/PUT, e.g.
+/// [`Forge::update_comment`]) and reactions (idempotent on both forges). Never wrap a
+/// call that creates something ([`Forge::create_comment`],
+/// [`Forge::open_change_request`]): after a timeout or a 5xx the object may well exist,
+/// and a blind second POST makes a duplicate (SPEC section 13). Look it up first
+/// ([`Forge::find_comment`], [`Forge::find_change_request`]), then create once.
 pub async fn with_retries<T, F, Fut>(mut f: F) -> Result<T, ForgeError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, ForgeError>>,
 {
-    let mut delay = std::time::Duration::from_millis(200);
     let mut attempt = 1;
     loop {
         match f().await {
-            Err(e) if e.is_transient() && attempt < 3 => {
-                tracing::debug!(error = %e, attempt, "forge call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 3;
+            Err(e) if e.is_transient() && attempt < RETRY_ATTEMPTS => {
+                let wait = match e.retry_after() {
+                    Some(wait) if wait > MAX_RETRY_WAIT => {
+                        tracing::debug!(error = %e, ?wait, "forge asks for a long wait; giving up");
+                        return Err(e);
+                    }
+                    Some(wait) => wait,
+                    None => jittered(BASE_BACKOFF * 2u32.pow(attempt - 1)),
+                };
+                tracing::debug!(error = %e, attempt, ?wait, "forge call failed; retrying");
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             other => return other,
@@ -261,6 +354,65 @@ pub async fn find_or_create_comment(
         .map(|id| (id, true))
 }
 
+/// A random duration between half of `d` and `d`, so that callers who failed together
+/// do not come back together.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.5..=1.0))
+}
+
+/// The wait an answer's headers ask for: `retry-after` (seconds), else, when
+/// `x-ratelimit-remaining` is `0`, the time until `x-ratelimit-reset` (epoch seconds;
+/// GitLab names them `ratelimit-remaining` / `ratelimit-reset`). `now` is epoch seconds.
+pub fn wait_hint(headers: &http::HeaderMap, now: i64) -> Option<Duration> {
+    let number = |names: &[&str]| {
+        names.iter().find_map(|name| {
+            headers
+                .get(*name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<i64>()
+                .ok()
+        })
+    };
+    if let Some(seconds) = number(&["retry-after"]) {
+        return Some(Duration::from_secs(seconds.max(0) as u64));
+    }
+    let remaining = number(&["x-ratelimit-remaining", "ratelimit-remaining"])?;
+    let reset = number(&["x-ratelimit-reset", "ratelimit-reset"])?;
+    (remaining == 0).then(|| Duration::from_secs((reset - now).max(1) as u64))
+}
+
+/// How a forge adapter talks to its forge: the per-request deadline and the shared
+/// request budget for content writes.
+#[derive(Clone)]
+pub struct ForgeOptions {
+    /// Connect and whole-request timeout of one forge request (`REPOBOX_FORGE_TIMEOUT`).
+    pub timeout: Duration,
+    /// Spaces content writes (comments, edits, reactions, PR/MR creation) per
+    /// installation or token; `None`: unlimited.
+    pub budget: Option<Arc<dyn budget::RequestBudget>>,
+}
+
+impl Default for ForgeOptions {
+    fn default() -> Self {
+        ForgeOptions {
+            timeout: Duration::from_secs(30),
+            budget: None,
+        }
+    }
+}
+
+impl ForgeOptions {
+    /// The text of a timed-out request's error.
+    pub(crate) fn timeout_message(&self, forge: &str) -> String {
+        format!(
+            "{forge} API: no answer within {}",
+            humantime::format_duration(self.timeout)
+        )
+    }
+}
+
 /// What the runner asks the forge to open.
 #[derive(Debug, Clone)]
 pub struct NewChangeRequest<'a> {
@@ -291,5 +443,149 @@ impl Forges {
             ForgeKind::GitHub => self.github.as_ref(),
             ForgeKind::GitLab => self.gitlab.as_ref(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wait_hints_come_from_retry_after_or_an_exhausted_rate_limit() {
+        let now = 1_700_000_000;
+        assert_eq!(
+            wait_hint(&headers(&[("retry-after", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        let exhausted = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1700000042"),
+        ]);
+        assert_eq!(wait_hint(&exhausted, now), Some(Duration::from_secs(42)));
+        let gitlab = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "1700000005"),
+        ]);
+        assert_eq!(wait_hint(&gitlab, now), Some(Duration::from_secs(5)));
+        let left = headers(&[
+            ("x-ratelimit-remaining", "12"),
+            ("x-ratelimit-reset", "1700000042"),
+        ]);
+        assert_eq!(wait_hint(&left, now), None);
+    }
+
+    #[test]
+    fn error_answers_are_classified_with_their_wait() {
+        let wait = headers(&[("retry-after", "1")]);
+        let none = http::HeaderMap::new();
+        let e = ForgeError::from_response(403, &wait, "secondary rate limit");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        assert!(e.is_transient());
+        let e = ForgeError::from_response(429, &none, "too many");
+        assert!(matches!(
+            e,
+            ForgeError::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ForgeError::from_response(403, &none, "Resource not accessible by integration"),
+            ForgeError::Permanent(_)
+        ));
+        assert!(matches!(
+            ForgeError::from_response(502, &none, "bad gateway"),
+            ForgeError::Transient(_)
+        ));
+        assert_eq!(
+            ForgeError::from_response(503, &wait, "unavailable").retry_after(),
+            Some(Duration::from_secs(1))
+        );
+        assert!(matches!(
+            ForgeError::from_response(404, &wait, "Not Found"),
+            ForgeError::Permanent(_)
+        ));
+    }
+
+    /// A call that fails with `errors` in turn, then succeeds; counts its calls.
+    fn scripted(
+        calls: &AtomicU32,
+        errors: Vec<ForgeError>,
+    ) -> impl FnMut() -> std::future::Ready<Result<u32, ForgeError>> + '_ {
+        move || {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
+            std::future::ready(match errors.get(n) {
+                Some(e) => Err(e.clone()),
+                None => Ok(n as u32),
+            })
+        }
+    }
+
+    fn limited(wait: Option<u64>) -> ForgeError {
+        ForgeError::RateLimited {
+            message: "slow down".into(),
+            retry_after: wait.map(Duration::from_secs),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_what_the_forge_asks_within_the_cap() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let got = with_retries(scripted(&calls, vec![limited(Some(2))])).await;
+        assert_eq!(got.unwrap(), 1);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+
+        // Longer than the cap: no second call, the error comes back at once.
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let got = with_retries(scripted(&calls, vec![limited(Some(120))])).await;
+        assert_eq!(
+            got.unwrap_err().retry_after(),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_with_jitter_and_stop() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let transient = ForgeError::Transient("502".into());
+        let got = with_retries(scripted(&calls, vec![transient.clone(), limited(None)])).await;
+        assert_eq!(got.unwrap(), 2);
+        // 0.25–0.5 s, then 0.5–1 s.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(750) && waited <= Duration::from_millis(1500),
+            "{waited:?}"
+        );
+
+        let calls = AtomicU32::new(0);
+        let got = with_retries(scripted(&calls, vec![transient; 5])).await;
+        assert!(got.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), RETRY_ATTEMPTS);
+
+        let calls = AtomicU32::new(0);
+        let got = with_retries(scripted(&calls, vec![ForgeError::Permanent("404".into())])).await;
+        assert!(got.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a refusal is not retried");
     }
 }

@@ -1,5 +1,10 @@
 //! The one progress comment per job (SPEC section 5), edited in place: at most one edit
 //! per interval (5 s), intermediate states coalesced, the final state always written.
+//!
+//! Intermediate edits go through [`Forge::update_progress`], which drops them when the
+//! forge request budget is short (SPEC section 13); the latest state is then tried again
+//! after the interval. The final state goes through [`Forge::update_comment`], which
+//! waits for the budget, retried by [`with_retries`] (an edit is idempotent).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +13,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::forges::{Forge, ForgeError};
+use crate::forges::{Forge, ForgeError, with_retries};
 use crate::model::{RepoRef, ThreadRef};
 
 pub struct Reporter {
@@ -50,18 +55,28 @@ impl Reporter {
             tokio::spawn(async move {
                 let mut written = String::new();
                 loop {
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        changed = rx.changed() => if changed.is_err() { break },
+                    // Wait for a newer state, unless the latest one is not written yet
+                    // (its edit was dropped or failed: try it again now).
+                    if *rx.borrow() == written {
+                        tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => break,
+                            changed = rx.changed() => if changed.is_err() { break },
+                        }
                     }
                     let body = rx.borrow_and_update().clone();
                     if body == written {
                         continue;
                     }
                     let started = Instant::now();
-                    match forge.update_comment(&repo, thread, comment_id, &body).await {
-                        Ok(()) => written = body,
+                    match forge
+                        .update_progress(&repo, thread, comment_id, &body)
+                        .await
+                    {
+                        Ok(true) => written = body,
+                        Ok(false) => {
+                            debug!("progress edit dropped: the forge request budget is short")
+                        }
                         Err(e) => warn!(error = %e, "progress comment edit failed"),
                     }
                     // The throttle: nothing more until the interval has passed.
@@ -89,29 +104,19 @@ impl Reporter {
         self.tx.send_replace(body);
     }
 
-    /// Writes the final state now, whatever the throttle says, with a few retries.
+    /// Writes the final state now, whatever the throttle says: it waits for the
+    /// request budget rather than being dropped, and is retried while it fails
+    /// transiently.
     pub async fn finish(mut self, body: &str) -> Result<(), ForgeError> {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        let mut delay = Duration::from_millis(500);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .forge
+        with_retries(|| {
+            self.forge
                 .update_comment(&self.repo, self.thread, self.comment_id, body)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_transient() && attempt < 4 => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        })
+        .await
     }
 }
 
@@ -127,13 +132,28 @@ mod tests {
     use crate::model::{AccessLevel, CommentRef, ForgeKind, Reaction, ThreadKind, UserRef};
 
     /// Records comment edits with the (paused, virtual) time they happened at. Only
-    /// `update_comment` is used by the reporter.
+    /// `update_comment` and `update_progress` are used by the reporter; while `short`
+    /// is set, progress edits are dropped (and counted) as with a short request budget.
     #[derive(Default)]
-    struct Edits(Mutex<Vec<(Duration, String)>>, Mutex<Option<Instant>>);
+    struct Edits(
+        Mutex<Vec<(Duration, String)>>,
+        Mutex<Option<Instant>>,
+        std::sync::atomic::AtomicBool,
+        std::sync::atomic::AtomicUsize,
+    );
 
     impl Edits {
         fn seen(&self) -> Vec<(Duration, String)> {
             self.0.lock().unwrap().clone()
+        }
+        fn bodies(&self) -> Vec<String> {
+            self.seen().into_iter().map(|(_, b)| b).collect()
+        }
+        fn set_short(&self, short: bool) {
+            self.2.store(short, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn dropped(&self) -> usize {
+            self.3.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -155,6 +175,21 @@ mod tests {
                 .unwrap()
                 .push((start.elapsed(), body.to_owned()));
             Ok(())
+        }
+        async fn update_progress(
+            &self,
+            repo: &RepoRef,
+            thread: ThreadRef,
+            id: u64,
+            body: &str,
+        ) -> Result<bool, ForgeError> {
+            if self.2.load(std::sync::atomic::Ordering::SeqCst) {
+                self.3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Ok(false);
+            }
+            self.update_comment(repo, thread, id, body)
+                .await
+                .map(|()| true)
         }
         async fn access_level(&self, _: &RepoRef, _: &UserRef) -> Result<AccessLevel, ForgeError> {
             unreachable!()
@@ -266,5 +301,32 @@ mod tests {
         let seen = edits.seen();
         assert_eq!(seen.last().unwrap().1, "done");
         assert!(seen.last().unwrap().0 < Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_progress_edits_are_tried_again_and_the_final_state_is_written() {
+        let edits = Arc::new(Edits::default());
+        edits.set_short(true);
+        let r = reporter(&edits);
+        r.update("one".into());
+        settle().await;
+        assert_eq!(edits.dropped(), 1);
+        assert!(edits.seen().is_empty(), "a dropped edit calls nothing");
+        // No newer state: the unwritten one is tried again after the interval.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(edits.dropped(), 2);
+        edits.set_short(false);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert_eq!(edits.bodies(), ["one"]);
+        // Short again: the next progress state is dropped, the final one is written.
+        edits.set_short(true);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        r.update("two".into());
+        settle().await;
+        assert_eq!(edits.dropped(), 3);
+        r.finish("done").await.unwrap();
+        assert_eq!(edits.bodies(), ["one", "done"]);
     }
 }

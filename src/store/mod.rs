@@ -11,6 +11,8 @@
 //! - [`sessions::Sessions`]: dashboard sessions.
 //! - [`accounts::Accounts`]: dashboard users and their personal providers.
 //! - [`settings::SettingsStore`]: admin settings, the GitHub App stored by `/setup`.
+//! - [`recovery::Recovery`]: what the webhook redelivery reconciler keeps (dedupe
+//!   look-ups, its cursor, a cluster-wide lock).
 //!
 //! [`Store`] is all of them together; the processes hold an `Arc<dyn Store>`.
 //! One module per backend: [`redis`] is the production one (SPEC section 9 layout).
@@ -18,7 +20,9 @@
 pub mod accounts;
 pub mod queue;
 pub mod records;
+pub mod recovery;
 pub mod redis;
+pub mod redis_budget;
 pub mod sessions;
 pub mod settings;
 
@@ -33,6 +37,7 @@ pub use self::queue::{
     Accepted, CancelOutcome, Claim, Dispatch, JobEntry, JobQueue, Lease, TaskEntry,
 };
 pub use self::records::{JobIndex, JobRecords, LogLine, LogReader};
+pub use self::recovery::Recovery;
 pub use self::redis::RedisStore;
 pub use self::sessions::Sessions;
 pub use self::settings::SettingsStore;
@@ -65,7 +70,7 @@ pub struct Delivery<'a> {
 /// Every storage seam at once, plus liveness.
 #[async_trait]
 pub trait Store:
-    JobQueue + JobRecords + Sessions + Accounts + SettingsStore + Send + Sync + 'static
+    JobQueue + JobRecords + Sessions + Accounts + SettingsStore + Recovery + Send + Sync + 'static
 {
     /// Answers when the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

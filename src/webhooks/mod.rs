@@ -8,6 +8,7 @@
 //! Redis cannot be reached). Unknown events and events without a command answer 204.
 
 pub mod intake;
+pub mod redeliver;
 pub mod verify;
 
 use std::fmt;

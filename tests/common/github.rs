@@ -8,9 +8,19 @@
 //! example issue of the `issues.opened` webhook and the `issues/list-comments` example
 //! comment; tests script them with [`FakeGitHub::set_issue`] and
 //! [`FakeGitHub::add_issue_comment`], and comments Repobox posts or edits show up there.
+//!
+//! Failure switches, as a forge behind a flaky proxy behaves: the next creations of a
+//! comment or pull request can be stored and then answered 502
+//! ([`FakeGitHub::fail_after_creating`]), and the next requests of a route can be
+//! refused with a rate limit and `retry-after: 1` ([`FakeGitHub::throttle`]).
+//!
+//! The App's webhook deliveries are stateful too: a test records delivery attempts
+//! ([`FakeGitHub::record_delivery`]), `GET /app/hook/deliveries` lists them newest first
+//! with GitHub's `cursor` paging, and `POST /app/hook/deliveries/{id}/attempts` answers
+//! 202 and is recorded ([`FakeGitHub::redelivery_requests`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -100,6 +110,50 @@ pub struct FakeGitHub {
     scripted_ids: AtomicU64,
     /// Checks the App's JWT (for App endpoints added after start).
     jwt_key: jsonwebtoken::DecodingKey,
+    /// How many more creations of each kind are stored and then answered 502.
+    lost_answers: Arc<LostAnswers>,
+    /// The App's webhook delivery attempts, oldest first.
+    pub deliveries: Arc<Mutex<Vec<Value>>>,
+}
+
+/// What [`FakeGitHub::fail_after_creating`] applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// `POST /repos/{o}/{r}/issues/{n}/comments`
+    Comment,
+    /// `POST /repos/{o}/{r}/pulls`
+    PullRequest,
+}
+
+#[derive(Default)]
+struct LostAnswers {
+    comments: AtomicUsize,
+    pulls: AtomicUsize,
+}
+
+impl LostAnswers {
+    fn counter(&self, what: Creation) -> &AtomicUsize {
+        match what {
+            Creation::Comment => &self.comments,
+            Creation::PullRequest => &self.pulls,
+        }
+    }
+
+    /// Whether this creation's answer is lost (counting it off).
+    fn take(&self, what: Creation) -> bool {
+        self.counter(what)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// What a proxy in front of GitHub answers when the upstream answer is lost.
+pub fn bad_gateway() -> ResponseTemplate {
+    ResponseTemplate::new(502)
+        .insert_header("content-type", "text/html")
+        .set_body_string(
+            "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+        )
 }
 
 /// What the fake knows of one thread beyond its defaults.
@@ -202,9 +256,11 @@ impl FakeGitHub {
             .mount(&server)
             .await;
         let threads: Arc<Mutex<HashMap<u64, Thread>>> = Arc::default();
+        let lost_answers: Arc<LostAnswers> = Arc::default();
         let next_id = AtomicU64::new(9000);
         let created = example("issues__create-comment.response.201.default");
         let state = threads.clone();
+        let lost = lost_answers.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/issues/\d+/comments$"))
             .and(InstallationAuth)
@@ -223,6 +279,9 @@ impl FakeGitHub {
                     .or_default()
                     .comments
                     .push(body.clone());
+                if lost.take(Creation::Comment) {
+                    return bad_gateway();
+                }
                 ResponseTemplate::new(201).set_body_json(body)
             })
             .mount(&server)
@@ -251,13 +310,137 @@ impl FakeGitHub {
             })
             .mount(&server)
             .await;
+        let deliveries: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let listed = deliveries.clone();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path("/app/hook/deliveries"))
+            .and(AppJwt { key: key.clone() })
+            .respond_with(move |req: &Request| deliveries_page(req, &listed.lock().unwrap()))
+            .mount(&server)
+            .await;
+        let known = deliveries.clone();
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/app/hook/deliveries/\d+/attempts$"))
+            .and(AppJwt { key: key.clone() })
+            .respond_with(move |req: &Request| {
+                let id = path_number(req, 4);
+                if known.lock().unwrap().iter().any(|d| d["id"] == json!(id)) {
+                    ResponseTemplate::new(202).set_body_json(example(
+                        "apps__redeliver-webhook-delivery.response.202.default",
+                    ))
+                } else {
+                    github_error(404)
+                }
+            })
+            .mount(&server)
+            .await;
         FakeGitHub {
             server,
             pulls: Arc::default(),
             threads,
             scripted_ids: AtomicU64::new(1_000_000),
             jwt_key: key,
+            lost_answers,
+            deliveries,
         }
+    }
+
+    /// The next `n` creations of `what` are stored (visible to later reads and lists,
+    /// exactly as after a success) and then answered 502 Bad Gateway.
+    pub fn fail_after_creating(&self, what: Creation, n: usize) {
+        self.lost_answers.counter(what).store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` `http_method` requests whose path matches `path_pattern` (a regex)
+    /// are refused with `status` (GitHub: 403 or 429 for a secondary rate limit) and
+    /// `retry-after: 1`, doing nothing.
+    pub async fn throttle(&self, http_method: &str, path_pattern: &str, status: u16, n: u64) {
+        Mock::given(method(http_method))
+            .and(path_regex(path_pattern))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("retry-after", "1")
+                    .insert_header("x-ratelimit-limit", "5000")
+                    .insert_header("x-ratelimit-remaining", "4990")
+                    .insert_header("x-ratelimit-used", "10")
+                    .insert_header("x-ratelimit-resource", "core")
+                    .set_body_json(json!({
+                        "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                        "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+                        "status": status.to_string()
+                    })),
+            )
+            .up_to_n_times(n)
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// How many `http_method` requests were made to exactly `path`.
+    pub async fn count(&self, http_method: &str, path: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == http_method && r.url.path() == path)
+            .count()
+    }
+
+    /// Records an attempt of delivering webhook event `guid` that Repobox answered
+    /// `status_code` (0: GitHub could not connect), delivered now; returns its id.
+    pub fn record_delivery(&self, guid: &str, status_code: u16, redelivery: bool) -> u64 {
+        self.record_delivery_at(
+            guid,
+            status_code,
+            redelivery,
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
+    /// [`FakeGitHub::record_delivery`], delivered at `at`.
+    pub fn record_delivery_at(
+        &self,
+        guid: &str,
+        status_code: u16,
+        redelivery: bool,
+        at: time::OffsetDateTime,
+    ) -> u64 {
+        let mut deliveries = self.deliveries.lock().unwrap();
+        let id = 12_345_678 + deliveries.len() as u64;
+        let mut d = example("apps__list-webhook-deliveries.response.200.default")[0].clone();
+        d["id"] = json!(id);
+        d["guid"] = json!(guid);
+        d["status_code"] = json!(status_code);
+        d["status"] = json!(match status_code {
+            200..=299 => "OK".to_owned(),
+            0 => "failed to connect".to_owned(),
+            s => format!("Invalid HTTP Response: {s}"),
+        });
+        d["redelivery"] = json!(redelivery);
+        d["event"] = json!("issue_comment");
+        d["action"] = json!("created");
+        d["throttled_at"] = Value::Null;
+        d["delivered_at"] = json!(
+            at.replace_nanosecond(0)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        );
+        deliveries.push(d);
+        id
+    }
+
+    /// The delivery ids Repobox asked GitHub to redeliver, in order.
+    pub async fn redelivery_requests(&self) -> Vec<u64> {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| {
+                r.method.as_str() == "POST"
+                    && r.url.path().starts_with("/app/hook/deliveries/")
+                    && r.url.path().ends_with("/attempts")
+            })
+            .map(|r| path_number(r, 4))
+            .collect()
     }
 
     /// Serves what a runner asks about `full_name`: the repository (cloned from
@@ -405,6 +588,7 @@ impl FakeGitHub {
             .await;
         let pulls = self.pulls.clone();
         let full = full_name.to_owned();
+        let lost = self.lost_answers.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/pulls$"))
             .and(InstallationAuth)
@@ -432,6 +616,9 @@ impl FakeGitHub {
                     sent["draft"].as_bool().unwrap_or(false),
                 );
                 pulls.push(pull.clone());
+                if lost.take(Creation::PullRequest) {
+                    return bad_gateway();
+                }
                 ResponseTemplate::new(201).set_body_json(pull)
             })
             .mount(&self.server)
@@ -584,6 +771,51 @@ fn regex_escape(text: &str) -> String {
             escape.then_some('\\').into_iter().chain(Some(c))
         })
         .collect()
+}
+
+/// One page of the App's delivery attempts as `GET /app/hook/deliveries` answers:
+/// newest first, `per_page` (default 30, at most 100), and an opaque `cursor` naming
+/// the first attempt of the page, the next page's in a `Link` header (`rel="next"`).
+fn deliveries_page(req: &Request, deliveries: &[Value]) -> ResponseTemplate {
+    let query: HashMap<String, String> = req.url.query_pairs().into_owned().collect();
+    let per_page = query
+        .get("per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let from = match query.get("cursor") {
+        None => u64::MAX,
+        Some(c) => match c.strip_prefix("v1_").and_then(|n| n.parse().ok()) {
+            Some(id) => id,
+            None => {
+                return ResponseTemplate::new(400).set_body_json(json!({
+                    "message": "Invalid cursor",
+                    "documentation_url": "https://docs.github.com/rest/apps/webhooks#list-deliveries-for-an-app-webhook",
+                    "status": "400"
+                }));
+            }
+        },
+    };
+    let newest_first: Vec<&Value> = deliveries
+        .iter()
+        .rev()
+        .filter(|d| d["id"].as_u64().unwrap_or(0) <= from)
+        .collect();
+    let page: Vec<Value> = newest_first
+        .iter()
+        .take(per_page)
+        .map(|d| (*d).clone())
+        .collect();
+    let mut response = ResponseTemplate::new(200).set_body_json(page);
+    if let Some(next) = newest_first.get(per_page) {
+        let mut url = req.url.clone();
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("per_page", &per_page.to_string())
+            .append_pair("cursor", &format!("v1_{}", next["id"]));
+        response = response.insert_header("link", format!("<{url}>; rel=\"next\""));
+    }
+    response
 }
 
 /// GitHub's error body with `status`.

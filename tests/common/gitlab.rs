@@ -8,9 +8,15 @@
 //! paginated `GET …/notes` (by default the Note Hook example's note). Tests script them
 //! with [`FakeGitLab::set_thread`], [`FakeGitLab::add_note`] and
 //! [`FakeGitLab::add_system_note`]; notes Repobox posts or edits show up there.
+//!
+//! Failure switches, as GitLab behind a flaky proxy behaves: the next creations of a
+//! note or merge request can be stored and then answered 502
+//! ([`FakeGitLab::fail_after_creating`]), and the next requests of a route can be
+//! refused 429 with GitLab's rate-limit headers and `retry-after: 1`
+//! ([`FakeGitLab::throttle`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use repobox::model::ThreadKind;
@@ -29,6 +35,39 @@ pub struct FakeGitLab {
     pub threads: Arc<Mutex<HashMap<ThreadKey, Thread>>>,
     /// Ids of notes a test scripts (those Repobox posts count from 7000).
     scripted_ids: AtomicU64,
+    /// How many more creations of each kind are stored and then answered 502.
+    lost_answers: Arc<LostAnswers>,
+}
+
+/// What [`FakeGitLab::fail_after_creating`] applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// `POST /projects/:id/(issues|merge_requests)/:iid/notes`
+    Note,
+    /// `POST /projects/:id/merge_requests`
+    MergeRequest,
+}
+
+#[derive(Default)]
+struct LostAnswers {
+    notes: AtomicUsize,
+    merge_requests: AtomicUsize,
+}
+
+impl LostAnswers {
+    fn counter(&self, what: Creation) -> &AtomicUsize {
+        match what {
+            Creation::Note => &self.notes,
+            Creation::MergeRequest => &self.merge_requests,
+        }
+    }
+
+    /// Whether this creation's answer is lost (counting it off).
+    fn take(&self, what: Creation) -> bool {
+        self.counter(what)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 /// `("issues" | "merge_requests", iid)`, as in the API paths.
@@ -107,8 +146,10 @@ impl FakeGitLab {
             .mount(&server)
             .await;
         let threads: Arc<Mutex<HashMap<ThreadKey, Thread>>> = Arc::default();
+        let lost_answers: Arc<LostAnswers> = Arc::default();
         let next_id = AtomicU64::new(7000);
         let state = threads.clone();
+        let lost = lost_answers.clone();
         Mock::given(method("POST"))
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes$",
@@ -131,6 +172,9 @@ impl FakeGitLab {
                     .or_default()
                     .notes
                     .push(note.clone());
+                if lost.take(Creation::Note) {
+                    return super::github::bad_gateway();
+                }
                 ResponseTemplate::new(201).set_body_json(note)
             })
             .mount(&server)
@@ -164,7 +208,47 @@ impl FakeGitLab {
             merge_requests: Arc::default(),
             threads,
             scripted_ids: AtomicU64::new(1_000_000),
+            lost_answers,
         }
+    }
+
+    /// The next `n` creations of `what` are stored (visible to later reads and lists,
+    /// exactly as after a success) and then answered 502 Bad Gateway.
+    pub fn fail_after_creating(&self, what: Creation, n: usize) {
+        self.lost_answers.counter(what).store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` `http_method` requests whose path matches `path_pattern` (a regex)
+    /// are refused as GitLab's rate limiter refuses them: 429, `Retry later`, the
+    /// `RateLimit-*` headers and `retry-after: 1`, doing nothing.
+    pub async fn throttle(&self, http_method: &str, path_pattern: &str, n: u64) {
+        let reset = time::OffsetDateTime::now_utc().unix_timestamp() + 1;
+        Mock::given(method(http_method))
+            .and(path_regex(path_pattern))
+            .respond_with(
+                ResponseTemplate::new(429)
+                    .insert_header("content-type", "text/plain")
+                    .insert_header("retry-after", "1")
+                    .insert_header("ratelimit-name", "throttle_authenticated_api")
+                    .insert_header("ratelimit-limit", "60")
+                    .insert_header("ratelimit-observed", "67")
+                    .insert_header("ratelimit-remaining", "0")
+                    .insert_header("ratelimit-reset", reset.to_string())
+                    .set_body_string("Retry later\n"),
+            )
+            .up_to_n_times(n)
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
+    }
+
+    /// How many `http_method` requests were made to exactly `path`.
+    pub async fn count(&self, http_method: &str, path: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == http_method && r.url.path() == path)
+            .count()
     }
 
     /// Serves the project `id` (`path`), cloned from `clone_url`, and its merge requests
@@ -307,6 +391,7 @@ impl FakeGitLab {
             .await;
         let mrs = self.merge_requests.clone();
         let path_owned = path_str.to_owned();
+        let lost = self.lost_answers.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests$"))
             .and(header("private-token", TOKEN))
@@ -334,6 +419,9 @@ impl FakeGitLab {
                     sent["description"].as_str().unwrap_or_default(),
                 );
                 mrs.push(mr.clone());
+                if lost.take(Creation::MergeRequest) {
+                    return super::github::bad_gateway();
+                }
                 ResponseTemplate::new(201).set_body_json(mr)
             })
             .mount(&self.server)

@@ -4,8 +4,17 @@
 //! calls; installation tokens are minted per repository with only the permissions the
 //! caller names (`repositories` + `permissions` in the access-token request), cached
 //! until five minutes before they expire, and used through a per-token octocrab client.
+//!
+//! Every request has a deadline (connect, socket and whole-request timeouts from
+//! [`ForgeOptions::timeout`]); octocrab's own retries are off, so each call is sent once
+//! and [`super::with_retries`] is the one retry layer. Content writes take a write from
+//! the installation's request budget first, and a rate-limited answer pauses the
+//! installation's writes for every process.
 
+mod deliveries;
 pub mod webhook;
+
+pub use deliveries::{DeliveriesPage, HookDelivery};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,9 +27,10 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::budget::{self, Wait};
 use super::{
-    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, GitIdentity, LatestComments,
-    NewChangeRequest, RepoInfo,
+    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, ForgeOptions, GitIdentity,
+    LatestComments, NewChangeRequest, RepoInfo,
 };
 use crate::git::Credentials;
 use crate::model::{
@@ -57,6 +67,10 @@ const COMMENTS_PER_PAGE: usize = 100;
 /// `last` link, and then comments past the tenth page are not seen.
 const DISCUSSION_MAX_PAGES: usize = 10;
 
+/// Most pages of comments [`Forge::find_comment`] reads (newest pages first): 1000
+/// comments, far more than any thread between a command and its progress comment.
+const FIND_MAX_PAGES: u64 = 10;
+
 #[derive(Clone)]
 struct CachedToken {
     token: Secret,
@@ -75,6 +89,7 @@ pub struct GitHub {
     bot: tokio::sync::OnceCell<GitIdentity>,
     /// The App's slug (`GET /app`), which makes its bot login `<slug>[bot]`.
     slug: tokio::sync::OnceCell<String>,
+    options: ForgeOptions,
 }
 
 #[derive(Deserialize)]
@@ -165,7 +180,6 @@ struct IssueText {
 
 #[derive(Deserialize)]
 struct IssueComment {
-    #[serde(default)]
     id: u64,
     /// `null` for a deleted account.
     #[serde(default)]
@@ -188,23 +202,52 @@ fn page_number(link: Option<&http::Uri>) -> Option<u64> {
 
 fn map_err(e: octocrab::Error) -> ForgeError {
     match e {
-        octocrab::Error::GitHub { source, .. } => ForgeError::from_status(
-            source.status_code.as_u16(),
-            format!("GitHub API {}: {}", source.status_code, source.message),
-        ),
+        octocrab::Error::GitHub { source, .. } => {
+            let message = format!("GitHub API {}: {}", source.status_code, source.message);
+            match &source.headers {
+                Some(headers) => {
+                    ForgeError::from_response(source.status_code.as_u16(), headers, message)
+                }
+                None => ForgeError::from_status(source.status_code.as_u16(), message),
+            }
+        }
         other => ForgeError::Transient(format!("GitHub API unreachable: {other}")),
     }
 }
 
+/// An octocrab client for `api_url` with the request timeouts of `timeout`, not yet
+/// authenticated (octocrab's retry layer is not compiled in).
+fn client_builder(
+    api_url: &str,
+    timeout: Duration,
+) -> octocrab::Result<
+    octocrab::OctocrabBuilder<
+        octocrab::NoSvc,
+        octocrab::DefaultOctocrabBuilderConfig,
+        octocrab::NoAuth,
+        octocrab::NotLayerReady,
+    >,
+> {
+    Ok(Octocrab::builder()
+        .base_uri(api_url)?
+        .set_connect_timeout(Some(timeout))
+        .set_read_timeout(Some(timeout))
+        .set_write_timeout(Some(timeout)))
+}
+
 impl GitHub {
     /// `private_key_pem` is the App's PEM key; `api_url` the REST base.
-    pub fn new(api_url: &str, app_id: u64, private_key_pem: &Secret) -> anyhow::Result<Self> {
+    pub fn new(
+        api_url: &str,
+        app_id: u64,
+        private_key_pem: &Secret,
+        options: ForgeOptions,
+    ) -> anyhow::Result<Self> {
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(private_key_pem.expose().as_bytes())
             .map_err(|_| {
                 anyhow::anyhow!("the GitHub App private key is not a valid RSA PEM key")
             })?;
-        let app = Octocrab::builder()
-            .base_uri(api_url)?
+        let app = client_builder(api_url, options.timeout)?
             .app(AppId(app_id), key)
             .build()?;
         Ok(GitHub {
@@ -214,7 +257,66 @@ impl GitHub {
             tokens: Mutex::default(),
             bot: tokio::sync::OnceCell::new(),
             slug: tokio::sync::OnceCell::new(),
+            options,
         })
+    }
+
+    /// `fut` (one octocrab request) within the request deadline; its error as a
+    /// [`ForgeError`] unmapped, for callers that branch on the status.
+    async fn within<T>(
+        &self,
+        fut: impl Future<Output = octocrab::Result<T>>,
+    ) -> Result<octocrab::Result<T>, ForgeError> {
+        tokio::time::timeout(self.options.timeout, fut)
+            .await
+            .map_err(|_| ForgeError::Transient(self.options.timeout_message("GitHub")))
+    }
+
+    /// `fut` (one octocrab request) within the request deadline, errors mapped.
+    async fn call<T>(
+        &self,
+        fut: impl Future<Output = octocrab::Result<T>>,
+    ) -> Result<T, ForgeError> {
+        self.within(fut).await?.map_err(map_err)
+    }
+
+    /// An octocrab client authenticated with an installation token.
+    fn token_client(&self, token: &Secret) -> Result<Octocrab, ForgeError> {
+        client_builder(&self.api_url, self.options.timeout)
+            .and_then(|b| b.personal_token(token.expose().to_owned()).build())
+            .map_err(|e| ForgeError::Permanent(redact(&e.to_string(), &[token])))
+    }
+
+    /// The request budget key of the repository's installation.
+    async fn budget_key(&self, repo: &RepoRef) -> Result<String, ForgeError> {
+        Ok(format!("github:{}", self.installation_id(repo).await?))
+    }
+
+    /// One content write on `repo`: takes a write from the installation's budget
+    /// (`Ok(None)` when `wait` is [`Wait::No`] and there is none), sends `write` once,
+    /// and pauses the installation's writes when GitHub answers with a rate limit.
+    async fn write<T, Fut>(
+        &self,
+        repo: &RepoRef,
+        wait: Wait,
+        write: impl FnOnce(Octocrab) -> Fut,
+    ) -> Result<Option<T>, ForgeError>
+    where
+        Fut: Future<Output = octocrab::Result<T>>,
+    {
+        let client = self.client(repo).await?;
+        let key = self.budget_key(repo).await?;
+        let budget = self.options.budget.as_ref();
+        if !budget::take_write(budget, &key, wait).await {
+            return Ok(None);
+        }
+        match self.call(write(client)).await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                budget::note_rate_limit(budget, &key, &e).await;
+                Err(e)
+            }
+        }
     }
 
     async fn installation_id(&self, repo: &RepoRef) -> Result<u64, ForgeError> {
@@ -225,13 +327,11 @@ impl GitHub {
             return Ok(*id);
         }
         let found: InstallationId = self
-            .app
-            .get(
+            .call(self.app.get(
                 format!("/repos/{}/installation", repo.full_name),
                 None::<&()>,
-            )
-            .await
-            .map_err(map_err)?;
+            ))
+            .await?;
         self.installations
             .lock()
             .unwrap()
@@ -266,23 +366,18 @@ impl GitHub {
             .collect();
         let body = json!({ "repositories": [name], "permissions": perms });
         let minted: AccessToken = self
-            .app
-            .post(
+            .call(self.app.post(
                 format!("/app/installations/{installation}/access_tokens"),
                 Some(&body),
-            )
-            .await
-            .map_err(map_err)?;
+            ))
+            .await?;
         let token = Secret::new(minted.token);
         let expires_at = OffsetDateTime::parse(
             &minted.expires_at,
             &time::format_description::well_known::Rfc3339,
         )
         .map_err(|_| ForgeError::Permanent("GitHub sent a malformed token expiry".into()))?;
-        let client = Octocrab::builder()
-            .base_uri(self.api_url.as_str())
-            .and_then(|b| b.personal_token(token.expose().to_owned()).build())
-            .map_err(|e| ForgeError::Permanent(redact(&e.to_string(), &[&token])))?;
+        let client = self.token_client(&token)?;
         let cached = CachedToken {
             token,
             expires_at,
@@ -331,7 +426,8 @@ impl Forge for GitHub {
             "/repos/{}/collaborators/{}/permission",
             repo.full_name, user.login
         );
-        let perm: CollaboratorPermission = match client.get(route, None::<&()>).await {
+        let perm: CollaboratorPermission = match self.within(client.get(route, None::<&()>)).await?
+        {
             Ok(p) => p,
             Err(octocrab::Error::GitHub { source, .. }) if source.status_code == 404 => {
                 return Ok(AccessLevel::None);
@@ -355,7 +451,6 @@ impl Forge for GitHub {
         comment: CommentRef,
         reaction: Reaction,
     ) -> Result<(), ForgeError> {
-        let client = self.client(repo).await?;
         let route = match comment.kind {
             CommentKind::ReviewComment => {
                 format!(
@@ -377,10 +472,13 @@ impl Forge for GitHub {
                 )
             }
         };
-        let _: serde_json::Value = client
-            .post(route, Some(&json!({ "content": reaction.name() })))
-            .await
-            .map_err(map_err)?;
+        let body = json!({ "content": reaction.name() });
+        self.write(repo, Wait::UntilAvailable, |client| async move {
+            client
+                .post::<_, serde_json::Value>(route, Some(&body))
+                .await
+        })
+        .await?;
         Ok(())
     }
 
@@ -390,17 +488,17 @@ impl Forge for GitHub {
         thread: ThreadRef,
         body: &str,
     ) -> Result<u64, ForgeError> {
-        let client = self.client(repo).await?;
-        let created: CreatedComment = client
-            .post(
-                format!(
-                    "/repos/{}/issues/{}/comments",
-                    repo.full_name, thread.number
-                ),
-                Some(&json!({ "body": body })),
-            )
-            .await
-            .map_err(map_err)?;
+        let route = format!(
+            "/repos/{}/issues/{}/comments",
+            repo.full_name, thread.number
+        );
+        let body = json!({ "body": body });
+        let created = self
+            .write(repo, Wait::UntilAvailable, |client| async move {
+                client.post::<_, CreatedComment>(route, Some(&body)).await
+            })
+            .await?
+            .expect("a waiting write always goes out");
         Ok(created.id)
     }
 
@@ -411,23 +509,103 @@ impl Forge for GitHub {
         comment_id: u64,
         body: &str,
     ) -> Result<(), ForgeError> {
-        let client = self.client(repo).await?;
-        let _: serde_json::Value = client
-            .patch(
-                format!("/repos/{}/issues/comments/{comment_id}", repo.full_name),
-                Some(&json!({ "body": body })),
-            )
+        self.edit_comment(repo, comment_id, body, Wait::UntilAvailable)
             .await
-            .map_err(map_err)?;
-        Ok(())
+            .map(|_| ())
+    }
+
+    async fn update_progress(
+        &self,
+        repo: &RepoRef,
+        _thread: ThreadRef,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<bool, ForgeError> {
+        self.edit_comment(repo, comment_id, body, Wait::No).await
+    }
+
+    /// Newest pages first (the progress comment follows the command, usually among the
+    /// latest), at most [`FIND_MAX_PAGES`]; only comments by the App's bot count.
+    async fn find_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ForgeError> {
+        let client = self.client(repo).await?;
+        let bot = self.bot_login().await?;
+        let route = format!(
+            "/repos/{}/issues/{}/comments",
+            repo.full_name, thread.number
+        );
+        let read = |page: u64| {
+            let query = [
+                ("per_page", COMMENTS_PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let (client, route) = (client.clone(), route.clone());
+            async move {
+                self.call(client.get::<octocrab::Page<IssueComment>, _, _>(route, Some(&query)))
+                    .await
+            }
+        };
+        let mine = |page: &octocrab::Page<IssueComment>| {
+            page.items.iter().rev().find_map(|c| {
+                let by_bot = c
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&bot));
+                (by_bot && c.body.as_deref().is_some_and(|b| b.contains(marker))).then_some(c.id)
+            })
+        };
+        let first = read(1).await?;
+        // With a `last` link, walk back from it; without one, forward along `next`.
+        let last = page_number(first.last.as_ref());
+        let mut next = page_number(first.next.as_ref());
+        let later: Vec<u64> = match last {
+            Some(last) => (2..=last).rev().collect(),
+            None => Vec::new(),
+        };
+        let mut pages_read = 1;
+        let mut left_unread = last.is_some_and(|last| last > FIND_MAX_PAGES);
+        for page in later.into_iter().take(FIND_MAX_PAGES as usize - 1) {
+            pages_read += 1;
+            if let Some(id) = mine(&read(page).await?) {
+                return Ok(Some(id));
+            }
+        }
+        if let Some(id) = mine(&first) {
+            return Ok(Some(id));
+        }
+        if last.is_none() {
+            while let Some(page) = next {
+                if pages_read == FIND_MAX_PAGES {
+                    left_unread = true;
+                    break;
+                }
+                pages_read += 1;
+                let got = read(page).await?;
+                if let Some(id) = mine(&got) {
+                    return Ok(Some(id));
+                }
+                next = page_number(got.next.as_ref()).filter(|n| *n > page);
+            }
+        }
+        if left_unread {
+            tracing::warn!(
+                repo = %repo.full_name,
+                thread = thread.number,
+                "find_comment: not found in the {FIND_MAX_PAGES} pages of comments read"
+            );
+        }
+        Ok(None)
     }
 
     async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError> {
         let client = self.client(repo).await?;
-        let body: RepoBody = client
-            .get(format!("/repos/{}", repo.full_name), None::<&()>)
-            .await
-            .map_err(map_err)?;
+        let body: RepoBody = self
+            .call(client.get(format!("/repos/{}", repo.full_name), None::<&()>))
+            .await?;
         Ok(RepoInfo {
             clone_url: body.clone_url,
             default_branch: body.default_branch,
@@ -448,13 +626,12 @@ impl Forge for GitHub {
         number: u64,
     ) -> Result<ChangeRequest, ForgeError> {
         let client = self.client(repo).await?;
-        let pull: PullBody = client
-            .get(
+        let pull: PullBody = self
+            .call(client.get(
                 format!("/repos/{}/pulls/{number}", repo.full_name),
                 None::<&()>,
-            )
-            .await
-            .map_err(map_err)?;
+            ))
+            .await?;
         Ok(pull.into_change_request(repo))
     }
 
@@ -469,10 +646,9 @@ impl Forge for GitHub {
             ("head", format!("{owner}:{head_branch}")),
             ("state", "open".to_owned()),
         ];
-        let pulls: Vec<PullBody> = client
-            .get(format!("/repos/{}/pulls", repo.full_name), Some(&query))
-            .await
-            .map_err(map_err)?;
+        let pulls: Vec<PullBody> = self
+            .call(client.get(format!("/repos/{}/pulls", repo.full_name), Some(&query)))
+            .await?;
         Ok(pulls
             .into_iter()
             .find(|p| p.head.branch == head_branch)
@@ -484,20 +660,20 @@ impl Forge for GitHub {
         repo: &RepoRef,
         new: NewChangeRequest<'_>,
     ) -> Result<ChangeRequest, ForgeError> {
-        let client = self.client(repo).await?;
-        let pull: PullBody = client
-            .post(
-                format!("/repos/{}/pulls", repo.full_name),
-                Some(&json!({
-                    "title": new.title,
-                    "head": new.head,
-                    "base": new.base,
-                    "body": new.body,
-                    "draft": new.draft,
-                })),
-            )
-            .await
-            .map_err(map_err)?;
+        let route = format!("/repos/{}/pulls", repo.full_name);
+        let body = json!({
+            "title": new.title,
+            "head": new.head,
+            "base": new.base,
+            "body": new.body,
+            "draft": new.draft,
+        });
+        let pull = self
+            .write(repo, Wait::UntilAvailable, |client| async move {
+                client.post::<_, PullBody>(route, Some(&body)).await
+            })
+            .await?
+            .expect("a waiting write always goes out");
         Ok(pull.into_change_request(repo))
     }
 
@@ -505,12 +681,10 @@ impl Forge for GitHub {
         self.bot
             .get_or_try_init(|| async {
                 let login = self.bot_login().await?;
+                let client = self.client(repo).await?;
                 let user: UserBody = self
-                    .client(repo)
-                    .await?
-                    .get(format!("/users/{login}"), None::<&()>)
-                    .await
-                    .map_err(map_err)?;
+                    .call(client.get(format!("/users/{login}"), None::<&()>))
+                    .await?;
                 Ok(GitIdentity {
                     email: format!("{}+{login}@users.noreply.github.com", user.id),
                     name: login,
@@ -544,73 +718,30 @@ impl Forge for GitHub {
             full_name: String,
         }
         let installations: Vec<Installation> = self
-            .app
-            .get("/app/installations", Some(&[("per_page", "100")]))
-            .await
-            .map_err(map_err)?;
+            .call(
+                self.app
+                    .get("/app/installations", Some(&[("per_page", "100")])),
+            )
+            .await?;
         let mut out = Vec::new();
         for installation in installations.iter().take(MAX_LISTED_INSTALLATIONS) {
             // A read-only token for all of the installation's repositories, used once.
             let minted: AccessToken = self
-                .app
-                .post(
+                .call(self.app.post(
                     format!("/app/installations/{}/access_tokens", installation.id),
                     Some(&json!({ "permissions": { "metadata": "read" } })),
-                )
-                .await
-                .map_err(map_err)?;
+                ))
+                .await?;
             let token = Secret::new(minted.token);
-            let client = Octocrab::builder()
-                .base_uri(self.api_url.as_str())
-                .and_then(|b| b.personal_token(token.expose().to_owned()).build())
-                .map_err(|e| ForgeError::Permanent(redact(&e.to_string(), &[&token])))?;
-            let page: Repositories = client
-                .get("/installation/repositories", Some(&[("per_page", "100")]))
-                .await
-                .map_err(map_err)?;
+            let client = self.token_client(&token)?;
+            let page: Repositories = self
+                .call(client.get("/installation/repositories", Some(&[("per_page", "100")])))
+                .await?;
             out.extend(page.repositories.into_iter().map(|r| r.full_name));
         }
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    /// The thread's comments, 100 a page (at most [`DISCUSSION_MAX_PAGES`]), for the
-    /// first one by the App's bot whose body has the marker.
-    async fn find_comment(
-        &self,
-        repo: &RepoRef,
-        thread: ThreadRef,
-        marker: &str,
-    ) -> Result<Option<u64>, ForgeError> {
-        let client = self.client(repo).await?;
-        let bot = self.bot_login().await?;
-        let route = format!(
-            "/repos/{}/issues/{}/comments",
-            repo.full_name, thread.number
-        );
-        for page in 1..=DISCUSSION_MAX_PAGES as u64 {
-            let query = [
-                ("per_page", COMMENTS_PER_PAGE.to_string()),
-                ("page", page.to_string()),
-            ];
-            let got: octocrab::Page<IssueComment> =
-                client.get(&route, Some(&query)).await.map_err(map_err)?;
-            let next = page_number(got.next.as_ref()).filter(|n| *n > page);
-            let found = got.items.into_iter().find(|c| {
-                c.user
-                    .as_ref()
-                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&bot))
-                    && c.body.as_deref().is_some_and(|b| b.contains(marker))
-            });
-            if let Some(comment) = found {
-                return Ok(Some(comment.id));
-            }
-            if next.is_none() {
-                break;
-            }
-        }
-        Ok(None)
     }
 
     async fn discussion(
@@ -619,13 +750,12 @@ impl Forge for GitHub {
         thread: ThreadRef,
     ) -> Result<Discussion, ForgeError> {
         let client = self.client(repo).await?;
-        let issue: IssueText = client
-            .get(
+        let issue: IssueText = self
+            .call(client.get(
                 format!("/repos/{}/issues/{}", repo.full_name, thread.number),
                 None::<&()>,
-            )
-            .await
-            .map_err(map_err)?;
+            ))
+            .await?;
         let bot = self.bot_login().await?;
         let route = format!(
             "/repos/{}/issues/{}/comments",
@@ -640,7 +770,7 @@ impl Forge for GitHub {
                 ("page", page.to_string()),
             ];
             let got: octocrab::Page<IssueComment> =
-                client.get(&route, Some(&query)).await.map_err(map_err)?;
+                self.call(client.get(&route, Some(&query))).await?;
             // Every page but the last is full: the first one tells how full that is.
             let size = *page_size.get_or_insert(got.items.len().max(1));
             let next = page_number(got.next.as_ref()).filter(|n| *n > page);
@@ -686,7 +816,27 @@ struct AppInfo {
 impl GitHub {
     /// `GET /app` with the App's JWT: proves the App id and key (used by `doctor`).
     pub async fn app_name(&self) -> Result<String, ForgeError> {
-        let info: AppInfo = self.app.get("/app", None::<&()>).await.map_err(map_err)?;
+        let info: AppInfo = self.call(self.app.get("/app", None::<&()>)).await?;
         Ok(info.slug.unwrap_or(info.name))
+    }
+
+    /// Edits a comment once, if the installation's budget gives a write (`wait`).
+    async fn edit_comment(
+        &self,
+        repo: &RepoRef,
+        comment_id: u64,
+        body: &str,
+        wait: Wait,
+    ) -> Result<bool, ForgeError> {
+        let route = format!("/repos/{}/issues/comments/{comment_id}", repo.full_name);
+        let body = json!({ "body": body });
+        let written = self
+            .write(repo, wait, |client| async move {
+                client
+                    .patch::<serde_json::Value, _, _>(route, Some(&body))
+                    .await
+            })
+            .await?;
+        Ok(written.is_some())
     }
 }

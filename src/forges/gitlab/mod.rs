@@ -4,20 +4,29 @@
 //! The client is built on first use: building it asks GitLab who the token belongs to,
 //! and Repobox must start even while GitLab is unreachable. That answer also tells
 //! intake which username is Repobox itself (its notes never trigger).
+//!
+//! The crate's endpoints are sent through [`GitLabApi`], Repobox's own HTTP client
+//! (the crate's `AsyncGitlab` has no timeouts and drops the headers of an answer that
+//! asks to slow down): connect and request timeouts from [`ForgeOptions::timeout`], no
+//! retries of its own ([`super::with_retries`] is the one retry layer), and a 429 (or an
+//! answer with `retry-after`) becomes [`ForgeError::RateLimited`] with the wait GitLab
+//! named. Content writes take a write from the token's request budget first.
 
 pub mod webhook;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use gitlab::api::{self, AsyncClient, AsyncQuery, RestClient};
-use gitlab::{AsyncGitlab, GitlabBuilder};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
+use super::budget::{self, Wait};
 use super::{
-    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, GitIdentity, LatestComments,
-    NewChangeRequest, RepoInfo,
+    ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, ForgeOptions, GitIdentity,
+    LatestComments, NewChangeRequest, RepoInfo,
 };
 use crate::git::Credentials;
 use crate::model::{
@@ -30,11 +39,123 @@ pub struct GitLab {
     host: String,
     insecure: bool,
     token: Secret,
-    client: OnceCell<AsyncGitlab>,
+    client: OnceCell<GitLabApi>,
     /// Username of the token's user, learned when the client is built.
     bot_username: Arc<std::sync::OnceLock<String>>,
     /// Commit identity of the token's user, learned with the username.
     identity: std::sync::OnceLock<GitIdentity>,
+    options: ForgeOptions,
+}
+
+/// The HTTP client the gitlab crate's endpoints go through (see the module header).
+pub struct GitLabApi {
+    http: reqwest::Client,
+    /// `<scheme>://<host>/api/v4/`
+    rest_url: url::Url,
+    token: Secret,
+    /// For the text of a timeout.
+    options: ForgeOptions,
+}
+
+/// Why [`GitLabApi`] has no answer to hand to the gitlab crate. The texts carry no token.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0}")]
+    Timeout(String),
+    #[error("GitLab unreachable: {0}")]
+    Transport(String),
+    /// GitLab asked to slow down (429, or an error answer naming a wait).
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl RestClient for GitLabApi {
+    type Error = HttpError;
+
+    fn rest_endpoint(&self, endpoint: &str) -> Result<url::Url, api::ApiError<HttpError>> {
+        Ok(self.rest_url.join(endpoint)?)
+    }
+}
+
+#[async_trait]
+impl AsyncClient for GitLabApi {
+    async fn rest_async(
+        &self,
+        request: http::request::Builder,
+        body: Vec<u8>,
+    ) -> Result<http::Response<Bytes>, api::ApiError<HttpError>> {
+        let fail = |e: HttpError| api::ApiError::client(e);
+        let mut token = http::HeaderValue::from_str(self.token.expose()).map_err(|_| {
+            fail(HttpError::Transport(
+                "the token is not a valid header".into(),
+            ))
+        })?;
+        token.set_sensitive(true);
+        let request = request
+            .header("private-token", token)
+            .body(body)
+            .map_err(|e| fail(HttpError::Transport(e.to_string())))?;
+        let request =
+            reqwest::Request::try_from(request).map_err(|e| fail(self.transport_error(&e)))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| fail(self.transport_error(&e)))?;
+        let (status, version, headers) = (
+            response.status(),
+            response.version(),
+            response.headers().clone(),
+        );
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| fail(self.transport_error(&e)))?;
+        if !status.is_success() {
+            let message = format!("GitLab API {status}: {}", error_message(status, &bytes));
+            let message = redact(&message, &[&self.token]);
+            if let ForgeError::RateLimited {
+                message,
+                retry_after,
+            } = ForgeError::from_response(status.as_u16(), &headers, message)
+            {
+                return Err(fail(HttpError::Throttled {
+                    message,
+                    retry_after,
+                }));
+            }
+        }
+        let mut answer = http::Response::new(bytes);
+        *answer.status_mut() = status;
+        *answer.version_mut() = version;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
+}
+
+impl GitLabApi {
+    fn transport_error(&self, e: &reqwest::Error) -> HttpError {
+        if e.is_timeout() {
+            HttpError::Timeout(self.options.timeout_message("GitLab"))
+        } else {
+            HttpError::Transport(redact(&e.to_string(), &[&self.token]))
+        }
+    }
+}
+
+/// GitLab's `message` (or `error`) of an error answer, else the status's reason.
+fn error_message(status: http::StatusCode, body: &[u8]) -> String {
+    let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let text = match &parsed["message"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    text.or_else(|| parsed["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned())
 }
 
 #[derive(Deserialize)]
@@ -55,6 +176,9 @@ const NOTES_PER_PAGE: usize = 100;
 /// they are); the notes of the pages in between are counted as omitted, system notes
 /// among them, so `omitted` is an upper bound there.
 const DISCUSSION_MAX_PAGES: u64 = 10;
+
+/// Most pages of notes [`Forge::find_comment`] reads, newest first (1000 notes).
+const FIND_MAX_PAGES: u64 = 10;
 
 /// An issue or merge request: the part the agent's context quotes.
 #[derive(Deserialize)]
@@ -151,9 +275,12 @@ impl MergeRequestBody {
     }
 }
 
-fn status(e: &api::ApiError<gitlab::RestError>) -> Option<u16> {
+fn status(e: &api::ApiError<HttpError>) -> Option<u16> {
     use api::ApiError as E;
     match e {
+        E::Client {
+            source: HttpError::Throttled { .. },
+        } => Some(429),
         E::GitlabService { status, .. }
         | E::GitlabWithStatus { status, .. }
         | E::GitlabObjectWithStatus { status, .. }
@@ -163,18 +290,40 @@ fn status(e: &api::ApiError<gitlab::RestError>) -> Option<u16> {
     }
 }
 
-fn map_err(token: &Secret, e: api::ApiError<gitlab::RestError>) -> ForgeError {
-    let status = status(&e);
-    let text = redact(&format!("GitLab API: {e}"), &[token]);
-    match status {
-        Some(s) => ForgeError::from_status(s, text),
-        None => ForgeError::Transient(text),
+fn map_err(token: &Secret, e: api::ApiError<HttpError>) -> ForgeError {
+    use api::ApiError as E;
+    match e {
+        E::Client {
+            source:
+                HttpError::Throttled {
+                    message,
+                    retry_after,
+                },
+        } => ForgeError::RateLimited {
+            message,
+            retry_after,
+        },
+        E::Client {
+            source: HttpError::Timeout(text),
+        } => ForgeError::Transient(text),
+        E::GitlabRateLimited { retry_after, .. } => ForgeError::RateLimited {
+            message: "GitLab API 429: rate limited".into(),
+            retry_after: (!retry_after.is_zero()).then_some(retry_after),
+        },
+        e => {
+            let status = status(&e);
+            let text = redact(&format!("GitLab API: {e}"), &[token]);
+            match status {
+                Some(s) => ForgeError::from_status(s, text),
+                None => ForgeError::Transient(text),
+            }
+        }
     }
 }
 
 impl GitLab {
     /// `url` is `REPOBOX_GITLAB_URL`, e.g. `https://gitlab.example.com`.
-    pub fn new(url: &str, token: Secret) -> anyhow::Result<Self> {
+    pub fn new(url: &str, token: Secret, options: ForgeOptions) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url)
             .map_err(|e| anyhow::anyhow!("REPOBOX_GITLAB_URL is not a URL: {e}"))?;
         let insecure = match parsed.scheme() {
@@ -197,6 +346,7 @@ impl GitLab {
             client: OnceCell::new(),
             bot_username: Arc::default(),
             identity: std::sync::OnceLock::new(),
+            options,
         })
     }
 
@@ -206,19 +356,26 @@ impl GitLab {
     }
 
     /// Builds the client (and learns the bot's username) if that has not happened yet.
-    pub async fn client(&self) -> Result<&AsyncGitlab, ForgeError> {
+    pub async fn client(&self) -> Result<&GitLabApi, ForgeError> {
         self.client
             .get_or_try_init(|| async {
-                let mut builder = GitlabBuilder::new(self.host.clone(), self.token.expose());
-                if self.insecure {
-                    builder.insecure();
-                }
-                let client = builder.build_async().await.map_err(|e| {
-                    ForgeError::Transient(redact(
-                        &format!("GitLab unreachable: {e}"),
-                        &[&self.token],
-                    ))
-                })?;
+                let scheme = if self.insecure { "http" } else { "https" };
+                let rest_url = url::Url::parse(&format!("{scheme}://{}/api/v4/", self.host))
+                    .map_err(|e| ForgeError::Permanent(format!("REPOBOX_GITLAB_URL: {e}")))?;
+                let http = reqwest::Client::builder()
+                    .user_agent(concat!("repobox/", env!("CARGO_PKG_VERSION")))
+                    .connect_timeout(self.options.timeout)
+                    .timeout(self.options.timeout)
+                    .build()
+                    .map_err(|e| {
+                        ForgeError::Permanent(format!("GitLab HTTP client not built: {e}"))
+                    })?;
+                let client = GitLabApi {
+                    http,
+                    rest_url,
+                    token: self.token.clone(),
+                    options: self.options.clone(),
+                };
                 let me: CurrentUser = api::users::CurrentUser::builder()
                     .build()
                     .expect("no required fields")
@@ -247,6 +404,73 @@ impl GitLab {
         self.host.split([':', '/']).next().unwrap_or("gitlab")
     }
 
+    /// The request budget key of the token: its user on this GitLab.
+    fn budget_key(&self) -> String {
+        let user = self.bot_username.get().map(String::as_str).unwrap_or("");
+        format!("gitlab:{}:{user}", self.host)
+    }
+
+    /// One content write: takes a write from the token's budget (`Ok(None)` when `wait`
+    /// is [`Wait::No`] and there is none), then sends `write` once (a future does
+    /// nothing until polled), and pauses the token's writes when GitLab answers 429.
+    async fn write<T>(
+        &self,
+        wait: Wait,
+        write: impl Future<Output = Result<T, api::ApiError<HttpError>>>,
+    ) -> Result<Option<T>, ForgeError> {
+        let key = self.budget_key();
+        let budget = self.options.budget.as_ref();
+        if !budget::take_write(budget, &key, wait).await {
+            return Ok(None);
+        }
+        match write.await {
+            Ok(done) => Ok(Some(done)),
+            Err(e) => {
+                let e = map_err(&self.token, e);
+                budget::note_rate_limit(budget, &key, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Edits a note once, if the token's budget gives a write (`wait`).
+    async fn edit_note(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        note_id: u64,
+        body: &str,
+        wait: Wait,
+    ) -> Result<bool, ForgeError> {
+        let client = self.client().await?;
+        let project = Self::project(repo);
+        let written = match thread.kind {
+            ThreadKind::Issue => {
+                let edit = api::projects::issues::notes::EditIssueNote::builder()
+                    .project(project)
+                    .issue(thread.number)
+                    .note(note_id)
+                    .body(body)
+                    .build()
+                    .expect("all fields set");
+                self.write(wait, api::ignore(edit).query_async(client))
+                    .await?
+            }
+            _ => {
+                let edit = api::projects::merge_requests::notes::EditMergeRequestNote::builder()
+                    .project(project)
+                    .merge_request(thread.number)
+                    .note(note_id)
+                    .body(body)
+                    .build()
+                    .expect("all fields set");
+                self.write(wait, api::ignore(edit).query_async(client))
+                    .await?
+            }
+        };
+        Ok(written.is_some())
+    }
+
     fn project(repo: &RepoRef) -> api::common::NameOrId<'static> {
         match repo.id {
             Some(id) => id.into(),
@@ -258,15 +482,16 @@ impl GitLab {
     /// the gitlab crate's pager does not show, and its pager has no page bound).
     async fn notes_page(
         &self,
-        client: &AsyncGitlab,
+        client: &GitLabApi,
         path: &str,
+        sort: &str,
         page: u64,
     ) -> Result<(Vec<ThreadNote>, http::HeaderMap), ForgeError> {
         let mut url = client
             .rest_endpoint(path)
             .map_err(|e| map_err(&self.token, e))?;
         url.query_pairs_mut()
-            .append_pair("sort", "asc")
+            .append_pair("sort", sort)
             .append_pair("order_by", "created_at")
             .append_pair("per_page", &NOTES_PER_PAGE.to_string())
             .append_pair("page", &page.to_string());
@@ -285,8 +510,9 @@ impl GitLab {
                 .as_str()
                 .or(body["error"].as_str())
                 .unwrap_or_else(|| status.canonical_reason().unwrap_or("error"));
-            return Err(ForgeError::from_status(
+            return Err(ForgeError::from_response(
                 status.as_u16(),
+                response.headers(),
                 redact(&format!("GitLab API {status}: {message}"), &[&self.token]),
             ));
         }
@@ -338,34 +564,32 @@ impl Forge for GitLab {
     ) -> Result<(), ForgeError> {
         let client = self.client().await?;
         let project = Self::project(repo);
-        let result = match thread.kind {
+        match thread.kind {
             ThreadKind::Issue => {
-                api::ignore(
-                    api::projects::issues::notes::awards::CreateIssueNoteAward::builder()
+                let award = api::projects::issues::notes::awards::CreateIssueNoteAward::builder()
+                    .project(project)
+                    .issue(thread.number)
+                    .note(comment.id)
+                    .name(reaction.name())
+                    .build()
+                    .expect("all fields set");
+                self.write(Wait::UntilAvailable, api::ignore(award).query_async(client))
+                    .await?;
+            }
+            _ => {
+                let award =
+                    api::projects::merge_requests::notes::awards::CreateMergeRequestNoteAward::builder()
                         .project(project)
-                        .issue(thread.number)
+                        .merge_request(thread.number)
                         .note(comment.id)
                         .name(reaction.name())
                         .build()
-                        .expect("all fields set"),
-                )
-                .query_async(client)
-                .await
+                        .expect("all fields set");
+                self.write(Wait::UntilAvailable, api::ignore(award).query_async(client))
+                    .await?;
             }
-            _ => api::ignore(
-                api::projects::merge_requests::notes::awards::CreateMergeRequestNoteAward::builder(
-                )
-                .project(project)
-                .merge_request(thread.number)
-                .note(comment.id)
-                .name(reaction.name())
-                .build()
-                .expect("all fields set"),
-            )
-            .query_async(client)
-            .await,
-        };
-        result.map_err(|e| map_err(&self.token, e))
+        }
+        Ok(())
     }
 
     async fn create_comment(
@@ -376,29 +600,30 @@ impl Forge for GitLab {
     ) -> Result<u64, ForgeError> {
         let client = self.client().await?;
         let project = Self::project(repo);
-        let note: Result<Note, _> = match thread.kind {
+        let note: Option<Note> = match thread.kind {
             ThreadKind::Issue => {
-                api::projects::issues::notes::CreateIssueNote::builder()
+                let create = api::projects::issues::notes::CreateIssueNote::builder()
                     .project(project)
                     .issue(thread.number)
                     .body(body)
                     .build()
-                    .expect("all fields set")
-                    .query_async(client)
-                    .await
+                    .expect("all fields set");
+                self.write(Wait::UntilAvailable, create.query_async(client))
+                    .await?
             }
             _ => {
-                api::projects::merge_requests::notes::CreateMergeRequestNote::builder()
-                    .project(project)
-                    .merge_request(thread.number)
-                    .body(body)
-                    .build()
-                    .expect("all fields set")
-                    .query_async(client)
-                    .await
+                let create =
+                    api::projects::merge_requests::notes::CreateMergeRequestNote::builder()
+                        .project(project)
+                        .merge_request(thread.number)
+                        .body(body)
+                        .build()
+                        .expect("all fields set");
+                self.write(Wait::UntilAvailable, create.query_async(client))
+                    .await?
             }
         };
-        note.map(|n| n.id).map_err(|e| map_err(&self.token, e))
+        Ok(note.expect("a waiting write always goes out").id)
     }
 
     async fn update_comment(
@@ -408,37 +633,68 @@ impl Forge for GitLab {
         comment_id: u64,
         body: &str,
     ) -> Result<(), ForgeError> {
+        self.edit_note(repo, thread, comment_id, body, Wait::UntilAvailable)
+            .await
+            .map(|_| ())
+    }
+
+    async fn update_progress(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<bool, ForgeError> {
+        self.edit_note(repo, thread, comment_id, body, Wait::No)
+            .await
+    }
+
+    /// The thread's notes newest first, at most [`FIND_MAX_PAGES`] pages; only the bot
+    /// user's own (non-system) notes count.
+    async fn find_comment(
+        &self,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        marker: &str,
+    ) -> Result<Option<u64>, ForgeError> {
         let client = self.client().await?;
+        let bot = self.bot_username.get().cloned().unwrap_or_default();
+        if bot.is_empty() {
+            return Err(ForgeError::Transient(
+                "GitLab did not say who the bot is".into(),
+            ));
+        }
         let project = Self::project(repo);
-        let result = match thread.kind {
-            ThreadKind::Issue => {
-                api::ignore(
-                    api::projects::issues::notes::EditIssueNote::builder()
-                        .project(project)
-                        .issue(thread.number)
-                        .note(comment_id)
-                        .body(body)
-                        .build()
-                        .expect("all fields set"),
-                )
-                .query_async(client)
-                .await
-            }
-            _ => {
-                api::ignore(
-                    api::projects::merge_requests::notes::EditMergeRequestNote::builder()
-                        .project(project)
-                        .merge_request(thread.number)
-                        .note(comment_id)
-                        .body(body)
-                        .build()
-                        .expect("all fields set"),
-                )
-                .query_async(client)
-                .await
-            }
+        let kind = match thread.kind {
+            ThreadKind::Issue => "issues",
+            _ => "merge_requests",
         };
-        result.map_err(|e| map_err(&self.token, e))
+        let path = format!("projects/{project}/{kind}/{}/notes", thread.number);
+        let mut page = 1;
+        for read in 1..=FIND_MAX_PAGES {
+            let (notes, headers) = self.notes_page(client, &path, "desc", page).await?;
+            let found = notes.iter().find(|n| {
+                !n.system
+                    && n.author.username == bot
+                    && n.body.as_deref().is_some_and(|b| b.contains(marker))
+            });
+            if let Some(note) = found {
+                return Ok(Some(note.id));
+            }
+            let next = header_page(&headers, "x-next-page")
+                .or_else(|| link_next_page(&headers))
+                .filter(|n| *n > page);
+            let Some(next) = next else { break };
+            if read == FIND_MAX_PAGES {
+                tracing::warn!(
+                    repo = %repo.full_name,
+                    thread = thread.number,
+                    "find_comment: stopped after {FIND_MAX_PAGES} pages of notes"
+                );
+            }
+            page = next;
+        }
+        Ok(None)
     }
 
     async fn repository(&self, repo: &RepoRef) -> Result<RepoInfo, ForgeError> {
@@ -513,7 +769,7 @@ impl Forge for GitLab {
         } else {
             new.title.to_owned()
         };
-        let mr: MergeRequestBody = api::projects::merge_requests::CreateMergeRequest::builder()
+        let create = api::projects::merge_requests::CreateMergeRequest::builder()
             .project(Self::project(repo))
             .source_branch(new.head)
             .target_branch(new.base)
@@ -521,10 +777,11 @@ impl Forge for GitLab {
             .description(new.body)
             .remove_source_branch(true)
             .build()
-            .expect("all fields set")
-            .query_async(client)
-            .await
-            .map_err(|e| map_err(&self.token, e))?;
+            .expect("all fields set");
+        let mr: MergeRequestBody = self
+            .write(Wait::UntilAvailable, create.query_async(client))
+            .await?
+            .expect("a waiting write always goes out");
         Ok(mr.into_change_request())
     }
 
@@ -571,45 +828,6 @@ impl Forge for GitLab {
         Ok(out)
     }
 
-    /// The bot's own notes on the thread, page by page (at most
-    /// [`DISCUSSION_MAX_PAGES`]), for the first whose body has the marker.
-    async fn find_comment(
-        &self,
-        repo: &RepoRef,
-        thread: ThreadRef,
-        marker: &str,
-    ) -> Result<Option<u64>, ForgeError> {
-        let client = self.client().await?;
-        let bot = self.bot_username.get().cloned().unwrap_or_default();
-        let kind = match thread.kind {
-            ThreadKind::Issue => "issues",
-            _ => "merge_requests",
-        };
-        let path = format!(
-            "projects/{}/{kind}/{}/notes",
-            Self::project(repo),
-            thread.number
-        );
-        for page in 1..=DISCUSSION_MAX_PAGES {
-            let (notes, headers) = self.notes_page(client, &path, page).await?;
-            let found = notes.into_iter().find(|n| {
-                !n.system
-                    && (bot.is_empty() || n.author.username == bot)
-                    && n.body.as_deref().is_some_and(|b| b.contains(marker))
-            });
-            if let Some(note) = found {
-                return Ok(Some(note.id));
-            }
-            let next = header_page(&headers, "x-next-page")
-                .or_else(|| link_next_page(&headers))
-                .filter(|n| *n > page);
-            if next.is_none() {
-                break;
-            }
-        }
-        Ok(None)
-    }
-
     async fn discussion(
         &self,
         repo: &RepoRef,
@@ -647,7 +865,7 @@ impl Forge for GitLab {
         let mut latest = LatestComments::default();
         let mut page = 1;
         for read in 1..=DISCUSSION_MAX_PAGES {
-            let (notes, headers) = self.notes_page(client, &path, page).await?;
+            let (notes, headers) = self.notes_page(client, &path, "asc", page).await?;
             let size = notes.len();
             for note in notes.into_iter().filter(|n| !n.system) {
                 latest.push(DiscussionComment {

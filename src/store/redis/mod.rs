@@ -33,6 +33,7 @@ mod accounts;
 pub(crate) mod conn;
 mod queue;
 mod records;
+mod recovery;
 mod server;
 mod sessions;
 mod settings;
@@ -161,7 +162,15 @@ impl Keys {
     }
     /// The orphan reconciler's lock (one at a time across processes).
     pub fn orphans_lock(&self) -> String {
-        format!("{}lock:orphans", self.prefix)
+        self.lock("orphans")
+    }
+    /// `redeliver:cursor`: the newest hook delivery a reconciler round saw.
+    pub fn redeliver_cursor(&self) -> String {
+        format!("{}redeliver:cursor", self.prefix)
+    }
+    /// `lock:<name>`: a cluster-wide lock (one reconciler at a time).
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}lock:{name}", self.prefix)
     }
     /// The key prefix (the queue scripts build job keys from it).
     pub fn prefix(&self) -> &str {
