@@ -29,6 +29,7 @@ async fn cluster(launch: Launch<'_>) -> Cluster {
     let w = world(Setup {
         runner: false,
         acknowledger: false,
+        redis_url: launch.redis_url.clone(),
         ..Setup::default()
     })
     .await;
@@ -291,6 +292,80 @@ async fn thirty_commands_at_once_make_thirty_pull_requests_none_doubled() {
     assert_eq!(c.w.github.created_pulls().await.len(), 30);
     assert_eq!(c.w.github.comments().await.len(), 30);
     c.stop().await;
+}
+
+/// Redis is down while five commands arrive: each gets 503 (GitHub records the failed
+/// delivery and never retries it by itself). Once Redis is back, the redelivery
+/// reconciler asks GitHub for each of them, GitHub re-sends them, and each becomes
+/// exactly one job.
+#[tokio::test]
+async fn commands_refused_while_redis_was_down_are_redelivered_and_run_once() {
+    let port = common::free_port();
+    let mut redis = common::start_redis(port);
+    common::wait_for_redis(port).await;
+    let c = cluster(Launch {
+        redis_url: Some(format!("redis://127.0.0.1:{port}")),
+        extra: vec!["--redeliver-interval".into(), "10s".into()],
+        ..Launch::default()
+    })
+    .await;
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let url = c.serves[0].url.clone().unwrap();
+    let mut sent = std::collections::HashMap::new();
+    for n in 0..5u64 {
+        let guid = ulid::Ulid::new().to_string();
+        let payload = issue_comment("/repobox fix the spelling", 200 + n, "Codertocat", 21031067);
+        let (status, body) = post_github(&url, "issue_comment", &guid, &payload).await;
+        assert_eq!(status, 503, "nothing stored while Redis is down: {body}");
+        // What GitHub keeps of it: one attempt, answered 503.
+        let id = c.w.github.record_delivery(&guid, 503, false);
+        sent.insert(id, (guid, payload));
+    }
+    let mut redis = common::start_redis(port);
+    common::wait_for_redis(port).await;
+    // The test's own connection notices the restart on its first command, then reconnects.
+    c.w.app
+        .wait_until("the test's store to reconnect", || async {
+            c.w.app.store.ping().await.is_ok()
+        })
+        .await;
+    // Within a minute the reconciler has asked for all five.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let asked = loop {
+        let mut asked = c.w.github.redelivery_requests().await;
+        asked.sort();
+        asked.dedup();
+        if asked.len() == sent.len() {
+            break asked;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redeliveries asked for: {asked:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // GitHub re-sends each (same guid) to the App's webhook.
+    let mut ids = Vec::new();
+    for id in asked {
+        let (guid, payload) = &sent[&id];
+        let (status, body) = post_github(&url, "issue_comment", guid, payload).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["job"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let job = c.finished(id).await;
+        assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+        c.assert_effects_once(&job).await;
+    }
+    assert_eq!(
+        c.w.app.store.recent_jobs(10).await.unwrap().len(),
+        5,
+        "five jobs, once each"
+    );
+    c.stop().await;
+    redis.kill().unwrap();
 }
 
 /// GitHub's retry of one delivery reaches both `serve`s at once: one job.

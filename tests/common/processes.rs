@@ -61,6 +61,8 @@ pub struct Launch<'a> {
     /// `REPOBOX_FAILPOINTS` for the first run of every slot of the point's role.
     pub failpoints: Option<&'a str>,
     pub extra: Vec<String>,
+    /// A Redis of the test's own instead of the shared one.
+    pub redis_url: Option<String>,
 }
 
 impl Default for Launch<'_> {
@@ -69,6 +71,7 @@ impl Default for Launch<'_> {
             agent: FIXING_AGENT,
             failpoints: None,
             extra: Vec::new(),
+            redis_url: None,
         }
     }
 }
@@ -132,7 +135,7 @@ impl World {
         let stop = CancellationToken::new();
         let task = {
             let (exits, stop, log) = (exits.clone(), stop.clone(), log.clone());
-            let redis = super::redis_url();
+            let redis = launch.redis_url.clone().unwrap_or_else(super::redis_url);
             tokio::spawn(async move {
                 let mut failpoints = failpoints;
                 loop {
