@@ -366,6 +366,7 @@ async fn commands_refused_while_redis_was_down_are_redelivered_and_run_once() {
     );
     c.stop().await;
     redis.kill().unwrap();
+    redis.wait().unwrap();
 }
 
 /// GitHub's retry of one delivery reaches both `serve`s at once: one job.
