@@ -190,6 +190,69 @@ async fn crash_at(point: &str) {
     c.stop().await;
 }
 
+/// The same on GitLab: an issue note becomes one merge request, one progress note and one
+/// commit with the trailer, whatever process aborts at `point`.
+async fn crash_on_gitlab_at(point: &str) {
+    let c = cluster(Launch {
+        failpoints: Some(point),
+        ..Launch::default()
+    })
+    .await;
+    let mut note = common::fixture_json("gitlab/docs/note_hook.issue.json");
+    note["object_attributes"]["note"] = serde_json::json!("/repobox fix the spelling");
+    let r = c.w.app.gitlab("Note Hook", &note).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let id = r.body["job"].as_str().unwrap().to_owned();
+    let job = c.finished(&id).await;
+    let role = if point.starts_with("ack:") {
+        Role::Serve
+    } else {
+        Role::Runner
+    };
+    assert!(c.aborts(role) >= 1, "the crash point {point} fired");
+    assert_eq!(
+        job.status,
+        JobStatus::Succeeded,
+        "{point}: {:?}\n{}",
+        job.error,
+        c.logs()
+    );
+    let marker = format!("<!-- repobox:job:{id} -->");
+    let notes: Vec<_> =
+        c.w.gitlab
+            .notes()
+            .await
+            .into_iter()
+            .filter(|(_, body)| body.contains(&marker))
+            .collect();
+    assert_eq!(notes.len(), 1, "one progress note: {notes:#?}");
+    let mrs = c.w.gitlab.created_merge_requests().await;
+    assert_eq!(mrs.len(), 1, "one merge request: {mrs:#?}");
+    let branch = job.branch.clone().unwrap();
+    let log = c.w.remote_git(
+        GL_GIT,
+        &["log", "--format=%B%x00", &format!("main..{branch}")],
+    );
+    assert_eq!(
+        log.matches(&format!("Repobox-Job: {id}")).count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.split('\0').filter(|m| !m.trim().is_empty()).count(),
+        1,
+        "{log}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn gitlab_crash_at_each_point_leaves_one_of_each_effect() {
+    for point in repobox::failpoint::POINTS {
+        crash_on_gitlab_at(point).await;
+    }
+}
+
 #[tokio::test]
 async fn crash_at_ack_after_comment() {
     crash_at("ack:after_comment").await;
