@@ -158,11 +158,7 @@ async fn crash_at(point: &str) {
     .await;
     let id = c.command(0, 1).await;
     let job = c.finished(&id).await;
-    let role = if point.starts_with("ack:") {
-        Role::Serve
-    } else {
-        Role::Runner
-    };
+    let role = Role::of_point(point);
     assert!(
         c.aborts(role) >= 1,
         "the crash point {point} fired: {}",
@@ -204,11 +200,7 @@ async fn crash_on_gitlab_at(point: &str) {
     assert_eq!(r.status, 202, "{:?}", r.body);
     let id = r.body["job"].as_str().unwrap().to_owned();
     let job = c.finished(&id).await;
-    let role = if point.starts_with("ack:") {
-        Role::Serve
-    } else {
-        Role::Runner
-    };
+    let role = Role::of_point(point);
     assert!(c.aborts(role) >= 1, "the crash point {point} fired");
     assert_eq!(
         job.status,

@@ -22,6 +22,17 @@ pub enum Role {
     Runner,
 }
 
+impl Role {
+    /// The role whose processes pass crash point `point` (`ack:…` or `runner:…`).
+    pub fn of_point(point: &str) -> Role {
+        if point.starts_with("ack:") {
+            Role::Serve
+        } else {
+            Role::Runner
+        }
+    }
+}
+
 /// One supervised process.
 pub struct Slot {
     pub role: Role,
@@ -77,7 +88,7 @@ impl Default for Launch<'_> {
 }
 
 impl World {
-    fn process_args(&self, role: Role, workdir: &Path, launch: &Launch<'_>) -> Vec<String> {
+    fn process_args(&self, workdir: &Path, launch: &Launch<'_>) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--redis-prefix".into(),
             self.app.prefix.clone(),
@@ -103,7 +114,6 @@ impl World {
         args.extend(self.github.args());
         args.extend(self.gitlab.args());
         args.extend(launch.extra.iter().cloned());
-        let _ = role;
         args
     }
 
@@ -111,7 +121,7 @@ impl World {
     pub async fn spawn(&self, role: Role, dir: &Path, launch: &Launch<'_>) -> Slot {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join("process.log");
-        let mut args = self.process_args(role, &dir.join("work"), launch);
+        let mut args = self.process_args(&dir.join("work"), launch);
         let url = match role {
             Role::Serve => {
                 let port = free_port();
@@ -124,12 +134,7 @@ impl World {
                 None
             }
         };
-        let armed = launch.failpoints.filter(|p| {
-            p.starts_with(match role {
-                Role::Serve => "ack:",
-                Role::Runner => "runner:",
-            })
-        });
+        let armed = launch.failpoints.filter(|p| Role::of_point(p) == role);
         let failpoints = armed.map(|p| format!("{p}=abort"));
         let exits: Arc<Mutex<Vec<std::process::ExitStatus>>> = Arc::default();
         let stop = CancellationToken::new();

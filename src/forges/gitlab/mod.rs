@@ -478,6 +478,19 @@ impl GitLab {
         }
     }
 
+    /// The API path of a thread's notes (`projects/:id/(issues|merge_requests)/:iid/notes`).
+    fn notes_path(repo: &RepoRef, thread: ThreadRef) -> String {
+        let kind = match thread.kind {
+            ThreadKind::Issue => "issues",
+            _ => "merge_requests",
+        };
+        format!(
+            "projects/{}/{kind}/{}/notes",
+            Self::project(repo),
+            thread.number
+        )
+    }
+
     /// One page of a thread's notes, oldest first, with the response headers (which
     /// the gitlab crate's pager does not show, and its pager has no page bound).
     async fn notes_page(
@@ -664,12 +677,7 @@ impl Forge for GitLab {
                 "GitLab did not say who the bot is".into(),
             ));
         }
-        let project = Self::project(repo);
-        let kind = match thread.kind {
-            ThreadKind::Issue => "issues",
-            _ => "merge_requests",
-        };
-        let path = format!("projects/{project}/{kind}/{}/notes", thread.number);
+        let path = Self::notes_path(repo, thread);
         let mut page = 1;
         for read in 1..=FIND_MAX_PAGES {
             let (notes, headers) = self.notes_page(client, &path, "desc", page).await?;
@@ -857,11 +865,7 @@ impl Forge for GitLab {
         };
         let text = text.map_err(|e| map_err(&self.token, e))?;
         let bot = self.bot_username.get().cloned().unwrap_or_default();
-        let kind = match thread.kind {
-            ThreadKind::Issue => "issues",
-            _ => "merge_requests",
-        };
-        let path = format!("projects/{project}/{kind}/{}/notes", thread.number);
+        let path = Self::notes_path(repo, thread);
         let mut latest = LatestComments::default();
         let mut page = 1;
         for read in 1..=DISCUSSION_MAX_PAGES {

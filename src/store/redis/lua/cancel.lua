@@ -8,10 +8,6 @@ if status == 'running' then
 end
 redis.call('HSET', key, 'status', 'cancelled', 'cancel_requested', '1',
   'updated_at', ARGV[4], 'finished_at', ARGV[4])
-local entry = redis.call('HGET', key, 'entry')
-if entry then
-  drop(KEYS[2], entry)
-  redis.call('HDEL', key, 'entry')
-end
+unlist(KEYS[2], key)
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 'cancelled'

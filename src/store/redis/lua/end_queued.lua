@@ -2,10 +2,6 @@
 local key = KEYS[1]
 if redis.call('HGET', key, 'status') ~= 'queued' then return 0 end
 redis.call('HSET', key, 'updated_at', ARGV[4], 'finished_at', ARGV[4], unpack(ARGV, 5))
-local entry = redis.call('HGET', key, 'entry')
-if entry then
-  drop(KEYS[2], entry)
-  redis.call('HDEL', key, 'entry')
-end
+unlist(KEYS[2], key)
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 1

@@ -7,9 +7,7 @@ if not holds(key, ARGV[3], ARGV[4]) then return 0 end
 local now = now_ms()
 local lease = tonumber(ARGV[7])
 redis.call('HSET', key, 'updated_at', ARGV[8], unpack(ARGV, 9))
-local entry = redis.call('HGET', key, 'entry')
-if entry then drop(stream, entry) end
-redis.call('HDEL', key, 'entry')
+unlist(stream, key)
 redis.call('ZREM', KEYS[2], id)
 redis.call('ZREM', KEYS[4], id)
 if redis.call('HGET', key, 'status') == 'queued' then

@@ -22,6 +22,13 @@ local function drop(stream, entry)
   redis.call('XDEL', stream, entry)
 end
 
+-- Takes the job out of the stream: its entry (if any) is dropped and forgotten.
+local function unlist(stream, key)
+  local entry = redis.call('HGET', key, 'entry')
+  if entry then drop(stream, entry) end
+  redis.call('HDEL', key, 'entry')
+end
+
 -- Appends the job to the stream unless it has an entry already (a job is in the
 -- stream at most once at a time); records the entry on the job.
 local function enqueue(stream, id, now)
