@@ -78,9 +78,12 @@ impl Cluster {
         body["job"].as_str().unwrap().to_owned()
     }
 
+    /// Waits until job `id` is final. Up to 3 minutes: 30 jobs at once write more than
+    /// GitHub's 80 content writes a minute, so the request budget holds the last of
+    /// them a minute or two (SPEC 13).
     async fn finished(&self, id: &str) -> Job {
         self.w
-            .wait("a final state", id, |j| j.status.is_final(), 120)
+            .wait("a final state", id, |j| j.status.is_final(), 180)
             .await
     }
 

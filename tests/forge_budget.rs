@@ -88,6 +88,31 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Progress edits stop at three quarters of a window in Redis too; the writes that wait
+/// still get the rest.
+#[tokio::test]
+async fn redis_budget_keeps_a_reserve_from_progress_edits() {
+    let prefix = prefix();
+    let limits = [Limit {
+        writes: 4,
+        per: Duration::from_secs(60),
+    }];
+    let (a, b) = (budget(&prefix, &limits), budget(&prefix, &limits));
+    for _ in 0..3 {
+        assert!(a.acquire("github:1", Wait::No).await.unwrap());
+    }
+    assert!(!b.acquire("github:1", Wait::No).await.unwrap());
+    assert_eq!(
+        b.try_take("github:1", Wait::UntilAvailable).await.unwrap(),
+        Take::Taken
+    );
+    assert!(matches!(
+        a.try_take("github:1", Wait::UntilAvailable).await.unwrap(),
+        Take::RetryIn(_)
+    ));
+    clean(&prefix).await;
+}
+
 #[tokio::test]
 async fn redis_budgets_on_one_prefix_share_windows_and_pauses() {
     let prefix = prefix();
@@ -102,7 +127,7 @@ async fn redis_budgets_on_one_prefix_share_windows_and_pauses() {
     // Three writes were taken between the two: the window is full for both.
     assert!(!b.acquire("github:1", Wait::No).await.unwrap());
     assert!(matches!(
-        a.try_take("github:1").await.unwrap(),
+        a.try_take("github:1", Wait::UntilAvailable).await.unwrap(),
         Take::RetryIn(d) if d > Duration::from_secs(50)
     ));
     // Another installation has its own budget.
@@ -137,8 +162,8 @@ struct Counting {
 
 #[async_trait]
 impl RequestBudget for Counting {
-    async fn try_take(&self, key: &str) -> Result<Take, BudgetError> {
-        let take = self.inner.try_take(key).await?;
+    async fn try_take(&self, key: &str, wait: Wait) -> Result<Take, BudgetError> {
+        let take = self.inner.try_take(key, wait).await?;
         if matches!(take, Take::RetryIn(_)) {
             self.refused.fetch_add(1, Ordering::SeqCst);
         }

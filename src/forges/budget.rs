@@ -54,8 +54,31 @@ pub const GITLAB_LIMITS: &[Limit] = &[Limit {
 pub enum Wait {
     /// Wait until the windows have room and no pause holds (final states, creations).
     UntilAvailable,
-    /// Answer at once (progress edits: dropped when the budget is short).
+    /// Answer at once (progress edits: dropped when the budget is short). "Short" comes
+    /// before "full": these writes leave [`RESERVE_PERCENT`] of every window to the
+    /// writes that wait, so a burst of progress edits never delays a final state.
     No,
+}
+
+/// The share of every window that progress edits ([`Wait::No`]) leave free.
+pub const RESERVE_PERCENT: u32 = 25;
+
+impl Wait {
+    /// How many of `limit`'s writes a write of this kind may see taken and still go.
+    pub fn usable(self, limit: &Limit) -> u32 {
+        match self {
+            Wait::UntilAvailable => limit.writes,
+            Wait::No => limit.writes - limit.writes * RESERVE_PERCENT / 100,
+        }
+    }
+
+    /// The reserve this kind of write leaves, in percent (the Redis script's argument).
+    pub fn reserve_percent(self) -> u32 {
+        match self {
+            Wait::UntilAvailable => 0,
+            Wait::No => RESERVE_PERCENT,
+        }
+    }
 }
 
 /// What [`RequestBudget::try_take`] did.
@@ -78,8 +101,9 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 
 #[async_trait]
 pub trait RequestBudget: Send + Sync + 'static {
-    /// Takes one write for `key` when every window has room and no pause holds.
-    async fn try_take(&self, key: &str) -> Result<Take, BudgetError>;
+    /// Takes one write for `key` when every window has room for a write of kind `wait`
+    /// (see [`Wait::usable`]) and no pause holds.
+    async fn try_take(&self, key: &str, wait: Wait) -> Result<Take, BudgetError>;
 
     /// Stops `key`'s writes for `duration` (a longer pause already set is kept).
     async fn pause(&self, key: &str, duration: Duration) -> Result<(), BudgetError>;
@@ -88,7 +112,7 @@ pub trait RequestBudget: Send + Sync + 'static {
     /// room now. With [`Wait::UntilAvailable`] it sleeps until there is.
     async fn acquire(&self, key: &str, wait: Wait) -> Result<bool, BudgetError> {
         loop {
-            match self.try_take(key).await? {
+            match self.try_take(key, wait).await? {
                 Take::Taken => return Ok(true),
                 Take::RetryIn(_) if wait == Wait::No => return Ok(false),
                 Take::RetryIn(left) => {
@@ -141,7 +165,7 @@ pub struct Unlimited;
 
 #[async_trait]
 impl RequestBudget for Unlimited {
-    async fn try_take(&self, _: &str) -> Result<Take, BudgetError> {
+    async fn try_take(&self, _: &str, _: Wait) -> Result<Take, BudgetError> {
         Ok(Take::Taken)
     }
     async fn pause(&self, _: &str, _: Duration) -> Result<(), BudgetError> {
@@ -174,7 +198,7 @@ impl LocalBudget {
 
 #[async_trait]
 impl RequestBudget for LocalBudget {
-    async fn try_take(&self, key: &str) -> Result<Take, BudgetError> {
+    async fn try_take(&self, key: &str, kind: Wait) -> Result<Take, BudgetError> {
         let now = Instant::now();
         let mut keys = self.keys.lock().unwrap();
         let state = keys.entry(key.to_owned()).or_default();
@@ -192,9 +216,12 @@ impl RequestBudget for LocalBudget {
                 .iter()
                 .filter(|t| now - **t < limit.per)
                 .collect();
-            if in_window.len() >= limit.writes as usize {
+            let usable = kind.usable(limit) as usize;
+            if usable == 0 {
+                wait = wait.max(limit.per);
+            } else if in_window.len() >= usable {
                 // Room again when enough of the window's writes have left it.
-                let leaving = in_window[in_window.len() - limit.writes as usize];
+                let leaving = in_window[in_window.len() - usable];
                 wait = wait.max(*leaving + limit.per - now);
             }
         }
@@ -238,7 +265,7 @@ mod tests {
         assert!(!budget.acquire("a", Wait::No).await.unwrap());
         assert!(budget.acquire("b", Wait::No).await.unwrap());
         assert_eq!(
-            budget.try_take("a").await.unwrap(),
+            budget.try_take("a", Wait::UntilAvailable).await.unwrap(),
             Take::RetryIn(Duration::from_secs(10))
         );
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -246,7 +273,7 @@ mod tests {
         // Three writes of `a` within the minute: the 60 s window is full now.
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(
-            budget.try_take("a").await.unwrap(),
+            budget.try_take("a", Wait::UntilAvailable).await.unwrap(),
             Take::RetryIn(Duration::from_secs(40)),
             "the 60 s window is full until the first write leaves it"
         );
@@ -268,5 +295,33 @@ mod tests {
         let start = Instant::now();
         assert!(budget.acquire("b", Wait::UntilAvailable).await.unwrap());
         assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_edits_leave_a_quarter_of_the_window_to_final_writes() {
+        let budget = LocalBudget::new(&[Limit {
+            writes: 8,
+            per: Duration::from_secs(60),
+        }]);
+        for _ in 0..6 {
+            assert!(budget.acquire("a", Wait::No).await.unwrap());
+        }
+        assert!(
+            !budget.acquire("a", Wait::No).await.unwrap(),
+            "6 of 8 taken: the last quarter is not for progress edits"
+        );
+        for _ in 0..2 {
+            let start = Instant::now();
+            assert!(budget.acquire("a", Wait::UntilAvailable).await.unwrap());
+            assert_eq!(
+                start.elapsed(),
+                Duration::ZERO,
+                "final writes use the reserve"
+            );
+        }
+        assert!(matches!(
+            budget.try_take("a", Wait::UntilAvailable).await.unwrap(),
+            Take::RetryIn(_)
+        ));
     }
 }

@@ -17,23 +17,26 @@ use async_trait::async_trait;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::forges::budget::{BudgetError, Limit, RequestBudget, Take};
+use crate::forges::budget::{BudgetError, Limit, RequestBudget, Take, Wait};
 
-/// KEYS: writes, pause. ARGV: member, then `limit, window ms` per window.
+/// KEYS: writes, pause. ARGV: member, reserve (percent of each window this write must
+/// leave free), then `limit, window ms` per window.
 /// Returns 0 when a write was taken, else the ms until there may be room.
 const TAKE_SCRIPT: &str = r"
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return paused end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local reserve = tonumber(ARGV[2])
 local longest = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   longest = math.max(longest, tonumber(ARGV[i + 1]))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
 local wait = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  limit = limit - math.floor(limit * reserve / 100)
   local from = now - window + 1
   local used = redis.call('ZCOUNT', KEYS[1], from, '+inf')
   if limit <= 0 then
@@ -116,11 +119,12 @@ fn unavailable(e: redis::RedisError) -> BudgetError {
 
 #[async_trait]
 impl RequestBudget for RedisBudget {
-    async fn try_take(&self, key: &str) -> Result<Take, BudgetError> {
+    async fn try_take(&self, key: &str, kind: Wait) -> Result<Take, BudgetError> {
         let mut inv = self.take.prepare_invoke();
         inv.key(self.writes_key(key))
             .key(self.pause_key(key))
-            .arg(ulid::Ulid::new().to_string());
+            .arg(ulid::Ulid::new().to_string())
+            .arg(kind.reserve_percent());
         for limit in &self.limits {
             inv.arg(limit.writes).arg(limit.per.as_millis() as u64);
         }
