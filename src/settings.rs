@@ -18,6 +18,8 @@
 //! | `per_user_limit` | 1..=1000 | `REPOBOX_PER_USER_LIMIT` |
 //! | `max_turns` | 1..=10000 | `REPOBOX_MAX_TURNS` |
 //! | `allow_workflow_changes` | `true`/`false` | `false` |
+//! | `allow_forks` | `true`/`false` | `false` (SPEC 14: jobs on PRs/MRs from forks) |
+//! | `allow_confidential` | `true`/`false` | `false` (SPEC 14: confidential GitLab notes and issues) |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +32,7 @@ use crate::model::{ForgeKind, RepoRef};
 use crate::store::{Store, StoreError};
 
 /// The names of the admin settings, in display order.
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 9] = [
     "allowed_repos",
     "trigger",
     "label",
@@ -38,6 +40,8 @@ pub const FIELDS: [&str; 7] = [
     "per_user_limit",
     "max_turns",
     "allow_workflow_changes",
+    "allow_forks",
+    "allow_confidential",
 ];
 
 /// An admin setting that does not validate. The text is meant for the admin.
@@ -135,6 +139,10 @@ pub struct AdminSettings {
     pub per_user_limit: usize,
     pub max_turns: u32,
     pub allow_workflow_changes: bool,
+    /// Jobs on pull/merge requests whose head is in a fork.
+    pub allow_forks: bool,
+    /// Jobs from GitLab confidential notes and confidential issues.
+    pub allow_confidential: bool,
 }
 
 impl AdminSettings {
@@ -148,6 +156,8 @@ impl AdminSettings {
             per_user_limit: config.per_user_limit,
             max_turns: config.max_turns,
             allow_workflow_changes: false,
+            allow_forks: false,
+            allow_confidential: false,
         }
     }
 
@@ -199,6 +209,8 @@ impl AdminSettings {
                 "allow_workflow_changes",
                 self.allow_workflow_changes.to_string(),
             ),
+            ("allow_forks", self.allow_forks.to_string()),
+            ("allow_confidential", self.allow_confidential.to_string()),
         ]
     }
 
@@ -213,6 +225,8 @@ impl AdminSettings {
             per_user_limit: 0,
             max_turns: 0,
             allow_workflow_changes: false,
+            allow_forks: false,
+            allow_confidential: false,
         };
         let field = probe.apply(name, value)?;
         let text = probe
@@ -278,20 +292,28 @@ impl AdminSettings {
                 Ok("max_turns")
             }
             "allow_workflow_changes" => {
-                self.allow_workflow_changes = match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => {
-                        return Err(invalid(
-                            "allow_workflow_changes",
-                            "must be `true` or `false`",
-                        ));
-                    }
-                };
+                self.allow_workflow_changes = switch(value, "allow_workflow_changes")?;
                 Ok("allow_workflow_changes")
+            }
+            "allow_forks" => {
+                self.allow_forks = switch(value, "allow_forks")?;
+                Ok("allow_forks")
+            }
+            "allow_confidential" => {
+                self.allow_confidential = switch(value, "allow_confidential")?;
+                Ok("allow_confidential")
             }
             other => Err(SettingsError::Unknown(other.to_owned())),
         }
+    }
+}
+
+/// An on/off switch: stored as `true`/`false`, also read from a form's `on`, `yes`, `1`.
+fn switch(value: &str, field: &'static str) -> Result<bool, SettingsError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(field, "must be `true` or `false`")),
     }
 }
 
@@ -407,6 +429,8 @@ mod tests {
             per_user_limit: 2,
             max_turns: 50,
             allow_workflow_changes: false,
+            allow_forks: false,
+            allow_confidential: false,
         }
     }
 

@@ -122,6 +122,8 @@ async fn a_bad_stored_value_falls_back_to_the_default_and_saving_one_is_refused(
         per_user_limit: 2,
         max_turns: 50,
         allow_workflow_changes: false,
+        allow_forks: false,
+        allow_confidential: false,
     };
     let source = SettingsSource::new(app.store.clone(), defaults);
     let err = source

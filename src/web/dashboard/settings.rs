@@ -247,6 +247,18 @@ fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&
                             option value="true" selected[s.allow_workflow_changes] { "allowed" }
                         }
                     }
+                    label { "Pull requests from forks"
+                        select name="allow_forks" {
+                            option value="false" selected[!s.allow_forks] { "refused" }
+                            option value="true" selected[s.allow_forks] { "allowed" }
+                        }
+                    }
+                    label { "Confidential GitLab notes and issues"
+                        select name="allow_confidential" {
+                            option value="false" selected[!s.allow_confidential] { "ignored" }
+                            option value="true" selected[s.allow_confidential] { "processed" }
+                        }
+                    }
                 }
                 p { button type="submit" { "Save" } }
             }
