@@ -32,7 +32,7 @@ use crate::model::Reaction;
 use crate::progress;
 use crate::settings::SettingsSource;
 use crate::store::{CancelOutcome, Dispatch, Store, TaskEntry};
-use crate::task::{Origin, ReplyKind, Task};
+use crate::task::{Actor, Origin, ReplyKind, Task};
 use crate::telemetry::Metrics;
 
 /// After this many deliveries a task that keeps failing on the forge is given up.
@@ -208,6 +208,8 @@ impl Acknowledger {
             Task::Reply { origin, reply } => self.reply(origin, reply).await,
             Task::Cancel { origin } => self.cancel(origin).await,
             Task::Retry { origin } => self.retry(origin).await,
+            Task::CancelJob { job, actor } => self.cancel_job(*job, actor).await,
+            Task::RetryJob { job, actor } => self.retry_job(*job, actor).await,
         };
         match result {
             Ok(outcome) => outcome,
@@ -425,14 +427,64 @@ impl Acknowledger {
             self.best_effort(forge.react(&origin.repo, origin.thread, comment, Reaction::Eyes))
                 .await;
         }
-        let by = origin.requester.login.clone();
+        self.cancel_one(forge, &job, &origin.requester.login).await
+    }
+
+    /// The dashboard's or the API's cancel: the job named, if `actor` may act on it.
+    async fn cancel_job(&self, id: JobId, actor: &Actor) -> Result<Outcome, Failure> {
+        let Some((forge, job)) = self.job_for(id, actor).await? else {
+            return Ok(Outcome::Done("rejected"));
+        };
+        if !matches!(job.status, JobStatus::Queued | JobStatus::Running) {
+            return Ok(Outcome::Done("nothing_to_cancel"));
+        }
+        self.cancel_one(&forge, &job, &actor.login).await
+    }
+
+    /// The job `id` and its forge when `actor` may act on it now: an admin, or a person
+    /// whose own forge account has write access to the job's repository.
+    async fn job_for(
+        &self,
+        id: JobId,
+        actor: &Actor,
+    ) -> Result<Option<(Arc<dyn Forge>, Job)>, Failure> {
+        let Some(job) = self.store.get_job(id).await? else {
+            return Ok(None);
+        };
+        let Some(forge) = self.forge(job.repo.forge).cloned() else {
+            return Ok(None);
+        };
+        if actor.admin {
+            return Ok(Some((forge, job)));
+        }
+        let Some(user) = actor
+            .forge_user
+            .as_ref()
+            .filter(|_| actor.forge == Some(job.repo.forge))
+        else {
+            return Ok(None);
+        };
+        let level = with_retries(|| forge.access_level(&job.repo, user)).await?;
+        if !level.may_run_jobs() {
+            info!(job = %id, by = %actor.login, "dashboard command refused: no write access");
+            return Ok(None);
+        }
+        Ok(Some((forge, job)))
+    }
+
+    async fn cancel_one(
+        &self,
+        forge: &Arc<dyn Forge>,
+        job: &Job,
+        by: &str,
+    ) -> Result<Outcome, Failure> {
         match self.store.cancel(job.id).await? {
             CancelOutcome::Cancelled => {
-                let body = progress::cancelled(&job, &self.public_url, &by);
+                let body = progress::cancelled(job, &self.public_url, by);
                 match job.progress_comment_id {
                     Some(id) => {
                         self.best_effort(with_retries(|| {
-                            forge.update_comment(&origin.repo, origin.thread, id, &body)
+                            forge.update_comment(&job.repo, job.thread, id, &body)
                         }))
                         .await
                     }
@@ -440,8 +492,8 @@ impl Acknowledger {
                         let marker = progress::marker(job.id);
                         find_or_create_comment(
                             forge.as_ref(),
-                            &origin.repo,
-                            origin.thread,
+                            &job.repo,
+                            job.thread,
                             &marker,
                             &body,
                         )
@@ -455,11 +507,7 @@ impl Acknowledger {
                 // final state.
                 self.best_effort(async {
                     forge
-                        .create_comment(
-                            &origin.repo,
-                            origin.thread,
-                            &progress::cancel_requested(&job),
-                        )
+                        .create_comment(&job.repo, job.thread, &progress::cancel_requested(job))
                         .await
                         .map(|_| ())
                 })
@@ -490,21 +538,51 @@ impl Acknowledger {
                 .await?;
             return Ok(Outcome::Done("nothing_to_retry"));
         };
-        let mut job = Job::new(
-            origin.repo.clone(),
-            origin.thread,
-            origin.thread_title.clone(),
-            TriggerKind::Comment,
-            origin.requester.clone(),
-            previous.instructions.clone(),
-            OffsetDateTime::now_utc(),
-        );
-        job.trigger = if origin.comment.is_some() {
+        let trigger = if origin.comment.is_some() {
             TriggerKind::Comment
         } else {
             previous.trigger
         };
-        job.trigger_comment = origin.comment;
+        self.requeue(&previous, origin.requester.clone(), trigger, origin.comment)
+            .await
+    }
+
+    /// The dashboard's or the API's retry: a new job like the one named, once it ended.
+    async fn retry_job(&self, id: JobId, actor: &Actor) -> Result<Outcome, Failure> {
+        let Some((_, previous)) = self.job_for(id, actor).await? else {
+            return Ok(Outcome::Done("rejected"));
+        };
+        if !previous.status.is_final() {
+            return Ok(Outcome::Done("still_running"));
+        }
+        // The person who asked is the new job's requester when their account is on the
+        // job's forge; an admin signed in elsewhere retries on the requester's behalf.
+        let requester = actor
+            .forge_user
+            .clone()
+            .filter(|_| actor.forge == Some(previous.repo.forge))
+            .unwrap_or_else(|| previous.requester.clone());
+        self.requeue(&previous, requester, previous.trigger, None)
+            .await
+    }
+
+    async fn requeue(
+        &self,
+        previous: &Job,
+        requester: crate::model::UserRef,
+        trigger: TriggerKind,
+        comment: Option<crate::model::CommentRef>,
+    ) -> Result<Outcome, Failure> {
+        let mut job = Job::new(
+            previous.repo.clone(),
+            previous.thread,
+            previous.thread_title.clone(),
+            trigger,
+            requester,
+            previous.instructions.clone(),
+            OffsetDateTime::now_utc(),
+        );
+        job.trigger_comment = comment;
         job.review = previous.review.clone();
         // The new job goes through the same acknowledgement as any other.
         self.store

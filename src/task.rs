@@ -39,6 +39,25 @@ pub enum Task {
     Cancel { origin: Origin },
     /// Re-run the thread's last job.
     Retry { origin: Origin },
+    /// Cancel the job named (the dashboard and the API: never "the thread's latest").
+    CancelJob { job: JobId, actor: Actor },
+    /// Re-run the job named.
+    RetryJob { job: JobId, actor: Actor },
+}
+
+/// Who acts from the dashboard or the API: their access is what the acknowledger checks,
+/// not the job's requester's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Shown on the thread ("cancelled by @login").
+    pub login: String,
+    /// Admins (`REPOBOX_ADMINS`, the API token) may act on any job they see.
+    pub admin: bool,
+    /// The forge account the person signed in with; a non-admin needs write access
+    /// with it on the job's repository now.
+    pub forge_user: Option<UserRef>,
+    /// Which forge `forge_user` is on.
+    pub forge: Option<crate::model::ForgeKind>,
 }
 
 impl Task {
@@ -48,6 +67,8 @@ impl Task {
             Task::Reply { .. } => "reply",
             Task::Cancel { .. } => "cancel",
             Task::Retry { .. } => "retry",
+            Task::CancelJob { .. } => "cancel_job",
+            Task::RetryJob { .. } => "retry_job",
         }
     }
 }

@@ -428,12 +428,31 @@ async fn ldap_bind_as_the_user() {
     let why = denied(auth.ldap_login("alice", "wrong password").await);
     assert_eq!(why, "wrong username or password");
     denied(auth.ldap_login("nobody", ALICE_PASSWORD).await);
-    // An empty password would be an anonymous bind, which the server accepts.
-    denied(auth.ldap_login("alice", "").await);
     denied(auth.ldap_login("", ALICE_PASSWORD).await);
 
     let logs = common::captured_logs();
     assert!(!logs.contains(ALICE_PASSWORD));
+}
+
+/// An empty password would be an anonymous ("unauthenticated") bind, which many
+/// directories accept; slapd here refuses it by itself, so the guard is tested against a
+/// listener that would see any connection: the refusal must come before one is made.
+#[tokio::test]
+async fn ldap_empty_passwords_are_refused_before_the_directory_is_asked() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("ldap://{}", listener.local_addr().unwrap());
+    let auth = authenticator(&["--ldap-url", &url, "--ldap-user-dn", USER_DN_TEMPLATE]);
+    let result = auth.ldap_login("alice", "").await;
+    assert!(
+        matches!(&result, Err(AuthError::Denied(why)) if why == "wrong username or password"),
+        "{result:?}"
+    );
+    // The directory would have been connected to (and the bind sent) before any answer.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the directory was contacted for an empty password: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod common;
 use common::oauth_fake::{CLIENT_ID, CLIENT_SECRET, Flavor, OAuthFake};
 use common::slapd::{ALICE_PASSWORD, Slapd, USER_DN_TEMPLATE};
 use common::{Options, TestApp};
-use repobox::web::dashboard::session::COOKIE;
+use repobox::web::dashboard::session::{COOKIE, storage_key};
 
 /// A browser: one cookie, kept up to date from `Set-Cookie`.
 struct Browser {
@@ -18,14 +18,35 @@ struct Browser {
 
 impl Browser {
     fn new(app: &TestApp) -> Browser {
+        Browser::from(app, "127.0.0.1")
+    }
+
+    /// A browser whose connections come from `address` (any of 127.0.0.0/8).
+    fn from(app: &TestApp, address: &str) -> Browser {
         Browser {
             app_url: app.url.clone(),
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .local_address(address.parse::<std::net::IpAddr>().unwrap())
                 .build()
                 .unwrap(),
             cookie: None,
         }
+    }
+
+    /// One LDAP sign-in through the login form.
+    async fn ldap(&mut self, username: &str, password: &str) -> reqwest::Response {
+        let page = self.get("/login").await.text().await.unwrap();
+        let token = csrf(&page);
+        self.post(
+            "/auth/ldap",
+            &[
+                ("csrf", &token),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
     }
 
     fn keep(&mut self, r: &reqwest::Response) {
@@ -160,7 +181,18 @@ async fn ldap_sign_in_renews_the_session_records_the_user_and_marks_admins() {
     assert_eq!(location(&r), "/jobs");
     let after = b.session_id();
     assert_ne!(before, after, "the session id is renewed at sign-in");
-    assert_eq!(app.store.load_session(&before).await.unwrap(), None);
+    assert_eq!(
+        app.store.load_session(&storage_key(&before)).await.unwrap(),
+        None
+    );
+    // The store holds a hash of the cookie value, and nowhere the value itself.
+    let stored = app.store.load_session(&storage_key(&after)).await.unwrap();
+    assert!(
+        stored.as_deref().is_some_and(|s| !s.contains(&after)),
+        "{stored:?}"
+    );
+    let dump = common::world::redis_text(&app).await;
+    assert!(!dump.contains(&after), "the cookie value is in Redis");
     let page = b.get("/jobs").await.text().await.unwrap();
     assert!(page.contains("All jobs"), "alice is an admin: {page}");
     assert!(page.contains("alice · admin"), "{page}");
@@ -201,7 +233,13 @@ async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
         .await;
     assert_eq!(r.status(), 401);
     assert_eq!(fake.token_requests(), 0);
-    // Replaying it with the right state fails too: the pending sign-in was used up.
+    // Replaying it with the right state fails too: the forged try used up the pending
+    // sign-in, so nothing is asked of the provider.
+    let r = b
+        .get(&format!("/auth/github/callback?code={code}&state={_state}"))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(fake.token_requests(), 0);
     let before = b.session_id();
 
     let r = b.get("/auth/github").await;
@@ -227,4 +265,66 @@ async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
         page.contains("Your jobs") && page.contains("octocat"),
         "{page}"
     );
+}
+
+async fn ldap_app(slapd: &Slapd) -> TestApp {
+    TestApp::start(Options {
+        acknowledger: false,
+        args: vec![
+            "--ldap-url".into(),
+            slapd.url.clone(),
+            "--ldap-user-dn".into(),
+            USER_DN_TEMPLATE.into(),
+        ],
+        ..Options::default()
+    })
+    .await
+}
+
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_eleventh_failed_sign_in_for_a_name_is_refused_from_any_address() {
+    let slapd = Slapd::start().await;
+    let app = ldap_app(&slapd).await;
+    let mut guesser = Browser::from(&app, "127.0.0.2");
+    for n in 0..10 {
+        let r = guesser.ldap("alice", &format!("guess-{n}")).await;
+        assert_eq!(r.status(), 401, "guess {n}");
+    }
+    // The right password, from another address: still refused until the window ends.
+    let mut alice = Browser::from(&app, "127.0.0.3");
+    let r = alice.ldap("alice", ALICE_PASSWORD).await;
+    assert_eq!(r.status(), 429);
+    let wait = retry_after(&r);
+    assert!((1..=600).contains(&wait), "Retry-After: {wait}");
+    assert_eq!(location(&alice.get("/jobs").await), "/login");
+    // Another user from that address is not held up by alice's count.
+    let r = alice
+        .ldap("carol,admin", common::slapd::CAROL_PASSWORD)
+        .await;
+    assert_eq!(r.status(), 303);
+}
+
+#[tokio::test]
+async fn the_eleventh_failed_sign_in_from_an_address_is_refused_for_any_name() {
+    let slapd = Slapd::start().await;
+    let app = ldap_app(&slapd).await;
+    let mut sprayer = Browser::from(&app, "127.0.0.4");
+    for n in 0..10 {
+        let r = sprayer.ldap(&format!("user{n}"), "Winter2026!").await;
+        assert_eq!(r.status(), 401, "try {n}");
+    }
+    let r = sprayer.ldap("alice", ALICE_PASSWORD).await;
+    assert_eq!(r.status(), 429);
+    assert!(retry_after(&r) >= 1);
+    // alice from her own address signs in: her name has no failures.
+    let mut alice = Browser::from(&app, "127.0.0.5");
+    assert_eq!(alice.ldap("alice", ALICE_PASSWORD).await.status(), 303);
 }

@@ -1,4 +1,5 @@
-//! Dashboard sessions (`session:<id>`, SPEC sections 8 and 9).
+//! Dashboard sessions (`session:<key>`, SPEC sections 8, 9 and 14), and the failed
+//! sign-in counters that throttle password guessing (`signin-failures:<key>`).
 
 use std::time::Duration;
 
@@ -22,4 +23,12 @@ pub trait Sessions: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     async fn delete_session(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Failed sign-ins counted under `key` in the current window, and the time left until
+    /// the window ends (zero when there is none).
+    async fn signin_failures(&self, key: &str) -> Result<(u64, Duration), StoreError>;
+
+    /// Counts one failed sign-in under `key`. The first failure opens a window of
+    /// `window`; the count is forgotten when it ends. Returns the new count.
+    async fn count_signin_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError>;
 }

@@ -114,6 +114,8 @@ pub struct FakeGitHub {
     lost_answers: Arc<LostAnswers>,
     /// The App's webhook delivery attempts, oldest first.
     pub deliveries: Arc<Mutex<Vec<Value>>>,
+    /// Collaborators' permissions (login → `admin`, `write`, `read`, `none`).
+    permissions: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// What [`FakeGitHub::fail_after_creating`] applies to.
@@ -212,10 +214,13 @@ impl FakeGitHub {
             )
             .mount(&server)
             .await;
-        let perms: HashMap<String, String> = permissions
-            .iter()
-            .map(|(l, p)| ((*l).to_owned(), (*p).to_owned()))
-            .collect();
+        let permissions: Arc<Mutex<HashMap<String, String>>> = Arc::new(Mutex::new(
+            permissions
+                .iter()
+                .map(|(l, p)| ((*l).to_owned(), (*p).to_owned()))
+                .collect(),
+        ));
+        let perms = permissions.clone();
         let perm_example = example(
             "repos__get-collaborator-permission-level.response.200.response-if-user-has-admin-permissions",
         );
@@ -232,7 +237,8 @@ impl FakeGitHub {
                     .nth(5)
                     .unwrap_or_default()
                     .to_owned();
-                match perms.get(&login) {
+                let permission = perms.lock().unwrap().get(&login).cloned();
+                match permission {
                     Some(p) => {
                         let mut body = perm_example.clone();
                         body["permission"] = json!(p);
@@ -342,7 +348,18 @@ impl FakeGitHub {
             jwt_key: key,
             lost_answers,
             deliveries,
+            permissions,
         }
+    }
+
+    /// Changes `login`'s permission on every repository from now on (`None`: not a
+    /// collaborator, 404).
+    pub fn set_permission(&self, login: &str, permission: Option<&str>) {
+        let mut perms = self.permissions.lock().unwrap();
+        match permission {
+            Some(p) => perms.insert(login.to_owned(), p.to_owned()),
+            None => perms.remove(login),
+        };
     }
 
     /// The next `n` creations of `what` are stored (visible to later reads and lists,

@@ -386,24 +386,35 @@ impl TestApp {
     }
 
     /// A signed-in dashboard session for `user`, stored the way the sign-in routes
-    /// store one (a `tower-sessions` record under `session:<id>`).
+    /// store one (a `tower-sessions` record without its id under `session:<hash of the
+    /// id>`), signed in now. Admin rights come from `--admins`, not from `user.admin`.
     pub async fn sign_in(&self, user: &repobox::web::dashboard::session::SessionUser) -> SignedIn {
-        use tower_sessions::session::{Id, Record};
+        self.sign_in_at(user, time::OffsetDateTime::now_utc()).await
+    }
+
+    /// [`Self::sign_in`] with the sign-in `at` a given time (an old session).
+    pub async fn sign_in_at(
+        &self,
+        user: &repobox::web::dashboard::session::SessionUser,
+        at: time::OffsetDateTime,
+    ) -> SignedIn {
+        use repobox::web::dashboard::session::{SIGNED_IN_AT, storage_key};
+        use tower_sessions::session::Id;
         let id = Id::default();
         let csrf = format!("{:032x}", rand::random::<u128>());
-        let record = Record {
-            id,
-            data: std::collections::HashMap::from([
-                ("user".to_owned(), serde_json::to_value(user).unwrap()),
-                ("csrf".to_owned(), Value::String(csrf.clone())),
-            ]),
-            expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-        };
+        let record = serde_json::json!({
+            "data": {
+                "user": user,
+                "csrf": csrf,
+                SIGNED_IN_AT: at.unix_timestamp(),
+            },
+            "expiry_date": time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+        });
         let stored = self
             .store
             .save_session(
-                &id.to_string(),
-                &serde_json::to_string(&record).unwrap(),
+                &storage_key(&id.to_string()),
+                &record.to_string(),
                 Duration::from_secs(3600),
                 true,
             )

@@ -86,6 +86,9 @@ impl Keys {
     pub fn session(&self, id: &str) -> String {
         format!("{}session:{id}", self.prefix)
     }
+    pub fn signin_failures(&self, key: &str) -> String {
+        format!("{}signin-failures:{key}", self.prefix)
+    }
     pub fn jobs_all(&self) -> String {
         format!("{}jobs:all", self.prefix)
     }

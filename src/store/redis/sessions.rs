@@ -1,4 +1,5 @@
-//! [`Sessions`] on Redis: `session:<id>` strings with a TTL.
+//! [`Sessions`] on Redis: `session:<key>` strings with a TTL, and `signin-failures:<key>`
+//! counters whose TTL is the throttle's window.
 
 use std::time::Duration;
 
@@ -39,5 +40,35 @@ impl Sessions for RedisStore {
         let mut conn = self.conn.clone();
         let _: i64 = conn.del(self.keys.session(id)).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn signin_failures(&self, key: &str) -> Result<(u64, Duration), StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.signin_failures(key);
+        let (count, ttl): (Option<u64>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok((count.unwrap_or(0), Duration::from_millis(ttl.max(0) as u64)))
+    }
+
+    async fn count_signin_failure(&self, key: &str, window: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.signin_failures(key);
+        // INCR and the window's expiry in one step: a count never outlives its window.
+        let (count,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(window.as_millis().max(1) as u64)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(count)
     }
 }

@@ -257,10 +257,15 @@ impl Authenticator {
 
     /// Whether `REPOBOX_ADMINS` names this identity (`provider:login`, case-insensitive).
     pub fn is_admin(&self, identity: &Identity) -> bool {
-        let login = identity.login.to_lowercase();
+        self.is_admin_login(identity.provider.as_str(), &identity.login)
+    }
+
+    /// [`Self::is_admin`] for a signed-in session's provider name and login.
+    pub fn is_admin_login(&self, provider: &str, login: &str) -> bool {
+        let login = login.to_lowercase();
         self.admins
             .iter()
-            .any(|(p, l)| *p == identity.provider && *l == login)
+            .any(|(p, l)| p.as_str() == provider && *l == login)
     }
 
     fn oauth(&self, provider: ProviderKind) -> Result<&oauth::OAuthProvider, AuthError> {

@@ -61,7 +61,7 @@ async fn caller(
             )),
         };
     }
-    session::user(session)
+    session::user(&state.auth, session)
         .await
         .map(|u| (u, false))
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first"))
@@ -152,7 +152,7 @@ async fn command(
             );
         }
     };
-    match super::command(&state, &job, retry).await {
+    match super::command(&state, &user, &job, retry).await {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(json!({ "job": job.id.to_string(), "requested": if retry { "retry" } else { "cancel" } })),

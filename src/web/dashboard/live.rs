@@ -57,7 +57,7 @@ pub async fn events(
     Query(after): Query<After>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(user) = session::user(&session).await else {
+    let Some(user) = session::user(&state.auth, &session).await else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let job = match super::visible_job(&state, &user, &id).await {

@@ -37,8 +37,9 @@ use self::pages::Filters;
 use self::session::SessionUser;
 use crate::app::AppState;
 use crate::job::{Job, JobId};
+use crate::model::UserRef;
 use crate::store::JobIndex;
-use crate::task::{Origin, Task};
+use crate::task::{Actor, Task};
 
 /// Jobs per page of the list.
 const PAGE: usize = 25;
@@ -48,7 +49,7 @@ const SCAN_LIMIT: usize = 2_000;
 const PAGE_LOG_LINES: usize = 2_000;
 
 pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(login_page))
         .route("/logout", post(logout))
@@ -70,7 +71,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/assets/style.css", get(style))
         .route("/assets/live.js", get(script))
         .merge(api::routes())
-        .layer(session::layer(state.store.clone(), &state.public_url))
+        .layer(session::layer(state.store.clone(), &state.public_url));
+    crate::web::headers::apply(router, &state.setup.github_web_url)
 }
 
 async fn style() -> Response {
@@ -129,7 +131,7 @@ fn unavailable(e: impl std::fmt::Display) -> Page {
 }
 
 async fn login_page(State(state): State<AppState>, session: Session) -> Page {
-    if session::user(&session).await.is_some() {
+    if session::user(&state.auth, &session).await.is_some() {
         return Page::Redirect("/jobs".into());
     }
     signin::login_page_with(&state, &session, None).await
@@ -159,15 +161,21 @@ async fn logout(session: Session, axum::Form(form): axum::Form<CsrfForm>) -> Pag
 }
 
 /// The signed-in user and the CSRF token, or the redirect to `/login`.
-async fn signed_in(session: &Session) -> Result<(SessionUser, String), Page> {
-    let user = session::user(session).await.ok_or(Page::Login)?;
+async fn signed_in(state: &AppState, session: &Session) -> Result<(SessionUser, String), Page> {
+    let user = session::user(&state.auth, session)
+        .await
+        .ok_or(Page::Login)?;
     let csrf = session::csrf_token(session).await;
     Ok((user, csrf))
 }
 
 /// A form post's user: signed in, and the form's CSRF token is the session's.
-async fn posted(session: &Session, token: &str) -> Result<(SessionUser, String), Page> {
-    let signed = signed_in(session).await?;
+async fn posted(
+    state: &AppState,
+    session: &Session,
+    token: &str,
+) -> Result<(SessionUser, String), Page> {
+    let signed = signed_in(state, session).await?;
     if !session::check_csrf(session, token).await {
         return Err(csrf_refused());
     }
@@ -251,7 +259,7 @@ async fn jobs_page(
     session: Session,
     Query(filters): Query<Filters>,
 ) -> Page {
-    let (user, csrf) = match signed_in(&session).await {
+    let (user, csrf) = match signed_in(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -281,7 +289,7 @@ pub fn thread_url(setup: &setup::SetupInfo, job: &Job) -> Option<String> {
 }
 
 async fn job_page(State(state): State<AppState>, session: Session, Path(id): Path<String>) -> Page {
-    let (user, csrf) = match signed_in(&session).await {
+    let (user, csrf) = match signed_in(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -310,24 +318,28 @@ async fn job_page(State(state): State<AppState>, session: Session, Path(id): Pat
     ))
 }
 
-/// Cancel or retry through the acknowledger, exactly as the thread's `cancel` and
-/// `retry` commands do (it re-checks the requester's access on the forge).
+/// Cancel or retry `job` through the acknowledger, which checks that `user` (not the
+/// job's requester) may act on it: an admin, or write access with their forge account.
 pub async fn command(
     state: &AppState,
+    user: &SessionUser,
     job: &Job,
     retry: bool,
 ) -> Result<(), crate::store::StoreError> {
-    let origin = Origin {
-        repo: job.repo.clone(),
-        thread: job.thread,
-        thread_title: job.thread_title.clone(),
-        comment: None,
-        requester: job.requester.clone(),
+    let actor = Actor {
+        login: user.login.clone(),
+        admin: user.admin,
+        forge: user.forge_account().map(|(forge, _)| forge),
+        forge_user: user.forge_account().map(|(_, id)| UserRef {
+            id,
+            login: user.login.clone(),
+            is_bot: false,
+        }),
     };
     let task = if retry {
-        Task::Retry { origin }
+        Task::RetryJob { job: job.id, actor }
     } else {
-        Task::Cancel { origin }
+        Task::CancelJob { job: job.id, actor }
     };
     state.store.accept(None, None, &task).await.map(|_| ())
 }
@@ -357,7 +369,7 @@ async fn job_command(
     axum::Form(form): axum::Form<CsrfForm>,
     retry: bool,
 ) -> Page {
-    let (user, csrf) = match posted(&session, &form.csrf).await {
+    let (user, csrf) = match posted(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -366,7 +378,7 @@ async fn job_command(
         Ok(None) => return Page::NotFound(pages::not_found(Some(&user), &csrf)),
         Err(e) => return unavailable(e),
     };
-    match command(&state, &job, retry).await {
+    match command(&state, &user, &job, retry).await {
         Ok(()) => Page::Redirect(format!("/jobs/{}", job.id)),
         Err(e) => unavailable(e),
     }

@@ -134,7 +134,7 @@ async fn suggestions(state: &AppState, user: &SessionUser) -> Vec<String> {
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Page {
-    let (user, csrf) = match super::signed_in(&session).await {
+    let (user, csrf) = match super::signed_in(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -237,7 +237,7 @@ pub async fn create(
     session: Session,
     axum::Form(form): axum::Form<NewJobForm>,
 ) -> Page {
-    let (user, csrf) = match super::posted(&session, &form.csrf).await {
+    let (user, csrf) = match super::posted(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };

@@ -126,7 +126,7 @@ fn settings_page(
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Page {
-    let (user, csrf) = match super::signed_in(&session).await {
+    let (user, csrf) = match super::signed_in(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -169,7 +169,7 @@ pub async fn add(
     session: Session,
     axum::Form(form): axum::Form<ProviderForm>,
 ) -> Page {
-    let (user, csrf) = match super::posted(&session, &form.csrf).await {
+    let (user, csrf) = match super::posted(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -209,7 +209,7 @@ pub async fn delete(
     Path(id): Path<String>,
     axum::Form(form): axum::Form<super::CsrfForm>,
 ) -> Page {
-    let (user, csrf) = match super::posted(&session, &form.csrf).await {
+    let (user, csrf) = match super::posted(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -267,8 +267,8 @@ fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&
     pages::layout("Admin", Some(user), csrf, body)
 }
 
-async fn admin_user(session: &Session) -> Result<(SessionUser, String), Page> {
-    let (user, csrf) = super::signed_in(session).await?;
+async fn admin_user(state: &AppState, session: &Session) -> Result<(SessionUser, String), Page> {
+    let (user, csrf) = super::signed_in(state, session).await?;
     if !user.admin {
         return Err(Page::NotFound(pages::not_found(Some(&user), &csrf)));
     }
@@ -276,7 +276,7 @@ async fn admin_user(session: &Session) -> Result<(SessionUser, String), Page> {
 }
 
 pub async fn admin(State(state): State<AppState>, session: Session) -> Page {
-    let (user, csrf) = match admin_user(&session).await {
+    let (user, csrf) = match admin_user(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };
@@ -291,7 +291,7 @@ pub async fn save_admin(
     session: Session,
     axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
 ) -> Page {
-    let (user, csrf) = match admin_user(&session).await {
+    let (user, csrf) = match admin_user(&state, &session).await {
         Ok(u) => u,
         Err(p) => return p,
     };

@@ -115,7 +115,7 @@ pub async fn page(
     session: Session,
     Query(query): Query<SetupQuery>,
 ) -> Page {
-    let user = session::user(&session).await;
+    let user = session::user(&state.auth, &session).await;
     let csrf = match &user {
         Some(_) => session::csrf_token(&session).await,
         None => String::new(),

@@ -3,9 +3,21 @@
 //! session; `/auth/{provider}/callback` checks the state and exchanges the code;
 //! `POST /auth/ldap` binds to the directory. A successful sign-in records the user
 //! (`user:<provider>:<id>`), renews the session id and marks admins (`REPOBOX_ADMINS`).
+//!
+//! Password sign-in (LDAP) is throttled (SPEC §14): failures are counted for ten minutes
+//! per user name (from any address) and per client address (with any name), in the store
+//! so that every `serve` shares them; once either count reaches [`MAX_FAILURES`] the next
+//! tries answer 429 with `Retry-After`, even with the right password, until the window
+//! ends. The address is the TCP peer's: behind a reverse proxy that is the proxy's, and
+//! all users share its count (the README says so).
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use tower_sessions::Session;
 
 use super::Page;
@@ -16,6 +28,64 @@ use crate::store::User;
 use crate::web::auth::{AuthError, Identity, PendingLogin, ProviderKind};
 
 const PENDING: &str = "pending_login";
+/// Failed password sign-ins allowed per user name, and per address, in [`WINDOW`].
+pub const MAX_FAILURES: u64 = 10;
+pub const WINDOW: Duration = Duration::from_secs(600);
+
+/// The client's address, when the server records peers (it does in `serve`).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip()),
+        ))
+    }
+}
+
+/// The throttle's counters for a sign-in as `username` from `addr`. The name is hashed
+/// (any text fits a key, none is stored in the clear) and compared case-insensitively,
+/// as the directory compares it.
+fn throttle_keys(username: &str, addr: Option<IpAddr>) -> Vec<String> {
+    use sha2::Digest;
+    let name = sha2::Sha256::digest(username.trim().to_lowercase().as_bytes());
+    let mut keys = vec![format!("name:{}", hex::encode(&name[..16]))];
+    if let Some(addr) = addr {
+        keys.push(format!("addr:{addr}"));
+    }
+    keys
+}
+
+/// How long until a sign-in under `keys` may be tried again, if it is throttled now.
+async fn throttled(state: &AppState, keys: &[String]) -> Result<Option<Duration>, Page> {
+    let mut wait = None;
+    for key in keys {
+        let (failures, left) = state
+            .store
+            .signin_failures(key)
+            .await
+            .map_err(super::unavailable)?;
+        if failures >= MAX_FAILURES {
+            wait = wait.max(Some(left.max(Duration::from_secs(1))));
+        }
+    }
+    Ok(wait)
+}
+
+fn too_many(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        format!("Too many failed sign-ins; try again in {secs} seconds."),
+    )
+        .into_response()
+}
 
 fn label(p: ProviderKind) -> &'static str {
     match p {
@@ -140,13 +210,30 @@ pub struct LdapForm {
 pub async fn ldap(
     State(state): State<AppState>,
     session: Session,
+    ClientAddr(addr): ClientAddr,
     axum::Form(form): axum::Form<LdapForm>,
-) -> Page {
+) -> Response {
     if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
+        return super::csrf_refused().into_response();
+    }
+    let keys = throttle_keys(&form.username, addr);
+    match throttled(&state, &keys).await {
+        Ok(Some(wait)) => {
+            tracing::info!(?addr, "dashboard sign-in throttled");
+            return too_many(wait);
+        }
+        Ok(None) => {}
+        Err(page) => return page.into_response(),
     }
     let result = state.auth.ldap_login(&form.username, &form.password).await;
-    finish(&state, &session, result).await
+    if let Err(AuthError::Denied(_)) = &result {
+        for key in &keys {
+            if let Err(e) = state.store.count_signin_failure(key, WINDOW).await {
+                return super::unavailable(e).into_response();
+            }
+        }
+    }
+    finish(&state, &session, result).await.into_response()
 }
 
 async fn finish(state: &AppState, session: &Session, result: Result<Identity, AuthError>) -> Page {
