@@ -1,5 +1,5 @@
 //! Admin settings (the `settings` hash, SPEC section 9) and what the first-run `/setup`
-//! stores (the GitHub App, one-time manifest states).
+//! stores (the GitHub App, one-time manifest states, the setup token).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,4 +35,12 @@ pub trait SettingsStore: Send + Sync {
 
     /// Consumes a manifest-flow `state`: `true` once if it was issued and has not expired.
     async fn take_setup_state(&self, state: &str) -> Result<bool, StoreError>;
+
+    /// The setup token (`setup:token`): `candidate` when none is stored yet, else the
+    /// stored one, so every `serve` of an install prints and accepts the same token.
+    async fn setup_token(&self, candidate: &str) -> Result<String, StoreError>;
+
+    /// Marks the stored GitHub App as confirmed by an admin on `/setup` (field
+    /// `confirmed_at`); `false` when no App is stored.
+    async fn confirm_github_app(&self, at: &str) -> Result<bool, StoreError>;
 }

@@ -215,6 +215,10 @@ impl TestApp {
         let metrics = Arc::new(Metrics::new());
         let services = build_services(&cli.config, metrics.clone()).expect("services build");
         let _ = services.state.store.ensure_groups().await;
+        // As `serve` does at start: the setup token, while no forge is configured.
+        repobox::web::dashboard::setup::announce(&services.state)
+            .await
+            .expect("the setup token is stored");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

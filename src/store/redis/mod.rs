@@ -108,6 +108,10 @@ impl Keys {
     pub fn github_app(&self) -> String {
         format!("{}github_app", self.prefix)
     }
+    /// The one-time setup token `serve` prints while no forge is configured.
+    pub fn setup_token(&self) -> String {
+        format!("{}setup:token", self.prefix)
+    }
     /// A manifest-flow `state` issued by `/setup`.
     pub fn setup_state(&self, state: &str) -> String {
         format!("{}setup:state:{state}", self.prefix)

@@ -1,4 +1,4 @@
-//! [`SettingsStore`] on Redis: the `settings` hash, `github_app`, setup states.
+//! [`SettingsStore`] on Redis: the `settings` hash, `github_app`, setup states and token.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -82,5 +82,37 @@ impl SettingsStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(removed == 1)
+    }
+
+    async fn setup_token(&self, candidate: &str) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.setup_token();
+        let (token,): (String,) = redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(candidate)
+            .arg("NX")
+            .ignore()
+            .get(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(token)
+    }
+
+    async fn confirm_github_app(&self, at: &str) -> Result<bool, StoreError> {
+        let script = Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+             redis.call('HSET', KEYS[1], 'confirmed_at', ARGV[1]) return 1",
+        );
+        let mut conn = self.conn.clone();
+        let done: i64 = script
+            .key(self.keys.github_app())
+            .arg(at)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
     }
 }

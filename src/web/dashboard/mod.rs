@@ -58,6 +58,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/auth/{provider}/callback", get(signin::callback))
         .route("/setup", get(setup::page))
         .route("/setup/github/callback", get(setup::callback))
+        .route("/setup/github/confirm", post(setup::confirm))
         .route("/settings", get(settings::page))
         .route("/settings/providers", post(settings::add))
         .route("/settings/providers/{id}/delete", post(settings::delete))

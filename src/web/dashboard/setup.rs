@@ -1,27 +1,34 @@
-//! `/setup`: first run (SPEC §8, §11). Registers the GitHub App through GitHub's
+//! `/setup`: first run (SPEC §8, §11, §14). Registers the GitHub App through GitHub's
 //! manifest flow and shows how to connect GitLab.
 //!
-//! 1. `GET /setup` (while no App exists) renders a form that posts `app-manifest.yml`,
-//!    with every URL set from `REPOBOX_PUBLIC_URL`, to GitHub's "new App" page (a
-//!    personal account, or `?org=<name>` for an organization), with a random `state`
-//!    kept in Redis for an hour (`setup:state:<state>`).
+//! 0. While no forge is configured, `serve` prints a setup token at start
+//!    ([`announce`]: `open …/setup?token=…`; one token per install, in the store, so
+//!    every `serve` prints the same). Without it `/setup` is a 404: whoever finds the
+//!    URL first cannot register an App of their own on this server.
+//! 1. `GET /setup?token=…` marks the browser's session as the one doing setup, and
+//!    renders a form that posts `app-manifest.yml`, with every URL set from
+//!    `REPOBOX_PUBLIC_URL`, to GitHub's "new App" page (a personal account, or
+//!    `?org=<name>` for an organization), with a random `state` kept in the session
+//!    and in the store for an hour (`setup:state:<state>`).
 //! 2. GitHub sends the browser back to `/setup/github/callback?code=…&state=…`. The
-//!    state is consumed (once; unknown or expired → refused, nothing sent to GitHub), the
-//!    code is exchanged (`POST /app-manifests/{code}/conversions`), and the App's id,
-//!    slug, OAuth client and — sealed with the secret key — its private key, client
-//!    secret and webhook secret are stored in the `github_app` hash, only if none is
-//!    stored yet. The browser goes on to the App's installation page.
-//! 3. From then on `/setup` is closed to registration. Processes started afterwards use
-//!    the stored App when `REPOBOX_GITHUB_APP_ID` is not set ([`apply_stored_app`]);
-//!    those already running keep their configuration until they restart.
-//!
-//! The page is open to anyone until an App exists, as in Probot: register it before the
-//! URL is public. The GitLab webhook secret is shown to signed-in admins only.
+//!    state must be this session's and is consumed (once; unknown, expired or another
+//!    browser's → refused, nothing sent to GitHub), the code is exchanged
+//!    (`POST /app-manifests/{code}/conversions`), and the App's id, slug, OAuth client
+//!    and — sealed with the secret key — its private key, client secret and webhook
+//!    secret are stored in the `github_app` hash, only if none is stored yet.
+//! 3. `/setup` then asks the same session to confirm the App (a form with the CSRF
+//!    token, `POST /setup/github/confirm`); only a confirmed App is used by processes
+//!    started afterwards ([`apply_stored_app`]), so nothing is adopted silently. The
+//!    browser goes on to the App's installation page.
+//! 4. Setup is closed once any forge is configured (an App from the environment or
+//!    confirmed here, or GitLab): `/setup` is then for signed-in admins only (what is
+//!    configured, GitLab's webhook URL and secret), a 404 for everyone else.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use maud::{Markup, html};
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 use tower_sessions::Session;
 
 use super::{Page, pages, session};
@@ -33,6 +40,9 @@ use crate::store::Store;
 
 /// How long a manifest-flow `state` stays valid.
 const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Session keys: this browser showed the setup token; the manifest `state` it was given.
+const GRANT: &str = "setup_grant";
+const FLOW_STATE: &str = "setup_state";
 const MANIFEST: &str = include_str!("../../../app-manifest.yml");
 
 /// What `/setup` needs from the configuration.
@@ -64,6 +74,90 @@ fn secret_context(field: &str) -> String {
 pub struct SetupQuery {
     /// Register the App on this organization instead of the visitor's account.
     org: Option<String>,
+    /// The setup token `serve` printed.
+    token: Option<String>,
+}
+
+/// Where setup stands.
+enum Stage {
+    /// No forge: registration is open (to holders of the token).
+    Open,
+    /// An App was registered here and waits for the admin's confirmation.
+    Unconfirmed(String),
+    /// A forge is configured (the description says which).
+    Closed(String),
+}
+
+async fn stage(state: &AppState) -> Result<Stage, crate::store::StoreError> {
+    if let Some(id) = state.setup.github_app_id {
+        return Ok(Stage::Closed(format!(
+            "GitHub App id {id} (REPOBOX_GITHUB_APP_ID)"
+        )));
+    }
+    if let Some(app) = state.store.github_app().await? {
+        let text = format!(
+            "{} (id {}, registered here)",
+            app.get("slug").map(String::as_str).unwrap_or("?"),
+            app.get("id").map(String::as_str).unwrap_or("?")
+        );
+        return Ok(if app.contains_key("confirmed_at") {
+            Stage::Closed(format!("GitHub App {text}"))
+        } else {
+            Stage::Unconfirmed(text)
+        });
+    }
+    if let Some(url) = &state.setup.gitlab_url {
+        return Ok(Stage::Closed(format!("GitLab at {url}")));
+    }
+    Ok(Stage::Open)
+}
+
+/// At `serve`'s start: while setup is open, the install's setup token and the log line
+/// that hands it to the operator. `None` once a forge is configured.
+pub async fn announce(state: &AppState) -> Result<Option<String>, crate::store::StoreError> {
+    if matches!(stage(state).await?, Stage::Closed(_)) {
+        return Ok(None);
+    }
+    let token = state.store.setup_token(&new_token()).await?;
+    tracing::info!(
+        "no forge is configured yet: open {}/setup?token={token} to set up Repobox",
+        state.public_url.trim_end_matches('/')
+    );
+    Ok(Some(token))
+}
+
+fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 24]>())
+}
+
+/// Whether this browser may do setup: it showed the token now or earlier in its session.
+async fn granted(state: &AppState, session: &Session, token: Option<&str>) -> Result<bool, Page> {
+    if matches!(session.get::<bool>(GRANT).await, Ok(Some(true))) {
+        return Ok(true);
+    }
+    let Some(presented) = token.filter(|t| !t.is_empty() && t.len() <= 128) else {
+        return Ok(false);
+    };
+    let token = state
+        .store
+        .setup_token(&new_token())
+        .await
+        .map_err(super::unavailable)?;
+    if !bool::from(token.as_bytes().ct_eq(presented.as_bytes())) {
+        tracing::warn!("/setup: a wrong setup token was presented");
+        return Ok(false);
+    }
+    // A fresh session id for the browser that holds the right (no fixation).
+    session.cycle_id().await.map_err(super::unavailable)?;
+    session
+        .insert(GRANT, true)
+        .await
+        .map_err(super::unavailable)?;
+    Ok(true)
+}
+
+fn not_found() -> Page {
+    Page::NotFound(pages::not_found(None, ""))
 }
 
 fn page_html(
@@ -79,7 +173,7 @@ fn page_html(
         div.card id="github-setup" {
             h2 { "GitHub" }
             @if let Some(app) = &app {
-                p { "A GitHub App is configured: " (app) ". Setup is closed." }
+                p { "Configured: " (app) ". Setup is closed." }
             } @else if let Some((action, manifest)) = &form {
                 p { "Register the Repobox GitHub App on GitHub. Its webhook, callback and permissions come from "
                     code { "app-manifest.yml" } " with this server's address, " code { (base) } "." }
@@ -116,20 +210,33 @@ pub async fn page(
     Query(query): Query<SetupQuery>,
 ) -> Page {
     let user = session::user(&state.auth, &session).await;
-    let csrf = match &user {
-        Some(_) => session::csrf_token(&session).await,
-        None => String::new(),
-    };
-    let app = match configured_app(&state).await {
-        Ok(app) => app,
+    let csrf = session::csrf_token(&session).await;
+    let stage = match stage(&state).await {
+        Ok(stage) => stage,
         Err(e) => return super::unavailable(e),
     };
-    if app.is_some() {
-        return Page::Html(page_html(&state, user.as_ref(), &csrf, app, None));
+    if let Stage::Closed(what) = stage {
+        return match user.as_ref().filter(|u| u.admin) {
+            Some(admin) => Page::Html(page_html(&state, Some(admin), &csrf, Some(what), None)),
+            None => not_found(),
+        };
+    }
+    match granted(&state, &session, query.token.as_deref()).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(page) => return page,
+    }
+    // The session id may have changed: the form's token is the session's now.
+    let csrf = session::csrf_token(&session).await;
+    if let Stage::Unconfirmed(app) = stage {
+        return Page::Html(confirm_html(user.as_ref(), &csrf, &app));
     }
     let flow_state = hex::encode(rand::random::<[u8; 16]>());
     if let Err(e) = state.store.put_setup_state(&flow_state, STATE_TTL).await {
         return super::unavailable(e);
+    }
+    if session.insert(FLOW_STATE, &flow_state).await.is_err() {
+        return super::unavailable("session");
     }
     let web = &state.setup.github_web_url;
     let target = match query
@@ -157,18 +264,56 @@ pub async fn page(
     ))
 }
 
-/// A description of the App in use, if there is one (environment or stored).
-async fn configured_app(state: &AppState) -> Result<Option<String>, crate::store::StoreError> {
-    if let Some(id) = state.setup.github_app_id {
-        return Ok(Some(format!("id {id} (REPOBOX_GITHUB_APP_ID)")));
+fn confirm_html(user: Option<&session::SessionUser>, csrf: &str, app: &str) -> Markup {
+    let body = html! {
+        h1 { "Set up Repobox" }
+        div.card id="github-confirm" {
+            h2 { "Confirm the GitHub App" }
+            p { "GitHub registered " strong { (app) } " for this server. Repobox uses it only once you confirm here; processes started afterwards pick it up." }
+            form id="confirm-app" method="post" action="/setup/github/confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Use this GitHub App" }
+            }
+        }
+    };
+    pages::layout("Setup", user, csrf, body)
+}
+
+/// `POST /setup/github/confirm`: the session that registered the App (or another holder
+/// of the setup token) confirms it; then on to its installation page.
+pub async fn confirm(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<super::CsrfForm>,
+) -> Page {
+    if !matches!(stage(&state).await, Ok(Stage::Unconfirmed(_))) {
+        return not_found();
     }
-    Ok(state.store.github_app().await?.map(|app| {
-        format!(
-            "{} (id {}, registered here)",
-            app.get("slug").map(String::as_str).unwrap_or("?"),
-            app.get("id").map(String::as_str).unwrap_or("?")
-        )
-    }))
+    match granted(&state, &session, None).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(page) => return page,
+    }
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let now = crate::job::rfc3339(time::OffsetDateTime::now_utc());
+    match state.store.confirm_github_app(&now).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(e) => return super::unavailable(e),
+    }
+    let _ = session.remove::<bool>(GRANT).await;
+    let html_url = match state.store.github_app().await {
+        Ok(Some(app)) => app.get("html_url").cloned().unwrap_or_default(),
+        Ok(None) => String::new(),
+        Err(e) => return super::unavailable(e),
+    };
+    tracing::info!("GitHub App confirmed on /setup; restart repobox to use it");
+    Page::Redirect(format!(
+        "{}/installations/new",
+        html_url.trim_end_matches('/')
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -179,18 +324,25 @@ pub struct Callback {
     state: String,
 }
 
-pub async fn callback(State(state): State<AppState>, Query(cb): Query<Callback>) -> Page {
-    match configured_app(&state).await {
-        Ok(Some(_)) => {
-            return Page::Error(
-                StatusCode::NOT_FOUND,
-                "Setup is closed: a GitHub App is configured.".into(),
-            );
-        }
-        Ok(None) => {}
+pub async fn callback(
+    State(state): State<AppState>,
+    session: Session,
+    Query(cb): Query<Callback>,
+) -> Page {
+    match stage(&state).await {
+        Ok(Stage::Open) => {}
+        Ok(_) => return not_found(),
         Err(e) => return super::unavailable(e),
     }
-    let valid_state = !cb.state.is_empty()
+    // The state must be the one this browser was given, and is used once.
+    let ours = session
+        .remove::<String>(FLOW_STATE)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|s| bool::from(s.as_bytes().ct_eq(cb.state.as_bytes())));
+    let valid_state = ours
+        && !cb.state.is_empty()
         && cb.state.len() <= 64
         && matches!(state.store.take_setup_state(&cb.state).await, Ok(true));
     if !valid_state {
@@ -235,11 +387,8 @@ pub async fn callback(State(state): State<AppState>, Query(cb): Query<Callback>)
     ];
     match state.store.create_github_app(&fields).await {
         Ok(true) => {
-            tracing::info!(app_id = id, slug = %text("slug"), "GitHub App registered through /setup; restart repobox to use it");
-            Page::Redirect(format!(
-                "{}/installations/new",
-                text("html_url").trim_end_matches('/')
-            ))
+            tracing::info!(app_id = id, slug = %text("slug"), "GitHub App registered through /setup; it waits for confirmation there");
+            Page::Redirect("/setup".into())
         }
         Ok(false) => Page::Error(
             StatusCode::CONFLICT,
@@ -272,7 +421,8 @@ async fn convert(api_url: &str, code: &str) -> Result<Value, String> {
         .map_err(|_| "an unreadable answer".to_owned())
 }
 
-/// When no App is configured through the environment, takes the one `/setup` stored:
+/// When no App is configured through the environment, takes the one `/setup` stored and
+/// an admin confirmed there (an unconfirmed one is an error the caller reports):
 /// its id, private key, webhook secret and OAuth client fill the configuration. Errors
 /// (a stored App the secret key cannot open) are returned for the caller to report.
 pub async fn apply_stored_app(
@@ -286,6 +436,11 @@ pub async fn apply_stored_app(
     let Some(app) = store.github_app().await? else {
         return Ok(false);
     };
+    if !app.contains_key("confirmed_at") {
+        anyhow::bail!(
+            "the GitHub App registered through /setup is not confirmed: confirm it on /setup first"
+        );
+    }
     let open = |field: &str| -> anyhow::Result<Secret> {
         let sealed = app
             .get(field)
