@@ -466,6 +466,10 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     if let Err(e) = services.state.store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; intake answers 503 until it is");
     }
+    // While no forge is configured: the setup token, in the log (SPEC §14).
+    if let Err(e) = web::dashboard::setup::announce(&services.state).await {
+        warn!(error = %e, "the setup token could not be stored; /setup stays closed until it can");
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (REPOBOX_LISTEN)", config.listen))?;
@@ -506,9 +510,12 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         None
     };
     let signal = shutdown.clone();
+    let log_hub = services.state.log_hub.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("shutdown requested");
+        // Live logs end now: open job pages must not hold up the drain.
+        log_hub.close();
         signal.cancel();
     });
     serve(listener, build_router(services.state), shutdown.clone()).await?;

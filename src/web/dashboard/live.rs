@@ -12,6 +12,13 @@
 //! only to catch up to it — their backlog after `Last-Event-ID`, or lines the feed went
 //! past before they could see them. Lines are sent strictly after the viewer's place,
 //! so catching up and following never send a line twice.
+//!
+//! A session holds at most [`STREAMS_PER_SESSION`] streams (one more is a 429), and
+//! every stream ends when the server starts shutting down ([`LogHub::close`]), so a
+//! restart is not held up by open job pages: browsers reconnect with `Last-Event-ID`.
+//!
+//! [`STREAMS_PER_SESSION`]: super::log_hub::STREAMS_PER_SESSION
+//! [`LogHub::close`]: super::log_hub::LogHub::close
 
 use std::convert::Infallible;
 
@@ -22,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use tower_sessions::Session;
 
-use super::log_hub::{BATCH, Subscription, Update, WAIT, position};
+use super::log_hub::{BATCH, StreamSlot, Subscription, Update, WAIT, position};
 use super::session;
 use crate::app::AppState;
 use crate::job::{Job, JobStatus};
@@ -65,6 +72,21 @@ pub async fn events(
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     };
+    let Some(slot) = session.id().and_then(|id| {
+        state
+            .log_hub
+            .open_stream(&session::storage_key(&id.to_string()))
+    }) else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "5")],
+            "Too many live logs open in this session; close some job pages.",
+        )
+            .into_response();
+    };
+    if state.log_hub.closing().is_cancelled() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -72,7 +94,9 @@ pub async fn events(
         .or(after.after)
         .filter(|id| valid_id(id))
         .unwrap_or_else(|| "0".to_owned());
-    Sse::new(stream(state, job, resume))
+    let closing = state.log_hub.closing();
+    let events = stream(state, job, resume, slot).take_until(closing.cancelled_owned());
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -92,12 +116,15 @@ struct Viewer {
     /// The feed may not continue from `after`: read from the store first.
     behind: bool,
     done: bool,
+    /// The session's place for this stream, freed when the stream is dropped.
+    _slot: StreamSlot,
 }
 
 fn stream(
     state: AppState,
     job: Job,
     after: String,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     // Joined after the job was read, so every record the feed passes on is newer.
     let feed = (!job.status.is_final()).then(|| state.log_hub.subscribe(job.id));
@@ -109,6 +136,7 @@ fn stream(
         feed,
         behind: true,
         done: false,
+        _slot: slot,
     };
     futures::stream::unfold(viewer, |mut v| async move {
         if v.done {

@@ -125,10 +125,35 @@ impl Subscription {
     }
 }
 
-/// The readers of the jobs being watched now.
+/// Live-log streams one dashboard session may hold open at once (SPEC §14).
+pub const STREAMS_PER_SESSION: usize = 8;
+
+/// The readers of the jobs being watched now, the streams each session holds, and the
+/// signal that ends every stream when the server shuts down.
 pub struct LogHub {
     store: Arc<dyn Store>,
     feeds: Mutex<HashMap<JobId, Weak<Feed>>>,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    closing: tokio_util::sync::CancellationToken,
+}
+
+/// One open stream of a session; dropping it (the stream ended or the browser went
+/// away) frees its place.
+pub struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    session: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().expect("log hub lock");
+        if let Some(n) = streams.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.session);
+            }
+        }
+    }
 }
 
 impl LogHub {
@@ -136,7 +161,35 @@ impl LogHub {
         LogHub {
             store,
             feeds: Mutex::new(HashMap::new()),
+            streams: Arc::default(),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// A place for one more stream of `session` (a key that names it, not the cookie),
+    /// or `None` when it holds [`STREAMS_PER_SESSION`] already.
+    pub fn open_stream(&self, session: &str) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock().expect("log hub lock");
+        let n = streams.entry(session.to_owned()).or_default();
+        if *n >= STREAMS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: self.streams.clone(),
+            session: session.to_owned(),
+        })
+    }
+
+    /// Ends every live stream now and refuses new ones: called when shutdown starts, so
+    /// open log pages do not hold up the drain of in-flight requests.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Fires when [`Self::close`] was called.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.closing.clone()
     }
 
     /// Joins the feed of job `id`, starting its reader when nobody watches it yet.
