@@ -70,6 +70,8 @@ pub struct Inner {
     pub api_token: Option<Secret>,
     /// The live-log readers, one per job being watched (`/jobs/{id}/events`).
     pub log_hub: Arc<LogHub>,
+    /// `/jobs/new`'s repository lists, per user.
+    pub picker: Arc<web::dashboard::picker::Picker>,
 }
 
 impl std::ops::Deref for AppState {
@@ -274,6 +276,7 @@ pub fn build_services_as(
         forges: forges.clone(),
         api_token: config.api_token.clone(),
         log_hub: Arc::new(LogHub::new(store.clone())),
+        picker: Arc::default(),
     });
     let acknowledger = Arc::new(Acknowledger {
         store,

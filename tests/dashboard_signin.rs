@@ -328,3 +328,119 @@ async fn the_eleventh_failed_sign_in_from_an_address_is_refused_for_any_name() {
     let mut alice = Browser::from(&app, "127.0.0.5");
     assert_eq!(alice.ldap("alice", ALICE_PASSWORD).await.status(), 303);
 }
+
+/// Signs `b` in through the provider's routes (the fake authorizes at once).
+async fn sign_in_through(b: &mut Browser, fake: &OAuthFake, provider: &str) {
+    let r = b.get(&format!("/auth/{provider}")).await;
+    let (code, state) = fake.authorize(&location(&r)).await;
+    let r = b
+        .get(&format!(
+            "/auth/{provider}/callback?code={code}&state={state}"
+        ))
+        .await;
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+}
+
+/// The `datalist` suggestions of `/jobs/new`.
+fn suggestions(page: &str) -> Vec<String> {
+    let Some(at) = page.find("<datalist id=\"repos\">") else {
+        return Vec::new();
+    };
+    let list = &page[at..at + page[at..].find("</datalist>").unwrap()];
+    list.split("<option value=\"")
+        .skip(1)
+        .map(|o| o.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_picker_lists_what_the_user_can_write_to_asked_with_their_own_token() {
+    let fake = OAuthFake::start(Flavor::GitHub).await;
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        args: vec![
+            "--github-client-id".into(),
+            CLIENT_ID.into(),
+            "--github-client-secret".into(),
+            CLIENT_SECRET.into(),
+            "--github-api-url".into(),
+            fake.url.clone(),
+            "--github-web-url".into(),
+            fake.url.clone(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut b = Browser::new(&app);
+    sign_in_through(&mut b, &fake, "github").await;
+    let page = b.get("/jobs/new").await.text().await.unwrap();
+    // The documented example repository is pull-only for this user: not suggested.
+    assert_eq!(
+        suggestions(&page),
+        vec!["github:octocat/writable"],
+        "{page}"
+    );
+    // The example lists two installations: one call for them, one for each's repositories.
+    assert_eq!(fake.list_requests(), 3);
+    // Within five minutes the list comes from the cache: no API call per page view.
+    let again = b.get("/jobs/new").await.text().await.unwrap();
+    assert_eq!(suggestions(&again), vec!["github:octocat/writable"]);
+    assert_eq!(fake.list_requests(), 3);
+    // The user's token is kept sealed.
+    let dump = common::world::redis_text(&app).await;
+    assert!(
+        !dump.contains("fake_"),
+        "a user token in Redis in plain text"
+    );
+
+    // Someone signed in without a forge token is shown nothing, and nothing is asked.
+    let other = app
+        .sign_in(&repobox::web::dashboard::session::SessionUser {
+            provider: "github".into(),
+            id: "77".into(),
+            login: "someone".into(),
+            name: None,
+            admin: false,
+        })
+        .await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/jobs/new", app.url))
+        .header("cookie", &other.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(suggestions(&page).is_empty(), "{page}");
+    assert_eq!(fake.list_requests(), 3);
+}
+
+#[tokio::test]
+async fn the_gitlab_picker_asks_for_developer_access_and_above() {
+    let fake = OAuthFake::start(Flavor::GitLab).await;
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        args: vec![
+            "--gitlab-client-id".into(),
+            CLIENT_ID.into(),
+            "--gitlab-client-secret".into(),
+            CLIENT_SECRET.into(),
+            "--gitlab-url".into(),
+            fake.url.clone(),
+            "--gitlab-token".into(),
+            "glpat-bot-token-0123456789".into(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let mut b = Browser::new(&app);
+    sign_in_through(&mut b, &fake, "gitlab").await;
+    let page = b.get("/jobs/new").await.text().await.unwrap();
+    assert_eq!(
+        suggestions(&page),
+        vec!["gitlab:group/developer-here"],
+        "{page}"
+    );
+    assert_eq!(fake.list_requests(), 1);
+}

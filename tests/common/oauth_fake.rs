@@ -63,6 +63,8 @@ struct FakeState {
     token_requests: usize,
     authorize_params: Vec<HashMap<String, String>>,
     tweak: IdTokenTweak,
+    /// Repository-list requests made with a user's token (the picker's API calls).
+    list_requests: usize,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -91,16 +93,23 @@ impl OAuthFake {
             token_requests: 0,
             authorize_params: Vec::new(),
             tweak: IdTokenTweak::None,
+            list_requests: 0,
         }));
         let router = Router::new()
             // GitHub
             .route("/login/oauth/authorize", get(authorize))
             .route("/login/oauth/access_token", post(token))
             .route("/user", get(user))
+            .route("/user/installations", get(installations))
+            .route(
+                "/user/installations/{id}/repositories",
+                get(installation_repositories),
+            )
             // GitLab
             .route("/oauth/authorize", get(authorize))
             .route("/oauth/token", post(token))
             .route("/api/v4/user", get(user))
+            .route("/api/v4/projects", get(projects))
             // OpenID Connect
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/authorize", get(authorize))
@@ -111,6 +120,11 @@ impl OAuthFake {
             axum::serve(listener, router).await.unwrap();
         });
         OAuthFake { url, state, task }
+    }
+
+    /// Repository lists asked for with a user's token.
+    pub fn list_requests(&self) -> usize {
+        self.state.lock().unwrap().list_requests
     }
 
     /// Code exchanges the fake has received, good or bad.
@@ -361,4 +375,83 @@ fn random_hex() -> String {
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// The bearer token's user, counting the request as a list request.
+fn token_user(state: &Shared, headers: &HeaderMap) -> Option<Value> {
+    let mut s = state.lock().unwrap();
+    s.list_requests += 1;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    s.tokens.get(token).cloned()
+}
+
+fn bad_credentials() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"message": "Bad credentials"})),
+    )
+        .into_response()
+}
+
+fn api_example(name: &str) -> Value {
+    super::fixture_json(&format!("github/api-examples/{name}.json"))
+}
+
+/// `GET /user/installations`: GitHub's documented example (installation 1 first).
+async fn installations(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    match token_user(&state, &headers) {
+        Some(_) => Json(api_example(
+            "apps__list-installations-for-authenticated-user.response.200.default",
+        ))
+        .into_response(),
+        None => bad_credentials(),
+    }
+}
+
+/// `GET /user/installations/1/repositories`: the documented example repository (the
+/// user may only pull it) and a copy the user may push to, `octocat/writable`.
+async fn installation_repositories(
+    State(state): State<Shared>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    headers: HeaderMap,
+) -> Response {
+    if token_user(&state, &headers).is_none() {
+        return bad_credentials();
+    }
+    let mut body =
+        api_example("apps__list-installation-repos-for-authenticated-user.response.200.default");
+    if id != 1 {
+        body["repositories"] = json!([]);
+        body["total_count"] = json!(0);
+        return Json(body).into_response();
+    }
+    let mut writable = body["repositories"][0].clone();
+    writable["full_name"] = json!("octocat/writable");
+    writable["name"] = json!("writable");
+    writable["permissions"] =
+        json!({"admin": false, "maintain": false, "push": true, "pull": true});
+    body["repositories"].as_array_mut().unwrap().push(writable);
+    body["total_count"] = json!(2);
+    Json(body).into_response()
+}
+
+/// `GET /api/v4/projects`: a Developer project, and a Guest one that only a call
+/// without `min_access_level=30` would list.
+async fn projects(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if token_user(&state, &headers).is_none() {
+        return bad_credentials();
+    }
+    let mut list = vec![json!({"id": 3, "path_with_namespace": "group/developer-here"})];
+    if query.get("min_access_level").map(String::as_str) != Some("30") {
+        list.push(json!({"id": 4, "path_with_namespace": "group/guest-only"}));
+    }
+    Json(list).into_response()
 }

@@ -8,7 +8,8 @@
 //! - [`api`]: `/api/v1/…`, the JSON the CLI and scripts use.
 //! - [`signin`]: `/login`'s providers, `/auth/…`.
 //! - [`settings`]: `/settings` (personal providers, sealed) and `/admin`.
-//! - [`new_job`]: `/jobs/new`, a job started from the dashboard.
+//! - [`new_job`]: `/jobs/new`, a job started from the dashboard, and [`picker`], the
+//!   repositories it suggests (asked with the user's own token).
 //! - [`setup`]: `/setup`, the first run (GitHub App manifest flow, GitLab webhook).
 //!
 //! Who sees what: a user sees the jobs they requested (matched by the forge account
@@ -20,6 +21,7 @@ pub mod live;
 pub mod log_hub;
 pub mod new_job;
 pub mod pages;
+pub mod picker;
 pub mod session;
 pub mod settings;
 pub mod setup;

@@ -8,10 +8,9 @@
 //! before any runner sees the job. Users who signed in with Google or LDAP have no forge
 //! account and cannot start jobs.
 //!
-//! The repository picker suggests the repositories the bot reaches on the user's forge
-//! (the GitHub App's installations, the GitLab bot's projects), those of the user's
-//! earlier jobs and the admin's allow-list entries; any `forge:owner/name` the forge
-//! lets the user write to works.
+//! The repository picker suggests the repositories the user can write to, asked with
+//! their own OAuth token and cached for five minutes ([`super::picker`]); admins also see
+//! those the bot reaches. Any `forge:owner/name` the forge lets the user write to works.
 
 use std::collections::BTreeSet;
 
@@ -26,7 +25,6 @@ use crate::app::AppState;
 use crate::commands::sanitize_untrusted;
 use crate::job::{Job, TriggerKind};
 use crate::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
-use crate::store::JobIndex;
 use crate::task::Task;
 
 /// Longest prompt accepted, in characters.
@@ -86,51 +84,42 @@ fn form_page(
     pages::layout("New job", Some(user), csrf, body)
 }
 
-/// Repositories to suggest: those the bot reaches on the user's forge (the App's
-/// installations, the GitLab bot's projects), those of the user's recent jobs and the
-/// admin's exact allow-list entries — all within the allow-list.
-async fn suggestions(state: &AppState, user: &SessionUser) -> Vec<String> {
-    let mut out = BTreeSet::new();
+/// Repositories to suggest: those the user can write to, asked with their own token
+/// ([`super::picker`]); for admins also those the bot reaches. All within the
+/// allow-list.
+async fn suggestions(state: &AppState, session: &Session, user: &SessionUser) -> Vec<String> {
     let settings = state.settings.current().await;
-    if let Some((forge, _)) = user.forge_account()
+    let mut out: BTreeSet<String> = state
+        .picker
+        .writable(state, session, user)
+        .await
+        .into_iter()
+        .collect();
+    if user.admin
+        && let Some((forge, _)) = user.forge_account()
         && let Some(client) = state.forges.get(forge)
     {
         match client.reachable_repositories().await {
-            Ok(names) => {
-                for name in names {
-                    let repo = RepoRef {
-                        forge,
-                        full_name: name,
-                        id: None,
-                        installation_id: None,
-                    };
-                    if settings.repo_allowed(&repo) {
-                        out.insert(format!("{forge}:{}", repo.full_name));
-                    }
-                }
-            }
+            Ok(names) => out.extend(names.into_iter().map(|n| format!("{forge}:{n}"))),
             Err(e) => tracing::warn!(error = %e, "cannot list the repositories the bot reaches"),
         }
     }
-    if let Some((forge, user_id)) = user.forge_account()
-        && let Ok(page) = state
-            .store
-            .job_page(&JobIndex::User { forge, user_id }, None, 50)
-            .await
-    {
-        for (id, _) in page {
-            if let Ok(Some(job)) = state.store.get_job(id).await {
-                out.insert(format!("{}:{}", job.repo.forge, job.repo.full_name));
-            }
-        }
-    }
-    for pattern in settings.allowed_repos {
-        let text = pattern.to_string();
-        if !text.ends_with("/*") {
-            out.insert(text);
-        }
-    }
-    out.into_iter().collect()
+    out.into_iter()
+        .filter(|entry| {
+            let Some((forge, name)) = entry.split_once(':') else {
+                return false;
+            };
+            let Ok(forge) = forge.parse::<ForgeKind>() else {
+                return false;
+            };
+            settings.repo_allowed(&RepoRef {
+                forge,
+                full_name: name.to_owned(),
+                id: None,
+                installation_id: None,
+            })
+        })
+        .collect()
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Page {
@@ -138,7 +127,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Page {
         Ok(u) => u,
         Err(p) => return p,
     };
-    let list = suggestions(&state, &user).await;
+    let list = suggestions(&state, &session, &user).await;
     Page::Html(form_page(&user, &csrf, &list, &NewJobForm::default(), None))
 }
 
@@ -251,7 +240,7 @@ pub async fn create(
     let job = match checked {
         Ok(job) => job,
         Err(e) => {
-            let list = suggestions(&state, &user).await;
+            let list = suggestions(&state, &session, &user).await;
             return Page::Status(
                 StatusCode::BAD_REQUEST,
                 form_page(&user, &csrf, &list, &form, Some(&e)),

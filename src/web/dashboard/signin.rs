@@ -267,6 +267,16 @@ async fn finish(state: &AppState, session: &Session, result: Result<Identity, Au
     if let Err(e) = session::sign_in(session, &session_user).await {
         return super::unavailable(e);
     }
+    // The forge's token lists the user's own repositories on `/jobs/new`.
+    if let Some(token) = &identity.access_token
+        && matches!(
+            identity.provider,
+            ProviderKind::GitHub | ProviderKind::GitLab
+        )
+        && let Err(e) = super::picker::keep_token(state, session, token).await
+    {
+        return super::unavailable(e);
+    }
     tracing::info!(provider = %identity.provider, login = %identity.login, admin = session_user.admin, "dashboard sign-in");
     Page::Redirect("/jobs".into())
 }
