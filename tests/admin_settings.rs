@@ -269,8 +269,20 @@ async fn the_per_user_limit_follows_the_admin_setting() {
         .comment_on("/repobox two", 2, "Codertocat", 21031067)
         .await;
     until("one agent run", || agent.runs() == 1).await;
-    // The other job waits while the first runs: one slot for this user.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The other job waits while the first runs: one slot for this user. A runner took
+    // its entry and put it in the user's waiting list (the signal that the limit held).
+    let waiting = format!("{}waiting:user:github:21031067", w.app.prefix);
+    w.app
+        .wait_until("the second job deferred", || async {
+            let mut conn = w.app.conn().await;
+            let n: usize = redis::cmd("LLEN")
+                .arg(&waiting)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            n == 1
+        })
+        .await;
     assert_eq!(agent.runs(), 1);
     let first = if w.app.job(&a).await.status == JobStatus::Running {
         a.clone()

@@ -298,6 +298,32 @@ async fn google_refuses_bad_id_tokens() {
             .unwrap_err();
         assert_eq!(err, AuthError::Denied(why.into()), "{tweak:?}");
     }
+    // Forged tokens: another issuer, no signature at all, and an HMAC made with the
+    // client secret (a verifier that took the algorithm from the token would accept
+    // both of the last).
+    for (tweak, why) in [
+        (
+            IdTokenTweak::WrongIssuer,
+            "the ID token is from another issuer",
+        ),
+        (
+            IdTokenTweak::AlgNone,
+            "the ID token's signature does not verify",
+        ),
+        (
+            IdTokenTweak::Hs256,
+            "the ID token's signature does not verify",
+        ),
+    ] {
+        fake.set_tweak(tweak);
+        let err = sign_in(&auth, &fake, ProviderKind::Google)
+            .await
+            .unwrap_err();
+        assert_eq!(err, AuthError::Denied(why.into()), "{tweak:?}");
+    }
+    // And the untampered token still signs in: the refusals were the tweaks'.
+    fake.set_tweak(IdTokenTweak::None);
+    assert!(sign_in(&auth, &fake, ProviderKind::Google).await.is_ok());
 }
 
 #[tokio::test]

@@ -143,18 +143,43 @@ async fn a_plain_token_is_refused_and_nothing_is_written() {
     app.stop().await;
 }
 
+/// The token is sealed by the dashboard's own route (`POST /settings/providers`), not
+/// by the test: what reaches Redis is what production writes.
 #[tokio::test]
 async fn no_key_under_the_prefix_holds_the_plain_token() {
     let app = app().await;
-    let sealer = SecretBox::new(&KEY);
     let owner = user("gitlab", "12", "bob");
     app.store.upsert_user(&owner).await.unwrap();
-    let p = provider(&sealer, &owner.owner(), "GitLab at work", 1);
-    app.store.add_provider(&p).await.unwrap();
-    app.store
-        .set_settings(&[("trigger", "/bot".to_owned())])
+    let bob = app
+        .sign_in(&repobox::web::dashboard::session::SessionUser {
+            provider: "gitlab".into(),
+            id: "12".into(),
+            login: "bob".into(),
+            name: None,
+            admin: false,
+        })
+        .await;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("csrf", &bob.csrf)
+        .append_pair("kind", "gitlab")
+        .append_pair("url", "https://gitlab.example.com")
+        .append_pair("label", "GitLab at work")
+        .append_pair("token", TOKEN);
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{}/settings/providers", app.url))
+        .header("cookie", &bob.cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.finish())
+        .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 303);
+    let providers = app.store.list_providers(&owner.owner()).await.unwrap();
+    assert_eq!(providers.len(), 1);
+    let p = &providers[0];
 
     // Typed reads of every key.
     let text = common::world::redis_text(&app).await;
@@ -180,14 +205,21 @@ async fn no_key_under_the_prefix_holds_the_plain_token() {
         );
     }
 
-    // The stored text is the sealed form, and opens back only with the key and context.
+    // The stored text is the sealed form, and opens back only with the server's key
+    // and this provider's context.
     let stored: String = conn
         .hget(format!("{}provider:{}", app.prefix, p.id), "token")
         .await
         .unwrap();
     assert!(stored.starts_with("v1."), "{stored}");
-    let read = app.store.get_provider(p.id).await.unwrap().unwrap();
-    assert_eq!(read.token, stored);
+    let key: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        common::TEST_SECRET_KEY,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    let sealer = SecretBox::new(&key);
     let context = Provider::token_context(p.id);
     assert_eq!(sealer.open(&stored, &context).unwrap().expose(), TOKEN);
     assert_eq!(

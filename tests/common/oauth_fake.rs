@@ -46,6 +46,13 @@ pub enum IdTokenTweak {
     WrongNonce,
     /// `email_verified: false`.
     UnverifiedEmail,
+    /// `iss` is another issuer.
+    WrongIssuer,
+    /// `alg: none` and no signature.
+    AlgNone,
+    /// HS256 with the client secret as the HMAC key (a token anyone holding the
+    /// client secret could mint, and the classic algorithm-confusion attack).
+    Hs256,
 }
 
 struct Grant {
@@ -333,7 +340,7 @@ fn id_token(issuer: &str, nonce: Option<&str>, tweak: IdTokenTweak) -> String {
         _ => (now, now + 3600),
     };
     let claims = json!({
-        "iss": issuer,
+        "iss": if tweak == IdTokenTweak::WrongIssuer { "https://issuer.evil.example" } else { issuer },
         "sub": "110169484474386276334",
         "aud": if tweak == IdTokenTweak::WrongAudience { "someone-else" } else { CLIENT_ID },
         "azp": CLIENT_ID,
@@ -344,6 +351,20 @@ fn id_token(issuer: &str, nonce: Option<&str>, tweak: IdTokenTweak) -> String {
         "email_verified": tweak != IdTokenTweak::UnverifiedEmail,
         "name": "Alice Liddell",
     });
+    match tweak {
+        IdTokenTweak::AlgNone => {
+            let head = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": KEY_ID}).to_string());
+            let body = URL_SAFE_NO_PAD.encode(claims.to_string());
+            return format!("{head}.{body}.");
+        }
+        IdTokenTweak::Hs256 => {
+            let key = jsonwebtoken::EncodingKey::from_secret(CLIENT_SECRET.as_bytes());
+            let mut head = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+            head.kid = Some(KEY_ID.into());
+            return jsonwebtoken::encode(&head, &claims, &key).unwrap();
+        }
+        _ => {}
+    }
     let pem = if tweak == IdTokenTweak::WrongKey {
         OTHER_KEY_PEM
     } else {
