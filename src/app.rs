@@ -243,7 +243,7 @@ pub fn build_services_as(
         );
     }
     let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
-    let (key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
+    let (key, key_source) = config.secret_key_for(role, std::path::Path::new("./data"))?;
     info!(source = %key_source, "secret key loaded");
     // Code exchanges must not follow redirects (the OAuth crates' advice).
     let auth_http = reqwest::Client::builder()
@@ -377,7 +377,6 @@ pub fn build_runner_with_agent(
     )))
 }
 
-/// `repobox runner`: job workers only.
 /// The configuration with the GitHub App registered through `/setup`, when the
 /// environment names none (first run: only Redis is configured).
 async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Result<Config> {
@@ -385,7 +384,7 @@ async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Resul
         return Ok(config);
     }
     let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, role)?;
-    let (key, _) = config.secret_key(std::path::Path::new("./data"))?;
+    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
     match web::dashboard::setup::apply_stored_app(&mut config, &store, &SecretBox::new(&key)).await
     {
         Ok(true) => info!(
@@ -398,8 +397,92 @@ async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Resul
     Ok(config)
 }
 
+/// Why a process refuses to start with its secret key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error(
+        "REPOBOX_SECRET_KEY does not match the key this Redis prefix was first used with (its fingerprint in `key-fingerprint` differs): every process sharing the prefix needs the same key"
+    )]
+    Mismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks the secret key against the fingerprint in the store, storing it when none is
+/// (the first process started sets it).
+pub async fn check_key_fingerprint(store: &dyn Store, key: &[u8; 32]) -> Result<(), KeyCheckError> {
+    let fingerprint = crate::config::key_fingerprint(key);
+    match store.key_fingerprint(Some(&fingerprint)).await? {
+        Some(stored) if stored == fingerprint => Ok(()),
+        // A stored value of the wrong form is a mismatch too.
+        _ => Err(KeyCheckError::Mismatch),
+    }
+}
+
+/// The start-up key check of a process in `role`: refuses the key on a mismatch.
+/// When Redis cannot be reached yet, the process starts and the check runs in the
+/// background until Redis answers; a mismatch then stops the process (`shutdown`) and
+/// the returned task ends with the error.
+async fn guard_secret_key(
+    config: &Config,
+    role: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
+    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
+        config.redis_url.expose(),
+        &config.redis_prefix,
+        role,
+    )?);
+    match check_key_fingerprint(store.as_ref(), &key).await {
+        Ok(()) => Ok(None),
+        Err(KeyCheckError::Mismatch) => Err(KeyCheckError::Mismatch.into()),
+        Err(KeyCheckError::Store(e)) => {
+            warn!(error = %e, "Redis not reachable at start: the secret key is checked once it is");
+            let shutdown = shutdown.clone();
+            Ok(Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match check_key_fingerprint(store.as_ref(), &key).await {
+                        Ok(()) => {
+                            info!("secret key matches the stored fingerprint");
+                            return Ok(());
+                        }
+                        Err(KeyCheckError::Mismatch) => {
+                            tracing::error!("{}; stopping", KeyCheckError::Mismatch);
+                            shutdown.cancel();
+                            return Err(KeyCheckError::Mismatch.into());
+                        }
+                        Err(KeyCheckError::Store(_)) => {}
+                    }
+                }
+            })))
+        }
+    }
+}
+
+/// The background key check's verdict, once the process has stopped.
+async fn key_guard_result(
+    guard: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    match guard {
+        Some(task) if task.is_finished() => task.await?,
+        Some(task) => {
+            task.abort();
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// `repobox runner`: job workers only.
 pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    let shutdown = CancellationToken::new();
+    let key_guard = guard_secret_key(&config, "runner", &shutdown).await?;
     let config = with_stored_github_app(config, "runner").await?;
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
@@ -412,7 +495,6 @@ pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     if let Err(e) = store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; retrying");
     }
-    let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -420,7 +502,7 @@ pub async fn run_runner(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     runner.run(shutdown).await;
-    Ok(())
+    key_guard_result(key_guard).await
 }
 
 /// A consumer name unique to this process: host, pid and a random suffix.
@@ -458,6 +540,8 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
     let role = if with_runner { "all" } else { "serve" };
+    let shutdown = CancellationToken::new();
+    let key_guard = guard_secret_key(&config, role, &shutdown).await?;
     let config = with_stored_github_app(config, role).await?;
     let metrics = Arc::new(Metrics::new());
     let services = build_services_as(&config, metrics, role)?;
@@ -469,7 +553,6 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (REPOBOX_LISTEN)", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     info!(%addr, public_url = %config.public_url, "repobox serve listening");
-    let shutdown = CancellationToken::new();
     let ack = tokio::spawn(services.acknowledger.clone().run(shutdown.clone()));
     tokio::spawn(crate::reconcile::run(
         services.state.store.clone(),
@@ -519,5 +602,5 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         let _ = runner.await;
     }
     info!("stopped");
-    Ok(())
+    key_guard_result(key_guard).await
 }
