@@ -39,6 +39,7 @@ use crate::web;
 use crate::web::auth::Authenticator;
 use crate::web::dashboard::log_hub::LogHub;
 use crate::webhooks::intake::IntakeSettings;
+use crate::webhooks::limits::{self, WebhookLimits};
 use crate::webhooks::{self, MAX_BODY_BYTES, verify};
 
 /// State shared by every request handler.
@@ -70,6 +71,8 @@ pub struct Inner {
     pub api_token: Option<Secret>,
     /// The live-log readers, one per job being watched (`/jobs/{id}/events`).
     pub log_hub: Arc<LogHub>,
+    /// In-flight, size and time limits of the webhook routes.
+    pub webhook_limits: WebhookLimits,
 }
 
 impl std::ops::Deref for AppState {
@@ -107,12 +110,15 @@ impl AppState {
     }
 }
 
-/// Routes of `serve`: webhooks, health, metrics.
+/// Routes of `serve`: webhooks, health, metrics. The webhook routes are behind their
+/// limits ([`webhooks::limits`]; in-flight count per router).
 pub fn build_router(state: AppState) -> Router {
+    let gate = limits::Gate::new(state.webhook_limits);
     let webhooks = Router::new()
         .route("/webhooks/github", post(webhooks::github))
         .route("/webhooks/gitlab", post(webhooks::gitlab))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(gate, limits::limit));
     Router::new()
         .merge(webhooks)
         .merge(web::health::routes())
@@ -121,15 +127,93 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
+/// How the HTTP server treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// A request's headers must be in within this (SPEC section 14: 30 s), else the
+    /// connection is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServeOptions {
+    pub fn from_config(config: &Config) -> Self {
+        ServeOptions {
+            header_timeout: config.http_header_timeout,
+        }
+    }
+}
+
+/// [`serve_with`] with the default options.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with(listener, router, shutdown, ServeOptions::default()).await
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
+///
+/// HTTP/1.1 only (what GitHub, GitLab and browsers behind a proxy speak), over hyper
+/// directly rather than `axum::serve`, for the header read timeout that `axum::serve`
+/// does not set. Each request carries `ConnectInfo<SocketAddr>` (the peer address).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    use std::io::ErrorKind::*;
+                    if !matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+                        // Out of file descriptors, most likely: let some close.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(axum::body::Body::new)
+            },
+        );
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Everything `serve` runs, built from the configuration.
@@ -272,6 +356,10 @@ pub fn build_services_as(
         forges: forges.clone(),
         api_token: config.api_token.clone(),
         log_hub: Arc::new(LogHub::new(store.clone())),
+        webhook_limits: WebhookLimits {
+            body_timeout: config.webhook_body_timeout,
+            ..WebhookLimits::default()
+        },
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
@@ -592,7 +680,13 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         info!("shutdown requested");
         signal.cancel();
     });
-    serve(listener, build_router(services.state), shutdown.clone()).await?;
+    serve_with(
+        listener,
+        build_router(services.state),
+        shutdown.clone(),
+        ServeOptions::from_config(&config),
+    )
+    .await?;
     shutdown.cancel();
     let _ = ack.await;
     if let Some(redeliver) = redeliver {

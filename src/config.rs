@@ -233,6 +233,14 @@ pub struct Config {
     /// Connect and request timeout of one forge (GitHub, GitLab) API request.
     #[arg(long, env = "REPOBOX_FORGE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub forge_timeout: Duration,
+    /// How long a client may take to send a request's headers (SPEC section 14: 30 s).
+    /// Not public: tests shorten it.
+    #[arg(long, env = "REPOBOX_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true, hide = true)]
+    pub http_header_timeout: Duration,
+    /// How long a webhook's body may take after its headers (SPEC section 14: 60 s).
+    /// Not public: tests shorten it.
+    #[arg(long, env = "REPOBOX_WEBHOOK_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true, hide = true)]
+    pub webhook_body_timeout: Duration,
     /// How often `serve` asks GitHub to redeliver webhook deliveries that failed and
     /// were never received (`0`: never).
     #[arg(long, env = "REPOBOX_REDELIVER_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]

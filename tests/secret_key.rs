@@ -119,7 +119,9 @@ async fn a_second_process_with_another_key_refuses_to_start_and_the_same_key_sta
     let dir = tempfile::tempdir().unwrap();
     let prefix = prefix();
     let mut first = repobox(dir.path(), &prefix);
-    first.arg("serve").env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
+    first
+        .arg("serve")
+        .env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
     let mut first = started(first, free_port()).await;
 
     // The fingerprint is stored, and it is not the key.
@@ -164,13 +166,17 @@ async fn a_second_process_with_another_key_refuses_to_start_and_the_same_key_sta
     assert!(text.contains("FAIL  key fingerprint"), "{text}");
     assert!(!text.contains(OTHER_KEY), "{text}");
     let mut doctor = repobox(dir.path(), &prefix);
-    doctor.arg("doctor").env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
+    doctor
+        .arg("doctor")
+        .env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
     let (_, text) = refused(doctor).await;
     assert!(text.contains("OK    key fingerprint"), "{text}");
 
     // The same key starts, as a second serve beside the first and as a runner.
     let mut second = repobox(dir.path(), &prefix);
-    second.arg("serve").env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
+    second
+        .arg("serve")
+        .env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY);
     let mut second = started(second, free_port()).await;
     let mut runner = repobox(dir.path(), &prefix);
     runner
