@@ -106,6 +106,7 @@ impl AppState {
             label: admin.label,
             own_logins,
             allowed_repos: admin.allowed_repos,
+            allow_confidential: admin.allow_confidential,
         })
     }
 }
