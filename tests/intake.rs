@@ -386,3 +386,38 @@ async fn confidential_gitlab_notes_and_issues_store_nothing_unless_allowed() {
     assert_eq!(app.store.recent_jobs(20).await.unwrap().len(), 5);
     app.stop().await;
 }
+
+/// SPEC section 14: a single word that is no command gets the help reply (a reply task
+/// for the acknowledger), never a job; the keyword commands and real instructions are
+/// unchanged.
+#[tokio::test]
+async fn a_single_word_that_is_no_command_gets_help_and_no_job() {
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        ..Options::default()
+    })
+    .await;
+    let send = |body: &'static str, delivery: &'static str| {
+        let mut p = fixture_json("github/webhooks/issue_comment.created.json");
+        p["comment"]["body"] = json!(body);
+        let app = &app;
+        async move {
+            let body = serde_json::to_vec(&p).unwrap();
+            app.github("issue_comment", delivery, &body).await
+        }
+    };
+    for (i, word) in ["/repobox stop", "/repobox status"].into_iter().enumerate() {
+        let r = send(word, ["w1", "w2"][i]).await;
+        assert_eq!(r.status, 202, "{word}: {:?}", r.body);
+        assert_eq!(r.body["task"], "reply", "{word}: {:?}", r.body);
+        assert!(r.body.get("job").is_none(), "{word}: {:?}", r.body);
+    }
+    assert!(app.store.recent_jobs(10).await.unwrap().is_empty());
+    assert_eq!(app.xlen("jobs:stream").await, 0);
+    let r = send("/repobox cancel", "w3").await;
+    assert_eq!(r.body["task"], "cancel", "{:?}", r.body);
+    let r = send("/repobox fix the flaky login test", "w4").await;
+    assert_eq!(r.body["outcome"], "queued", "{:?}", r.body);
+    assert_eq!(app.store.recent_jobs(10).await.unwrap().len(), 1);
+    app.stop().await;
+}

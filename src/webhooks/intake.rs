@@ -96,7 +96,8 @@ fn decide_comment(c: &CommentEvent, settings: &IntakeSettings, now: OffsetDateTi
                 suggestion: suggestion.to_owned(),
             },
         },
-        Some(Ok(Command::Help)) => Task::Reply {
+        // A lone word that is no command (`/repobox stop`): the usage, not a job.
+        Some(Ok(Command::Help)) | Some(Err(ParseError::NotACommand { .. })) => Task::Reply {
             origin: origin(),
             reply: ReplyKind::Help,
         },
@@ -272,6 +273,8 @@ mod tests {
             ("/repobox retry", "retry"),
             ("/repobox help", "reply"),
             ("/repobox cancle", "reply"),
+            ("/repobox stop", "reply"),
+            ("/repobox status", "reply"),
         ];
         for (body, task) in cases {
             let Decision::Task(t) = decide(
