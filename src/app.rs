@@ -39,6 +39,7 @@ use crate::web;
 use crate::web::auth::Authenticator;
 use crate::web::dashboard::log_hub::LogHub;
 use crate::webhooks::intake::IntakeSettings;
+use crate::webhooks::limits::{self, WebhookLimits};
 use crate::webhooks::{self, MAX_BODY_BYTES, verify};
 
 /// State shared by every request handler.
@@ -72,6 +73,8 @@ pub struct Inner {
     pub log_hub: Arc<LogHub>,
     /// `/jobs/new`'s repository lists, per user.
     pub picker: Arc<web::dashboard::picker::Picker>,
+    /// In-flight, size and time limits of the webhook routes.
+    pub webhook_limits: WebhookLimits,
 }
 
 impl std::ops::Deref for AppState {
@@ -105,16 +108,20 @@ impl AppState {
             label: admin.label,
             own_logins,
             allowed_repos: admin.allowed_repos,
+            allow_confidential: admin.allow_confidential,
         })
     }
 }
 
-/// Routes of `serve`: webhooks, health, metrics.
+/// Routes of `serve`: webhooks, health, metrics. The webhook routes are behind their
+/// limits ([`webhooks::limits`]; in-flight count per router).
 pub fn build_router(state: AppState) -> Router {
+    let gate = limits::Gate::new(state.webhook_limits);
     let webhooks = Router::new()
         .route("/webhooks/github", post(webhooks::github))
         .route("/webhooks/gitlab", post(webhooks::gitlab))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(gate, limits::limit));
     Router::new()
         .merge(webhooks)
         .merge(web::health::routes())
@@ -123,17 +130,93 @@ pub fn build_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
+/// How the HTTP server treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// A request's headers must be in within this (SPEC section 14: 30 s), else the
+    /// connection is closed.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServeOptions {
+    pub fn from_config(config: &Config) -> Self {
+        ServeOptions {
+            header_timeout: config.http_header_timeout,
+        }
+    }
+}
+
+/// [`serve_with`] with the default options.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    // Handlers see the peer's address (the sign-in throttle counts per address).
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve_with(listener, router, shutdown, ServeOptions::default()).await
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
+///
+/// HTTP/1.1 only (what GitHub, GitLab and browsers behind a proxy speak), over hyper
+/// directly rather than `axum::serve`, for the header read timeout that `axum::serve`
+/// does not set. Each request carries `ConnectInfo<SocketAddr>` (the peer address).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    use std::io::ErrorKind::*;
+                    if !matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+                        // Out of file descriptors, most likely: let some close.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let service = router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request.map(axum::body::Body::new)
+            },
+        );
+        let connection = graceful
+            .watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Everything `serve` runs, built from the configuration.
@@ -247,7 +330,7 @@ pub fn build_services_as(
         );
     }
     let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
-    let (key, key_source) = config.secret_key(std::path::Path::new("./data"))?;
+    let (key, key_source) = config.secret_key_for(role, std::path::Path::new("./data"))?;
     info!(source = %key_source, "secret key loaded");
     // Code exchanges must not follow redirects (the OAuth crates' advice).
     let auth_http = reqwest::Client::builder()
@@ -277,6 +360,10 @@ pub fn build_services_as(
         api_token: config.api_token.clone(),
         log_hub: Arc::new(LogHub::new(store.clone())),
         picker: Arc::default(),
+        webhook_limits: WebhookLimits {
+            body_timeout: config.webhook_body_timeout,
+            ..WebhookLimits::default()
+        },
     });
     let acknowledger = Arc::new(Acknowledger {
         store,
@@ -382,7 +469,6 @@ pub fn build_runner_with_agent(
     )))
 }
 
-/// `repobox runner`: job workers only.
 /// The configuration with the GitHub App registered through `/setup`, when the
 /// environment names none (first run: only Redis is configured).
 async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Result<Config> {
@@ -390,7 +476,7 @@ async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Resul
         return Ok(config);
     }
     let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, role)?;
-    let (key, _) = config.secret_key(std::path::Path::new("./data"))?;
+    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
     match web::dashboard::setup::apply_stored_app(&mut config, &store, &SecretBox::new(&key)).await
     {
         Ok(true) => info!(
@@ -403,8 +489,92 @@ async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Resul
     Ok(config)
 }
 
+/// Why a process refuses to start with its secret key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCheckError {
+    #[error(
+        "REPOBOX_SECRET_KEY does not match the key this Redis prefix was first used with (its fingerprint in `key-fingerprint` differs): every process sharing the prefix needs the same key"
+    )]
+    Mismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks the secret key against the fingerprint in the store, storing it when none is
+/// (the first process started sets it).
+pub async fn check_key_fingerprint(store: &dyn Store, key: &[u8; 32]) -> Result<(), KeyCheckError> {
+    let fingerprint = crate::config::key_fingerprint(key);
+    match store.key_fingerprint(Some(&fingerprint)).await? {
+        Some(stored) if stored == fingerprint => Ok(()),
+        // A stored value of the wrong form is a mismatch too.
+        _ => Err(KeyCheckError::Mismatch),
+    }
+}
+
+/// The start-up key check of a process in `role`: refuses the key on a mismatch.
+/// When Redis cannot be reached yet, the process starts and the check runs in the
+/// background until Redis answers; a mismatch then stops the process (`shutdown`) and
+/// the returned task ends with the error.
+async fn guard_secret_key(
+    config: &Config,
+    role: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
+    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
+    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
+        config.redis_url.expose(),
+        &config.redis_prefix,
+        role,
+    )?);
+    match check_key_fingerprint(store.as_ref(), &key).await {
+        Ok(()) => Ok(None),
+        Err(KeyCheckError::Mismatch) => Err(KeyCheckError::Mismatch.into()),
+        Err(KeyCheckError::Store(e)) => {
+            warn!(error = %e, "Redis not reachable at start: the secret key is checked once it is");
+            let shutdown = shutdown.clone();
+            Ok(Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match check_key_fingerprint(store.as_ref(), &key).await {
+                        Ok(()) => {
+                            info!("secret key matches the stored fingerprint");
+                            return Ok(());
+                        }
+                        Err(KeyCheckError::Mismatch) => {
+                            tracing::error!("{}; stopping", KeyCheckError::Mismatch);
+                            shutdown.cancel();
+                            return Err(KeyCheckError::Mismatch.into());
+                        }
+                        Err(KeyCheckError::Store(_)) => {}
+                    }
+                }
+            })))
+        }
+    }
+}
+
+/// The background key check's verdict, once the process has stopped.
+async fn key_guard_result(
+    guard: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+) -> anyhow::Result<()> {
+    match guard {
+        Some(task) if task.is_finished() => task.await?,
+        Some(task) => {
+            task.abort();
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// `repobox runner`: job workers only.
 pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    let shutdown = CancellationToken::new();
+    let key_guard = guard_secret_key(&config, "runner", &shutdown).await?;
     let config = with_stored_github_app(config, "runner").await?;
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
@@ -417,7 +587,6 @@ pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     if let Err(e) = store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; retrying");
     }
-    let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -425,7 +594,7 @@ pub async fn run_runner(config: Config) -> anyhow::Result<()> {
         signal.cancel();
     });
     runner.run(shutdown).await;
-    Ok(())
+    key_guard_result(key_guard).await
 }
 
 /// A consumer name unique to this process: host, pid and a random suffix.
@@ -463,6 +632,8 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
     let role = if with_runner { "all" } else { "serve" };
+    let shutdown = CancellationToken::new();
+    let key_guard = guard_secret_key(&config, role, &shutdown).await?;
     let config = with_stored_github_app(config, role).await?;
     let metrics = Arc::new(Metrics::new());
     let services = build_services_as(&config, metrics, role)?;
@@ -478,7 +649,6 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (REPOBOX_LISTEN)", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     info!(%addr, public_url = %config.public_url, "repobox serve listening");
-    let shutdown = CancellationToken::new();
     let ack = tokio::spawn(services.acknowledger.clone().run(shutdown.clone()));
     tokio::spawn(crate::reconcile::run(
         services.state.store.clone(),
@@ -521,7 +691,13 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         log_hub.close();
         signal.cancel();
     });
-    serve(listener, build_router(services.state), shutdown.clone()).await?;
+    serve_with(
+        listener,
+        build_router(services.state),
+        shutdown.clone(),
+        ServeOptions::from_config(&config),
+    )
+    .await?;
     shutdown.cancel();
     let _ = ack.await;
     if let Some(redeliver) = redeliver {
@@ -531,5 +707,5 @@ async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
         let _ = runner.await;
     }
     info!("stopped");
-    Ok(())
+    key_guard_result(key_guard).await
 }

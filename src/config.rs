@@ -68,8 +68,8 @@ pub struct Config {
         global = true
     )]
     pub redis_prefix: String,
-    /// Base64 32-byte key for secrets at rest and cookie signing (generated into
-    /// ./data/secret.key when unset).
+    /// Base64 32-byte key for secrets at rest and cookie signing. Required by `serve`
+    /// and `runner`; only `all` generates one into ./data/secret.key when unset.
     #[arg(
         long,
         env = "REPOBOX_SECRET_KEY",
@@ -233,6 +233,14 @@ pub struct Config {
     /// Connect and request timeout of one forge (GitHub, GitLab) API request.
     #[arg(long, env = "REPOBOX_FORGE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub forge_timeout: Duration,
+    /// How long a client may take to send a request's headers (SPEC section 14: 30 s).
+    /// Not public: tests shorten it.
+    #[arg(long, env = "REPOBOX_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true, hide = true)]
+    pub http_header_timeout: Duration,
+    /// How long a webhook's body may take after its headers (SPEC section 14: 60 s).
+    /// Not public: tests shorten it.
+    #[arg(long, env = "REPOBOX_WEBHOOK_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true, hide = true)]
+    pub webhook_body_timeout: Duration,
     /// How often `serve` asks GitHub to redeliver webhook deliveries that failed and
     /// were never received (`0`: never).
     #[arg(long, env = "REPOBOX_REDELIVER_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
@@ -422,6 +430,23 @@ impl Config {
         }))
     }
 
+    /// The secret key of a process in `role`: `serve` and `runner` need
+    /// `REPOBOX_SECRET_KEY` (processes that share a Redis must share one key, which a
+    /// file generated on one host cannot guarantee); `all` may fall back to
+    /// [`Config::secret_key`]. Returns the key and where it came from.
+    pub fn secret_key_for(
+        &self,
+        role: &str,
+        data_dir: &Path,
+    ) -> anyhow::Result<([u8; 32], String)> {
+        if role == "all" || self.secret_key.is_some() {
+            return self.secret_key(data_dir);
+        }
+        bail!(
+            "REPOBOX_SECRET_KEY is not set: `repobox {role}` needs it (the same key in every process; `repobox keygen` prints a new one). Only `repobox all` generates a key into ./data/secret.key"
+        )
+    }
+
     /// `REPOBOX_SECRET_KEY`, or the key in `data_dir/secret.key` (created, mode 0600, on
     /// first start). Returns the key and where it came from.
     pub fn secret_key(&self, data_dir: &Path) -> anyhow::Result<([u8; 32], String)> {
@@ -454,6 +479,16 @@ pub fn generate_key() -> String {
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
     BASE64.encode(key)
+}
+
+/// The secret key's fingerprint, stored in Redis to catch processes started with
+/// different keys: hex of HMAC-SHA256(key, "repobox key fingerprint"), first 16 bytes.
+/// It reveals nothing of the key.
+pub fn key_fingerprint(key: &[u8; 32]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"repobox key fingerprint");
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 fn decode_key(text: &str) -> anyhow::Result<[u8; 32]> {
@@ -504,5 +539,36 @@ mod tests {
         let too_short = parse(&["--forge-timeout", "200ms"]);
         let err = too_short.validate().unwrap_err().to_string();
         assert!(err.contains("REPOBOX_FORGE_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn only_all_may_generate_a_secret_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(&[]);
+        for role in ["serve", "runner"] {
+            let err = config
+                .secret_key_for(role, dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("REPOBOX_SECRET_KEY"), "{err}");
+        }
+        assert!(!dir.path().join("secret.key").exists());
+        let (key, _) = config.secret_key_for("all", dir.path()).unwrap();
+        assert!(dir.path().join("secret.key").exists());
+        let given = parse(&["--secret-key", &BASE64.encode([3u8; 32])]);
+        assert_eq!(
+            given.secret_key_for("serve", dir.path()).unwrap().0,
+            [3u8; 32]
+        );
+        assert_ne!(key, [3u8; 32]);
+    }
+
+    #[test]
+    fn the_key_fingerprint_is_stable_and_not_the_key() {
+        let a = key_fingerprint(&[1u8; 32]);
+        assert_eq!(a, key_fingerprint(&[1u8; 32]));
+        assert_ne!(a, key_fingerprint(&[2u8; 32]));
+        assert_eq!(a.len(), 32, "16 bytes, hex");
+        assert!(!a.contains(&hex::encode([1u8; 16])));
     }
 }

@@ -2,6 +2,9 @@
 //! and the sandbox; prints one line per check with a hint, exits 1 on any FAIL.
 //! Secrets are never printed.
 //!
+//! The secret key is checked against the fingerprint stored in Redis (`key fingerprint`
+//! FAILs on a mismatch, as every process would refuse to start); doctor only reads it.
+//!
 //! Redis is checked for being there and for keeping what it is given (SPEC section 13,
 //! "Redis durability"): `redis eviction` FAILs when the server may evict keys, `redis
 //! persistence` WARNs when neither AOF nor RDB persistence is on.
@@ -48,6 +51,37 @@ fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check
     }
 }
 
+/// Whether the secret key is the one the Redis prefix was first used with (its
+/// fingerprint in `key-fingerprint`). Read only: doctor stores nothing. None when there
+/// is no key to compare yet.
+async fn key_fingerprint_check(config: &Config, store: &RedisStore) -> Option<Check> {
+    if config.secret_key.is_none() && !Path::new("./data/secret.key").exists() {
+        return None;
+    }
+    let key = match config.secret_key(Path::new("./data")) {
+        Ok((key, _)) => key,
+        Err(e) => return Some(check("key fingerprint", Status::Fail, format!("{e:#}"))),
+    };
+    Some(match store.key_fingerprint(None).await {
+        Err(e) => check("key fingerprint", Status::Fail, e.to_string()),
+        Ok(None) => check(
+            "key fingerprint",
+            Status::Ok,
+            "none stored yet: the first process started stores this key's",
+        ),
+        Ok(Some(stored)) if stored == crate::config::key_fingerprint(&key) => check(
+            "key fingerprint",
+            Status::Ok,
+            "the key matches the one this Redis prefix was first used with",
+        ),
+        Ok(Some(_)) => check(
+            "key fingerprint",
+            Status::Fail,
+            "the secret key is not the one this Redis prefix was first used with: processes refuse to start (use the original REPOBOX_SECRET_KEY)",
+        ),
+    })
+}
+
 /// Runs every check.
 pub async fn run_checks(config: &Config) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -63,7 +97,7 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
         check(
             "secret key",
             Status::Warn,
-            "none yet: generated into ./data/secret.key on first start (or set REPOBOX_SECRET_KEY from `repobox keygen`)",
+            "REPOBOX_SECRET_KEY is not set: `serve` and `runner` refuse to start; `all` generates one into ./data/secret.key (or set it from `repobox keygen`)",
         )
     });
     match RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "doctor") {
@@ -72,6 +106,7 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Ok(()) => {
                 checks.push(check("redis", Status::Ok, "answers PING"));
                 checks.extend(durability_checks(&store).await);
+                checks.extend(key_fingerprint_check(config, &store).await);
             }
             Err(_) => checks.push(check(
                 "redis",

@@ -1,5 +1,6 @@
 //! Typed webhook events, as the rest of Repobox sees them. `src/forges/*/webhook.rs`
-//! builds these from GitHub and GitLab payloads; intake decides from them alone.
+//! builds these from GitHub and GitLab payloads; intake decides from them alone. An event
+//! carries whether it is confidential (GitLab), so intake can refuse it.
 
 use serde::Serialize;
 
@@ -36,6 +37,9 @@ pub struct CommentEvent {
     pub previous_body: Option<String>,
     /// Present for review comments and diff notes.
     pub review: Option<ReviewContext>,
+    /// Seen by few: a GitLab confidential or internal note, or a note on a
+    /// confidential issue. Such events start nothing unless the admin allows it.
+    pub confidential: bool,
 }
 
 /// Labels added to an issue.
@@ -48,6 +52,8 @@ pub struct LabelEvent {
     pub added: Vec<String>,
     /// Who added them.
     pub actor: UserRef,
+    /// A GitLab confidential issue (see [`CommentEvent::confidential`]).
+    pub confidential: bool,
 }
 
 /// The GitHub App was installed, removed, or its repository selection changed.

@@ -399,7 +399,7 @@ async fn gitlab_developer_gets_eyes_and_a_progress_note() {
             "Note Hook",
             &gitlab_note(
                 "gitlab/docs/note_hook.merge_request.json",
-                "/repobox rebase",
+                "/repobox rebase it",
                 1,
             ),
         )

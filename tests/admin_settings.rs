@@ -228,7 +228,7 @@ async fn model_and_max_turns_follow_the_admin_settings_below_repobox_yml() {
     set(&w.app, "model", "admin-model").await;
     set(&w.app, "max_turns", "7").await;
     let id = w
-        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .comment_on("/repobox try again", 2, "Codertocat", 21031067)
         .await;
     assert_eq!(w.finished(&id).await.status, JobStatus::Succeeded);
     assert_eq!(agent.last(), (Some("admin-model".into()), Some(7)));
@@ -263,10 +263,10 @@ async fn the_per_user_limit_follows_the_admin_setting() {
     .await;
     set(&w.app, "per_user_limit", "1").await;
     let a = w
-        .comment_on("/repobox one", 1, "Codertocat", 21031067)
+        .comment_on("/repobox job one", 1, "Codertocat", 21031067)
         .await;
     let b = w
-        .comment_on("/repobox two", 2, "Codertocat", 21031067)
+        .comment_on("/repobox job two", 2, "Codertocat", 21031067)
         .await;
     until("one agent run", || agent.runs() == 1).await;
     // The other job waits while the first runs: one slot for this user. A runner took
@@ -300,10 +300,10 @@ async fn the_per_user_limit_follows_the_admin_setting() {
     // Raised to 2: the next two jobs of the same user run at once.
     set(&w.app, "per_user_limit", "2").await;
     let c = w
-        .comment_on("/repobox three", 3, "Codertocat", 21031067)
+        .comment_on("/repobox job three", 3, "Codertocat", 21031067)
         .await;
     let d = w
-        .comment_on("/repobox four", 4, "Codertocat", 21031067)
+        .comment_on("/repobox job four", 4, "Codertocat", 21031067)
         .await;
     until("two agents running at once", || agent.runs() == 4).await;
     for id in [&c, &d] {

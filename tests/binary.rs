@@ -125,6 +125,7 @@ async fn serve_acknowledges_logs_no_secret_and_stops_on_sigterm() {
         )
         .env("REPOBOX_GITHUB_API_URL", fake.uri())
         .env("REPOBOX_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
+        .env("REPOBOX_SECRET_KEY", common::TEST_SECRET_KEY)
         .env("REPOBOX_ANTHROPIC_API_KEY", API_KEY)
         .env("REPOBOX_LOG", "debug")
         .env("REPOBOX_LOG_FORMAT", "json")
@@ -160,8 +161,8 @@ async fn serve_acknowledges_logs_no_secret_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        dir.path().join("data/secret.key").exists(),
-        "secret key generated on first start"
+        !dir.path().join("data/secret.key").exists(),
+        "serve generates no key: it was given one (only `all` generates)"
     );
 
     let status = Command::new("kill")
@@ -198,7 +199,13 @@ async fn serve_acknowledges_logs_no_secret_and_stops_on_sigterm() {
         logs.contains("\"stopped\"") || logs.contains("stopped"),
         "{logs}"
     );
-    for secret in [INSTALLATION_TOKEN, GITHUB_SECRET, API_KEY, "PRIVATE KEY"] {
+    for secret in [
+        INSTALLATION_TOKEN,
+        GITHUB_SECRET,
+        API_KEY,
+        "PRIVATE KEY",
+        common::TEST_SECRET_KEY,
+    ] {
         assert!(!logs.contains(secret), "the log holds a secret ({secret})");
     }
     let client = redis::Client::open(redis_url()).unwrap();

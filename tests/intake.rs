@@ -310,3 +310,114 @@ async fn health_readiness_and_metrics() {
     );
     app.stop().await;
 }
+
+/// SPEC section 14: confidential GitLab notes and issues start nothing (and store
+/// nothing) unless the admin setting `allow_confidential` is `true`. The documented
+/// note and issue payloads, each changed in one place (the note's text, the trigger
+/// label, and one sign of confidentiality).
+#[tokio::test]
+async fn confidential_gitlab_notes_and_issues_store_nothing_unless_allowed() {
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        ..Options::default()
+    })
+    .await;
+    let mut note = fixture_json("gitlab/docs/note_hook.issue.json");
+    note["object_attributes"]["note"] = json!("/repobox fix the flaky login test");
+    let mut internal = note.clone();
+    internal["object_attributes"]["internal"] = json!(true);
+    let mut typed = note.clone();
+    typed["event_type"] = json!("confidential_note");
+    let mut on_confidential_issue = note.clone();
+    on_confidential_issue["issue"]["confidential"] = json!(true);
+    let mut help = note.clone();
+    help["object_attributes"]["note"] = json!("/repobox help");
+    let mut issue = fixture_json("gitlab/docs/issue_hook.labels_changed.json");
+    issue["changes"]["labels"]["current"][0]["title"] = json!("repobox");
+    issue["object_attributes"]["confidential"] = json!(true);
+    let cases = [
+        ("Confidential Note Hook", &note, "header"),
+        ("Note Hook", &internal, "internal note"),
+        ("Note Hook", &typed, "event_type"),
+        (
+            "Note Hook",
+            &on_confidential_issue,
+            "note on a confidential issue",
+        ),
+        (
+            "Confidential Note Hook",
+            &help,
+            "help on a confidential note",
+        ),
+        (
+            "Confidential Issue Hook",
+            &issue,
+            "confidential issue labelled",
+        ),
+    ];
+    for (i, (event, payload, case)) in cases.iter().enumerate() {
+        let body = serde_json::to_vec(payload).unwrap();
+        let r = app
+            .gitlab_raw(event, &format!("c{i}"), &body, Some(GITLAB_SECRET))
+            .await;
+        assert_eq!(r.status, 204, "{case}: {:?}", r.body);
+        assert_nothing_stored(&app, case).await;
+    }
+
+    // With the admin setting on, the same deliveries queue jobs (help queues a task).
+    let mut conn = app.conn().await;
+    let _: () = conn
+        .hset(
+            format!("{}settings", app.prefix),
+            "allow_confidential",
+            "true",
+        )
+        .await
+        .unwrap();
+    for (i, (event, payload, case)) in cases.iter().enumerate() {
+        let body = serde_json::to_vec(payload).unwrap();
+        let r = app
+            .gitlab_raw(event, &format!("allowed-{i}"), &body, Some(GITLAB_SECRET))
+            .await;
+        assert_eq!(r.status, 202, "{case}: {:?}", r.body);
+    }
+    // Four notes and the label made jobs (intake stores each; one job per thread is
+    // the runner's rule); help made a task.
+    assert_eq!(app.store.recent_jobs(20).await.unwrap().len(), 5);
+    app.stop().await;
+}
+
+/// SPEC section 14: a single word that is no command gets the help reply (a reply task
+/// for the acknowledger), never a job; the keyword commands and real instructions are
+/// unchanged.
+#[tokio::test]
+async fn a_single_word_that_is_no_command_gets_help_and_no_job() {
+    let app = TestApp::start(Options {
+        acknowledger: false,
+        ..Options::default()
+    })
+    .await;
+    let send = |body: &'static str, delivery: &'static str| {
+        let mut p = fixture_json("github/webhooks/issue_comment.created.json");
+        p["comment"]["body"] = json!(body);
+        let app = &app;
+        async move {
+            let body = serde_json::to_vec(&p).unwrap();
+            app.github("issue_comment", delivery, &body).await
+        }
+    };
+    for (i, word) in ["/repobox stop", "/repobox status"].into_iter().enumerate() {
+        let r = send(word, ["w1", "w2"][i]).await;
+        assert_eq!(r.status, 202, "{word}: {:?}", r.body);
+        assert_eq!(r.body["task"], "reply", "{word}: {:?}", r.body);
+        assert!(r.body.get("job").is_none(), "{word}: {:?}", r.body);
+    }
+    assert!(app.store.recent_jobs(10).await.unwrap().is_empty());
+    assert_eq!(app.xlen("jobs:stream").await, 0);
+    let r = send("/repobox cancel", "w3").await;
+    assert_eq!(r.body["task"], "cancel", "{:?}", r.body);
+    let r = send("/repobox fix the flaky login test", "w4").await;
+    assert_eq!(r.body["outcome"], "queued", "{:?}", r.body);
+    assert_eq!(app.store.recent_jobs(10).await.unwrap().len(), 1);
+    app.stop().await;
+}

@@ -309,13 +309,13 @@ async fn the_per_user_limit_queues_a_users_excess_jobs_without_blocking_others()
     })
     .await;
     let a1 = w
-        .comment_on("/repobox one", 1, "Codertocat", 21031067)
+        .comment_on("/repobox job one", 1, "Codertocat", 21031067)
         .await;
     w.log_has(&a1, "AGENT STARTED", 1).await;
     let a2 = w
-        .comment_on("/repobox two", 2, "Codertocat", 21031067)
+        .comment_on("/repobox job two", 2, "Codertocat", 21031067)
         .await;
-    let b1 = w.comment_on("/repobox three", 3, "Octo2", 4242).await;
+    let b1 = w.comment_on("/repobox job three", 3, "Octo2", 4242).await;
     // The other user's job runs while the first user's second job waits.
     w.log_has(&b1, "AGENT STARTED", 1).await;
     let mut conn = w.app.conn().await;
@@ -550,7 +550,7 @@ async fn a_panicking_job_fails_alone_and_the_worker_goes_on() {
 
     // The only worker survived and runs the next job.
     let second = w
-        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .comment_on("/repobox try again", 2, "Codertocat", 21031067)
         .await;
     let job = w.finished(&second).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
@@ -592,7 +592,7 @@ async fn forge_errors_while_opening_the_pull_request_are_retried_then_reported()
         .mount(&w.github.server)
         .await;
     let id = w
-        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .comment_on("/repobox try again", 2, "Codertocat", 21031067)
         .await;
     let (job, error) = w.failed(&id).await;
     assert!(error.contains("503"), "{error}");
@@ -720,7 +720,7 @@ async fn the_runner_carries_on_after_a_redis_restart() {
 
     // Same processes: the acknowledger and the runner recreate their groups and go on.
     let second = w
-        .comment_on("/repobox again", 2, "Codertocat", 21031067)
+        .comment_on("/repobox try again", 2, "Codertocat", 21031067)
         .await;
     let job = w.finished(&second).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);

@@ -29,7 +29,17 @@
 //!   small optimal-string-alignment distance of one (≤ 1 for words of up to
 //!   four characters, ≤ 2 for longer words) is a [`ParseError::NearMiss`]
 //!   carrying a "did you mean" suggestion;
-//! * anything else, including nothing at all, is [`Command::Run`].
+//! * instructions that are a single word and nothing else (`/repobox stop`,
+//!   `/repobox status`, or one word on the line below the trigger) are a
+//!   [`ParseError::NotACommand`]: they read as a command Repobox does not
+//!   have, so they get the help reply rather than a paid job (SPEC section 14);
+//! * anything else, including nothing at all (work on the issue as written),
+//!   is [`Command::Run`]: two words or more, or one word on the trigger line
+//!   with more lines below it.
+//!
+//! So the keyword commands keep working as they are (they are matched
+//! first), a mistyped one gets "did you mean", and any other lone word gets
+//! the usage.
 //!
 //! Instructions are trimmed as a whole; inner lines are kept verbatim except
 //! that `\r\n` and lone `\r` line endings become `\n`.
@@ -107,6 +117,12 @@ pub enum ParseError {
         /// The keyword it most likely meant.
         suggestion: &'static str,
     },
+    /// The instructions are one word that is no command, e.g. `/repobox stop`:
+    /// too little to be a job, so the writer gets the usage.
+    NotACommand {
+        /// The word as written in the comment.
+        word: String,
+    },
 }
 
 impl fmt::Display for ParseError {
@@ -115,6 +131,7 @@ impl fmt::Display for ParseError {
             ParseError::NearMiss { word, suggestion } => {
                 write!(f, "unknown command `{word}`; did you mean `{suggestion}`?")
             }
+            ParseError::NotACommand { word } => write!(f, "unknown command `{word}`"),
         }
     }
 }
@@ -248,8 +265,14 @@ fn classify(rest: &str) -> Result<Command, ParseError> {
             });
         }
     }
+    let instructions = rest.trim();
+    if !instructions.is_empty() && !instructions.contains(char::is_whitespace) {
+        return Err(ParseError::NotACommand {
+            word: instructions.to_owned(),
+        });
+    }
     Ok(Command::Run {
-        instructions: normalize_newlines(rest.trim()),
+        instructions: normalize_newlines(instructions),
     })
 }
 
@@ -426,6 +449,12 @@ mod tests {
         }))
     }
 
+    fn not_a_command(word: &str) -> Option<Result<Command, ParseError>> {
+        Some(Err(ParseError::NotACommand {
+            word: word.to_owned(),
+        }))
+    }
+
     fn near(word: &str, suggestion: &'static str) -> Option<Result<Command, ParseError>> {
         Some(Err(ParseError::NearMiss {
             word: word.to_owned(),
@@ -438,7 +467,7 @@ mod tests {
         assert_eq!(parse_command("/repobox fix the bug", T), run("fix the bug"));
         assert_eq!(parse_command("/repobox", T), run(""));
         assert_eq!(parse_command("/repobox   \n  \n", T), run(""));
-        assert_eq!(parse_command("/repobox\tfix", T), run("fix"));
+        assert_eq!(parse_command("/repobox\tfix it", T), run("fix it"));
     }
 
     #[test]
@@ -474,7 +503,12 @@ mod tests {
             parse_command("/repobox cancel the flaky test", T),
             run("cancel the flaky test")
         );
-        assert_eq!(parse_command("/repobox\ncancel", T), run("cancel"));
+        // A keyword counts on the trigger line only; alone below it, it is one word.
+        assert_eq!(
+            parse_command("/repobox\ncancel", T),
+            not_a_command("cancel")
+        );
+        assert_eq!(parse_command("/repobox\ncancel it", T), run("cancel it"));
     }
 
     #[test]
@@ -490,32 +524,62 @@ mod tests {
             parse_command("/repobox cancel.", T),
             near("cancel.", "cancel")
         );
-        assert_eq!(parse_command("/repobox cncl", T), run("cncl"));
+        assert_eq!(parse_command("/repobox cncl", T), not_a_command("cncl"));
     }
 
     #[test]
     fn near_miss_thresholds() {
         // Four characters: distance 1 is a near miss, 2 is not.
         assert_eq!(parse_command("/repobox hepl", T), near("hepl", "help"));
-        assert_eq!(parse_command("/repobox hxyp", T), run("hxyp"));
+        assert_eq!(parse_command("/repobox hxyp", T), not_a_command("hxyp"));
         // Five or more: distance 2 is a near miss, 3 is not.
         assert_eq!(
             parse_command("/repobox cancxx", T),
             near("cancxx", "cancel")
         );
-        assert_eq!(parse_command("/repobox canxxx", T), run("canxxx"));
+        assert_eq!(parse_command("/repobox canxxx", T), not_a_command("canxxx"));
     }
 
     #[test]
-    fn ordinary_words_are_runs() {
-        for word in ["refactor", "docs", "fix", "test", "cancelled", "helpers"] {
+    fn a_single_word_that_is_no_command_is_not_a_job() {
+        for word in [
+            "stop",
+            "status",
+            "Status",
+            "refactor",
+            "fix",
+            "cancelled",
+            "helpers",
+            "status?",
+        ] {
             let body = format!("/repobox {word}");
-            assert_eq!(parse_command(&body, T), run(word), "{word}");
+            assert_eq!(parse_command(&body, T), not_a_command(word), "{word}");
+            let body = format!("Hi!\n/repobox   {word}  \n\n");
+            assert_eq!(parse_command(&body, T), not_a_command(word), "{word}");
         }
+        assert_eq!(
+            ParseError::NotACommand {
+                word: "stop".into()
+            }
+            .to_string(),
+            "unknown command `stop`"
+        );
+    }
+
+    #[test]
+    fn multi_word_instructions_are_runs() {
         assert_eq!(
             parse_command("/repobox fix the flaky login test", T),
             run("fix the flaky login test")
         );
+        assert_eq!(parse_command("/repobox stop it", T), run("stop it"));
+        // One word on the trigger line with more below is instructions too.
+        assert_eq!(
+            parse_command("/repobox refactor\n\nSplit `login` in two.", T),
+            run("refactor\n\nSplit `login` in two.")
+        );
+        // Nothing at all: work on the issue as written.
+        assert_eq!(parse_command("/repobox", T), run(""));
     }
 
     #[test]
@@ -541,7 +605,7 @@ mod tests {
 
     #[test]
     fn indentation() {
-        assert_eq!(parse_command("   /repobox fix", T), run("fix"));
+        assert_eq!(parse_command("   /repobox fix it", T), run("fix it"));
         assert_eq!(parse_command("    /repobox fix", T), None);
         assert_eq!(parse_command("\t/repobox fix", T), None);
         assert_eq!(parse_command("  \t/repobox fix", T), None);
@@ -568,9 +632,18 @@ mod tests {
 
     #[test]
     fn commands_next_to_ignored_regions() {
-        assert_eq!(parse_command("```\nx\n```\n/repobox fix", T), run("fix"));
-        assert_eq!(parse_command("> quoted\n\n/repobox fix", T), run("fix"));
-        assert_eq!(parse_command("<!-- note -->\n/repobox fix", T), run("fix"));
+        assert_eq!(
+            parse_command("```\nx\n```\n/repobox fix it", T),
+            run("fix it")
+        );
+        assert_eq!(
+            parse_command("> quoted\n\n/repobox fix it", T),
+            run("fix it")
+        );
+        assert_eq!(
+            parse_command("<!-- note -->\n/repobox fix it", T),
+            run("fix it")
+        );
         assert_eq!(
             parse_command(
                 "<details>\n<summary>Log</summary>\n\n/repobox fix\n</details>",
@@ -578,7 +651,10 @@ mod tests {
             ),
             run("fix\n</details>")
         );
-        assert_eq!(parse_command("- item\n\n  /repobox fix", T), run("fix"));
+        assert_eq!(
+            parse_command("- item\n\n  /repobox fix it", T),
+            run("fix it")
+        );
     }
 
     #[test]
@@ -621,7 +697,7 @@ mod tests {
         assert_eq!(parse_command("/repobox fix", ""), None);
         assert_eq!(parse_command("/repobox fix", "  "), None);
         assert_eq!(parse_command("hey bot fix", "hey bot"), None);
-        assert_eq!(parse_command("/RÉPOBOX fix", "/répobox"), run("fix"));
+        assert_eq!(parse_command("/RÉPOBOX fix it", "/répobox"), run("fix it"));
     }
 
     #[test]
@@ -667,8 +743,8 @@ mod tests {
         );
         // A command taken out of a code block.
         assert_eq!(
-            parse_edited_command("```\n/repobox fix\n```", "/repobox fix", T),
-            run("fix")
+            parse_edited_command("```\n/repobox fix it\n```", "/repobox fix it", T),
+            run("fix it")
         );
         // A command removed.
         assert_eq!(parse_edited_command("/repobox fix", "never mind", T), None);

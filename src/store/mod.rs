@@ -14,7 +14,8 @@
 //! - [`recovery::Recovery`]: what the webhook redelivery reconciler keeps (dedupe
 //!   look-ups, its cursor, a cluster-wide lock).
 //!
-//! [`Store`] is all of them together; the processes hold an `Arc<dyn Store>`.
+//! [`Store`] is all of them together, plus liveness and the secret key's fingerprint;
+//! the processes hold an `Arc<dyn Store>`.
 //! One module per backend: [`redis`] is the production one (SPEC section 9 layout).
 
 pub mod accounts;
@@ -74,4 +75,9 @@ pub trait Store:
 {
     /// Answers when the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The secret key's fingerprint as stored (`key-fingerprint`), so that processes
+    /// with different keys cannot share one store. With `claim`, first stores that
+    /// fingerprint if none is stored yet (set once, never overwritten).
+    async fn key_fingerprint(&self, claim: Option<&str>) -> Result<Option<String>, StoreError>;
 }

@@ -1,6 +1,6 @@
 //! Intake decisions: from a typed event to what gets stored. A pure function of the
 //! event and the settings, so every rule (commands, the edit rule, bots never trigger,
-//! the label) is testable without HTTP or Redis.
+//! the label, confidential GitLab events) is testable without HTTP or Redis.
 
 use time::OffsetDateTime;
 
@@ -20,6 +20,9 @@ pub struct IntakeSettings {
     pub own_logins: Vec<String>,
     /// Repositories Repobox acts on; empty = all. Others get nothing queued (204).
     pub allowed_repos: Vec<RepoPattern>,
+    /// The admin setting `allow_confidential`: confidential GitLab notes and issues may
+    /// start jobs. Off, they get nothing queued at all (204, not even a help reply).
+    pub allow_confidential: bool,
 }
 
 /// What intake does with an event.
@@ -41,6 +44,14 @@ pub fn decide(event: &Event, settings: &IntakeSettings, now: OffsetDateTime) -> 
     };
     if repo.is_some_and(|r| !repo_allowed(&settings.allowed_repos, r)) {
         return Decision::Ignore("repository is not in the admin settings' allowed_repos");
+    }
+    let confidential = match event {
+        Event::Comment(c) => c.confidential,
+        Event::Labeled(l) => l.confidential,
+        Event::Installation(_) => false,
+    };
+    if confidential && !settings.allow_confidential {
+        return Decision::Ignore("confidential notes and issues are off (allow_confidential)");
     }
     match event {
         Event::Comment(c) => decide_comment(c, settings, now),
@@ -85,7 +96,8 @@ fn decide_comment(c: &CommentEvent, settings: &IntakeSettings, now: OffsetDateTi
                 suggestion: suggestion.to_owned(),
             },
         },
-        Some(Ok(Command::Help)) => Task::Reply {
+        // A lone word that is no command (`/repobox stop`): the usage, not a job.
+        Some(Ok(Command::Help)) | Some(Err(ParseError::NotACommand { .. })) => Task::Reply {
             origin: origin(),
             reply: ReplyKind::Help,
         },
@@ -145,6 +157,7 @@ mod tests {
             label: "repobox".into(),
             own_logins: vec!["repobox-bot".into()],
             allowed_repos: Vec::new(),
+            allow_confidential: false,
         }
     }
 
@@ -178,6 +191,7 @@ mod tests {
             body: body.into(),
             previous_body: previous.map(str::to_owned),
             review: None,
+            confidential: false,
         })
     }
 
@@ -259,6 +273,8 @@ mod tests {
             ("/repobox retry", "retry"),
             ("/repobox help", "reply"),
             ("/repobox cancle", "reply"),
+            ("/repobox stop", "reply"),
+            ("/repobox status", "reply"),
         ];
         for (body, task) in cases {
             let Decision::Task(t) = decide(
@@ -299,6 +315,7 @@ mod tests {
                 thread_title: "t".into(),
                 added: added.iter().map(|s| s.to_string()).collect(),
                 actor,
+                confidential: false,
             })
         };
         let Decision::Job(job) = decide(
@@ -331,6 +348,23 @@ mod tests {
         assert!(matches!(decide(&event, &s, now()), Decision::Ignore(_)));
         let help = comment(CommentAction::Created, "/repobox help", None);
         assert!(matches!(decide(&help, &s, now()), Decision::Ignore(_)));
+    }
+
+    #[test]
+    fn confidential_events_start_nothing_unless_allowed() {
+        let Event::Comment(mut c) = comment(CommentAction::Created, "/repobox fix it", None) else {
+            unreachable!()
+        };
+        c.confidential = true;
+        let note = Event::Comment(c.clone());
+        c.body = "/repobox help".into();
+        let help = Event::Comment(c);
+        let mut s = settings();
+        assert!(matches!(decide(&note, &s, now()), Decision::Ignore(_)));
+        assert!(matches!(decide(&help, &s, now()), Decision::Ignore(_)));
+        s.allow_confidential = true;
+        assert!(matches!(decide(&note, &s, now()), Decision::Job(_)));
+        assert!(matches!(decide(&help, &s, now()), Decision::Task(_)));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! Webhook intake (SPEC section 3): verify, parse, de-duplicate, store, answer.
 //!
-//! The request path never calls a forge. It reads the raw body (at most 25 MiB, else
-//! 413), checks the signature or token in constant time (401, and fail closed when no
+//! The request path never calls a forge. [`limits`] comes first: at most 256 requests
+//! in flight (else 503), the raw body at most 25 MiB (else 413, before reading when
+//! `Content-Length` says so) and complete within 60 s (else 408). Then intake checks the signature or token in constant time (401, and fail closed when no
 //! secret is configured), parses the payload into a typed event (400 with a short reason
 //! when it is not the JSON the event needs), decides, and stores the job and its
 //! acknowledgement task in one atomic write (202; a repeated delivery id 200; 503 when
 //! Redis cannot be reached). Unknown events and events without a command answer 204.
 
 pub mod intake;
+pub mod limits;
 pub mod redeliver;
 pub mod verify;
 

@@ -364,6 +364,8 @@ impl World {
             self.app.prefix.clone(),
             "--public-url".into(),
             "https://repobox.example.com".into(),
+            "--secret-key".into(),
+            super::TEST_SECRET_KEY.into(),
             "--workdir".into(),
             workdir.to_str().unwrap().into(),
             "--log-format".into(),

@@ -230,6 +230,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
                 body: p.comment.body.unwrap_or_default(),
                 previous_body: p.changes.and_then(|c| c.body).map(|b| b.from),
                 review: None,
+                confidential: false,
             })
         }
         ("issues", "labeled") => {
@@ -246,6 +247,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
                 thread_title: p.issue.title,
                 added: p.label.into_iter().map(|l| l.name).collect(),
                 actor: UserRef::from(&p.sender),
+                confidential: false,
             })
         }
         ("pull_request_review_comment", _) => {
@@ -273,6 +275,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
                     line: p.comment.line.or(p.comment.original_line),
                     diff_hunk: p.comment.diff_hunk,
                 }),
+                confidential: false,
             })
         }
         ("pull_request_review", "submitted") => {
@@ -293,6 +296,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
                 body: p.review.body.unwrap_or_default(),
                 previous_body: None,
                 review: None,
+                confidential: false,
             })
         }
         ("installation" | "installation_repositories", _) => {

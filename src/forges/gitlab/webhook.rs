@@ -3,6 +3,12 @@
 //! Note Hook (notes on issues and merge requests, diff notes included) and Issue Hook
 //! (labels added, from `changes.labels`). GitLab sends no previous body for edited
 //! notes, so an edited note never triggers (SPEC section 4's edit rule cannot be checked).
+//!
+//! Confidential events are marked (`confidential`, SPEC section 14) from every sign
+//! GitLab gives: the `Confidential Note Hook` / `Confidential Issue Hook` event names,
+//! `event_type` `confidential_note` / `confidential_issue`, a note's
+//! `object_attributes.internal` (internal notes) or `confidential` (its older name), and
+//! `confidential` on the issue (a note's `issue` object, an issue's `object_attributes`).
 
 use serde::Deserialize;
 
@@ -87,16 +93,27 @@ struct NoteAttributes {
     position: Option<Position>,
     #[serde(default)]
     st_diff: Option<StDiff>,
+    /// An internal note (GitLab 15.0+), seen only by project members with Reporter.
+    #[serde(default)]
+    internal: Option<bool>,
+    /// The older name of `internal`.
+    #[serde(default)]
+    confidential: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct Noteable {
     iid: u64,
     title: String,
+    /// Issues only.
+    #[serde(default)]
+    confidential: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct NotePayload {
+    #[serde(default)]
+    event_type: Option<String>,
     user: User,
     project: Project,
     object_attributes: NoteAttributes,
@@ -126,10 +143,14 @@ struct IssueChanges {
 struct IssueAttributes {
     iid: u64,
     title: String,
+    #[serde(default)]
+    confidential: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct IssuePayload {
+    #[serde(default)]
+    event_type: Option<String>,
     user: User,
     project: Project,
     object_attributes: IssueAttributes,
@@ -156,6 +177,11 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
 fn parse_note(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
     let p: NotePayload = typed(event, body)?;
     let attrs = p.object_attributes;
+    let confidential = event == "Confidential Note Hook"
+        || p.event_type.as_deref() == Some("confidential_note")
+        || attrs.internal == Some(true)
+        || attrs.confidential == Some(true)
+        || p.issue.as_ref().and_then(|i| i.confidential) == Some(true);
     if attrs.system == Some(true) {
         return Ok(None);
     }
@@ -205,11 +231,15 @@ fn parse_note(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
         body: attrs.note,
         previous_body: None,
         review,
+        confidential,
     })))
 }
 
 fn parse_issue(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> {
     let p: IssuePayload = typed(event, body)?;
+    let confidential = event == "Confidential Issue Hook"
+        || p.event_type.as_deref() == Some("confidential_issue")
+        || p.object_attributes.confidential == Some(true);
     let Some(labels) = p.changes.and_then(|c| c.labels) else {
         return Ok(None);
     };
@@ -231,12 +261,60 @@ fn parse_issue(event: &str, body: &[u8]) -> Result<Option<Event>, PayloadError> 
         thread_title: p.object_attributes.title,
         added,
         actor: UserRef::from(&p.user),
+        confidential,
     })))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_bot_username;
+    use super::*;
+
+    fn fixture(rel: &str) -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gitlab/docs/");
+        serde_json::from_str(&std::fs::read_to_string(format!("{path}{rel}")).unwrap()).unwrap()
+    }
+
+    fn confidential(event: &str, payload: &serde_json::Value) -> bool {
+        match parse(event, &serde_json::to_vec(payload).unwrap()).unwrap() {
+            Some(Event::Comment(c)) => c.confidential,
+            Some(Event::Labeled(l)) => l.confidential,
+            other => panic!("{event}: {other:?}"),
+        }
+    }
+
+    /// The documented payloads, each changed in one place to carry one sign of
+    /// confidentiality.
+    #[test]
+    fn every_sign_of_a_confidential_note_or_issue_is_seen() {
+        let note = fixture("note_hook.issue.json");
+        assert!(!confidential("Note Hook", &note));
+        assert!(confidential("Confidential Note Hook", &note));
+        let mut typed = note.clone();
+        typed["event_type"] = "confidential_note".into();
+        assert!(confidential("Note Hook", &typed));
+        let mut internal = note.clone();
+        internal["object_attributes"]["internal"] = true.into();
+        assert!(confidential("Note Hook", &internal));
+        let mut old_name = note.clone();
+        old_name["object_attributes"]["confidential"] = true.into();
+        assert!(confidential("Note Hook", &old_name));
+        let mut on_issue = note.clone();
+        on_issue["issue"]["confidential"] = true.into();
+        assert!(confidential("Note Hook", &on_issue));
+        let mut not_internal = note;
+        not_internal["object_attributes"]["internal"] = false.into();
+        assert!(!confidential("Note Hook", &not_internal));
+
+        let issue = fixture("issue_hook.labels_changed.json");
+        assert!(!confidential("Issue Hook", &issue));
+        assert!(confidential("Confidential Issue Hook", &issue));
+        let mut typed = issue.clone();
+        typed["event_type"] = "confidential_issue".into();
+        assert!(confidential("Issue Hook", &typed));
+        let mut flagged = issue;
+        flagged["object_attributes"]["confidential"] = true.into();
+        assert!(confidential("Issue Hook", &flagged));
+    }
 
     #[test]
     fn token_bot_users_are_bots() {

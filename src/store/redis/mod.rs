@@ -189,6 +189,10 @@ impl Keys {
     pub fn delivery(&self, d: Delivery<'_>) -> String {
         format!("{}delivery:{}:{}", self.prefix, d.forge, d.id)
     }
+    /// `key-fingerprint`: the secret key's fingerprint, set by the first process started.
+    pub fn key_fingerprint(&self) -> String {
+        format!("{}key-fingerprint", self.prefix)
+    }
 }
 
 /// The role of a store built without one ([`RedisStore::new`]): its connections are
@@ -438,6 +442,28 @@ impl super::Store for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn key_fingerprint(&self, claim: Option<&str>) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.key_fingerprint();
+        match claim {
+            Some(fingerprint) => {
+                let (_set, stored): (Option<String>, Option<String>) = redis::pipe()
+                    .atomic()
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(fingerprint)
+                    .arg("NX")
+                    .cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(stored)
+            }
+            None => conn.get(&key).await.map_err(unavailable),
+        }
     }
 }
 
