@@ -21,6 +21,7 @@
 
 pub mod context;
 pub mod joblog;
+pub mod neutralize;
 pub mod pipeline;
 pub mod repo_config;
 pub mod reporter;
