@@ -678,23 +678,6 @@ async fn changes_to_workflows_are_refused() {
 }
 
 #[tokio::test]
-async fn a_pull_request_from_a_fork_gets_a_new_branch_on_its_head_into_the_same_base() {
-    let w = world(Setup::default()).await;
-    let (head, id) = w.command_on_pull_request(false, true).await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
-    let pulls = w.github.created_pulls().await;
-    assert_eq!(pulls.len(), 1);
-    let branch = "repobox/7-issue-number-7";
-    assert_eq!(pulls[0]["head"], branch);
-    assert_eq!(pulls[0]["base"], "main");
-    assert!(pulls[0]["body"].as_str().unwrap().contains("Builds on #7"));
-    let parent = w.remote_git(REPO_GIT, &["rev-parse", &format!("{branch}^")]);
-    assert_eq!(parent, head, "built on the fork's head");
-    w.app.stop().await;
-}
-
-#[tokio::test]
 async fn the_runner_carries_on_after_a_redis_restart() {
     let port = common::free_port();
     let mut redis = common::start_redis(port);

@@ -23,6 +23,7 @@ pub mod context;
 pub mod joblog;
 pub mod neutralize;
 pub mod pipeline;
+pub mod protected;
 pub mod repo_config;
 pub mod reporter;
 

@@ -39,9 +39,9 @@ pub fn neutralize(text: &str, own: Option<OwnIssue<'_>>) -> String {
         let trimmed = line.trim_start_matches([' ', '\t']);
         let body = match fence {
             Some((ch, len)) => {
-                if fence_run(trimmed).is_some_and(|(c, l, rest)| {
-                    c == ch && l >= len && rest.trim().is_empty()
-                }) {
+                if fence_run(trimmed)
+                    .is_some_and(|(c, l, rest)| c == ch && l >= len && rest.trim().is_empty())
+                {
                     fence = None;
                 }
                 line.to_owned()
@@ -316,8 +316,7 @@ fn separator(b: &[u8], j: usize) -> usize {
     if b.get(k) == Some(&b',') {
         k = skip_space(b, k + 1);
     }
-    if starts_with_ci(&b[k..], "and") && b.get(k + 3).is_some_and(|c| *c == b' ' || *c == b'\t')
-    {
+    if starts_with_ci(&b[k..], "and") && b.get(k + 3).is_some_and(|c| *c == b' ' || *c == b'\t') {
         k = skip_space(b, k + 3);
     }
     k
@@ -325,7 +324,10 @@ fn separator(b: &[u8], j: usize) -> usize {
 
 /// The end of a mention's name starting at `start` (after the `@`).
 fn mention_end(b: &[u8], start: usize) -> Option<usize> {
-    if !b.get(start).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+    if !b
+        .get(start)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
         return None;
     }
     let mut end = start;
@@ -386,7 +388,10 @@ fn reference(s: &str, j: usize, own: Option<OwnIssue<'_>>) -> Option<(usize, boo
         let segments: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let n: u64 = segments.last()?.parse().ok()?;
         let kind = segments.len().checked_sub(2).map(|k| segments[k])?;
-        if !matches!(kind, "issues" | "pull" | "pulls" | "merge_requests" | "work_items") {
+        if !matches!(
+            kind,
+            "issues" | "pull" | "pulls" | "merge_requests" | "work_items"
+        ) {
             return None;
         }
         // host / owner… / repo / [-] / issues / N
@@ -434,10 +439,16 @@ mod tests {
         assert_eq!(n("@org/team-a please"), "`@org/team-a` please");
         assert_eq!(n("@first.last_name-x"), "`@first.last_name-x`");
         assert_eq!(n("(@alice)"), "(`@alice`)");
-        assert_eq!(n("mail me at dev@example.com"), "mail me at dev@example.com");
+        assert_eq!(
+            n("mail me at dev@example.com"),
+            "mail me at dev@example.com"
+        );
         assert_eq!(n("a lone @ sign"), "a lone @ sign");
         assert_eq!(n("\\@alice"), "\\ `@alice`");
-        assert_eq!(n("&#64;alice &#x40;bob &commat;carol"), "`@alice` `@bob` `@carol`");
+        assert_eq!(
+            n("&#64;alice &#x40;bob &commat;carol"),
+            "`@alice` `@bob` `@carol`"
+        );
     }
 
     #[test]
@@ -447,7 +458,10 @@ mod tests {
             n("```\n@alice\nCloses #99\n```\n@bob"),
             "```\n@alice\nCloses #99\n```\n`@bob`"
         );
-        assert_eq!(n("~~~~\n@a\n~~~\n@b\n~~~~\n@c"), "~~~~\n@a\n~~~\n@b\n~~~~\n`@c`");
+        assert_eq!(
+            n("~~~~\n@a\n~~~\n@b\n~~~~\n@c"),
+            "~~~~\n@a\n~~~\n@b\n~~~~\n`@c`"
+        );
     }
 
     #[test]
@@ -490,7 +504,10 @@ mod tests {
         );
         assert_eq!(n("Closes #12 and #13"), "Closes #12 and `#13`");
         assert_eq!(n("closes other/api#12"), "closes `other/api#12`");
-        assert_eq!(n("see #99; the fixture closes the file"), "see #99; the fixture closes the file");
+        assert_eq!(
+            n("see #99; the fixture closes the file"),
+            "see #99; the fixture closes the file"
+        );
         assert_eq!(n("prefix #99"), "prefix #99");
         assert_eq!(n("Fixes the bug in #99"), "Fixes the bug in #99");
         assert_eq!(n("hotfixes #99"), "hotfixes #99");
