@@ -442,6 +442,16 @@ impl Pipeline {
                 ),
             }));
         }
+        // Only the words of people who may write reach the model (SPEC section 14).
+        if let Some(d) = self.discussion.as_mut() {
+            context::writers_only(forge, &job.repo, &job.requester, level, d).await;
+            if d.others_omitted > 0 {
+                log.step(format!(
+                    "{} comment(s) by people without write access left out of the agent's context",
+                    d.others_omitted
+                ));
+            }
+        }
         // Where the forge publishes the head in this repository (a fork's head included).
         let head_ref = change_request.as_ref().map(|cr| cr.head_ref.clone());
         let mut target = match change_request {

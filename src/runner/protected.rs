@@ -99,10 +99,8 @@ fn collect(value: &yaml_serde::Value, out: &mut Vec<String>) {
     use yaml_serde::Value;
     match value {
         // A bare string is a local file unless it is a URL (a remote include).
-        Value::String(s) => {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                push_pattern(s, out);
-            }
+        Value::String(s) if !(s.starts_with("http://") || s.starts_with("https://")) => {
+            push_pattern(s, out);
         }
         Value::Sequence(items) => items.iter().for_each(|i| collect(i, out)),
         Value::Mapping(_) => {

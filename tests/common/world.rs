@@ -86,7 +86,12 @@ pub async fn world(setup: Setup<'_>) -> World {
     git_server::init_bare_repo(git_root.path(), GL_GIT, &[("README.md", "# test\n")]);
     let github_git = GitServer::start(git_root.path().to_owned(), INSTALLATION_TOKEN).await;
     let gitlab_git = GitServer::start(git_root.path().to_owned(), gl::TOKEN).await;
-    let github = FakeGitHub::start(&[("Codertocat", "write"), ("Octo2", "write")]).await;
+    let github = FakeGitHub::start(&[
+        ("Codertocat", "write"),
+        ("Octo2", "write"),
+        ("reader", "read"),
+    ])
+    .await;
     github
         .serve_repo(REPO, &github_git.url(REPO_GIT), "main")
         .await;
