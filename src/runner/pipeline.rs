@@ -16,6 +16,17 @@
 //!   ambiguous failure looked up again rather than posted blindly.
 //!
 //! The crash points of SPEC section 13 ([`failpoint`]) sit at each effect boundary.
+//!
+//! Security at the edges (SPEC section 14):
+//! - a pull/merge request whose head is in a fork ends `rejected` ("jobs on pull
+//!   requests from forks are off") before anything is fetched, unless the admin setting
+//!   `allow_forks` is on;
+//! - the commit is checked for protected paths ([`super::protected`]) before it is
+//!   recorded or pushed: the agent's own commit, and on a fork every commit since the
+//!   merge base with the base branch; refused unless `allow_workflow_changes`;
+//! - the agent's text (title, body, summary, commit message, its error) is neutralised
+//!   ([`super::neutralize`]) before Repobox posts it; Repobox's own template text is not;
+//! - the thread's comments reach the prompt only from writers ([`context::writers_only`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
