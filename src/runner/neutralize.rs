@@ -525,6 +525,19 @@ mod tests {
     }
 
     #[test]
+    fn neutralising_twice_changes_nothing_more() {
+        for text in [
+            "x`@alice and \\@bob",
+            "Closes #99, #12 and other/repo#1",
+            "/lgtm\n```\n/close @carol\n```",
+            "&#64;dave fixes https://github.com/o/r/issues/3",
+        ] {
+            let once = n(text);
+            assert_eq!(n(&once), once, "{text}");
+        }
+    }
+
+    #[test]
     fn plain_text_passes_through() {
         let text = "Fix the README spelling\n\nCorrected the typo in README.md.\n";
         assert_eq!(n(text), text);

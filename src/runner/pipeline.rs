@@ -1209,18 +1209,25 @@ impl Pipeline {
             log.step(format!("Job {}", status.as_str()));
         }
         if let Some(r) = reporter {
-            // The summary is the agent's: neutralised like everything it posts.
+            // The summary is the agent's, and an error may quote the agent or the
+            // repository (a path, command output): neutralised like all it posts.
             let mut job = self.job.clone();
             job.summary = job
                 .summary
                 .as_deref()
                 .map(|s| neutralize(s, own_issue(&self.job)));
+            let shown = match state {
+                Final::Failed { error } => Final::Failed {
+                    error: neutralize(error, own_issue(&self.job)),
+                },
+                other => other.clone(),
+            };
             let body = progress::finished(
                 &job,
                 &self.runner.settings.public_url,
                 &self.admin.trigger,
                 &self.checklist,
-                state,
+                &shown,
                 self.started.elapsed(),
             );
             if let Err(e) = r.finish(&body).await {
