@@ -138,6 +138,9 @@ async fn github_title_body_and_comments_in_order_with_the_bot_flagged() {
         ]
     );
     assert_eq!(d.omitted, 0);
+    // Authors come with their ids, for the permission checks of SPEC section 14.
+    assert_eq!((d.author.as_str(), d.author_id), ("Codertocat", 21031067));
+    assert!(d.comments.iter().all(|c| c.author_id != 0), "{d:?}");
 }
 
 #[tokio::test]
@@ -324,6 +327,8 @@ async fn gitlab_issue_notes_in_order_without_system_notes_and_with_the_bot_flagg
             ("bob", "/repobox fix it", false),
         ]
     );
+    assert!(!d.author.is_empty() && d.author_id != 0, "{d:?}");
+    assert!(d.comments.iter().all(|c| c.author_id != 0), "{d:?}");
     let asked = fake
         .requests()
         .await

@@ -210,6 +210,13 @@ pub struct Discussion {
     pub comments: Vec<DiscussionComment>,
     /// Comments left out because there were more than the limit.
     pub omitted: usize,
+    /// Who opened the thread: login (GitHub) or username (GitLab); empty when unknown.
+    pub author: String,
+    /// The opener's user id (0 when unknown).
+    pub author_id: u64,
+    /// Comments the runner left out because their authors may not write to the
+    /// repository (filled by the runner, not by the adapters; SPEC section 14).
+    pub others_omitted: usize,
 }
 
 /// Most comments [`Forge::discussion`] returns.
@@ -243,6 +250,7 @@ impl LatestComments {
             body,
             comments: self.kept.into(),
             omitted: self.omitted,
+            ..Discussion::default()
         }
     }
 }
@@ -251,6 +259,8 @@ impl LatestComments {
 pub struct DiscussionComment {
     /// Login (GitHub) or username (GitLab).
     pub author: String,
+    /// The author's user id (0 when unknown, e.g. a deleted account).
+    pub author_id: u64,
     pub body: String,
     /// Written by Repobox itself (its progress comments and replies).
     pub by_bot: bool,

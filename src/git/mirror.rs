@@ -236,6 +236,82 @@ impl Mirror {
         Ok(out)
     }
 
+    /// The merge base of two commits (SHAs or full ref names), `None` when they share
+    /// no history.
+    pub fn merge_base(&self, a: &str, b: &str) -> Result<Option<String>, GitError> {
+        let repo = self.open()?;
+        let commit = |rev: &str| {
+            repo.revparse_single(rev)
+                .and_then(|o| o.peel_to_commit())
+                .map_err(|e| GitError::other(&format!("merge base: resolve {rev:?}"), e))
+        };
+        let (a, b) = (commit(a)?.id(), commit(b)?.id());
+        match repo.merge_base(a, b) {
+            Ok(oid) => Ok(Some(oid.to_string())),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(GitError::other("merge base", e)),
+        }
+    }
+
+    /// Every path changed by a commit reachable from `head` and not from `since` (both
+    /// SHAs; `since` may be absent from the mirror's history, then every ancestor
+    /// counts), sorted: a commit's paths against its parent, a merge's only those that
+    /// differ from all of its parents (what it adds itself; each side's own commits are
+    /// walked too). Renamed and deleted files count by both names. More than `limit`
+    /// commits is an error: the caller refuses rather than checks part of the range.
+    pub fn paths_changed(
+        &self,
+        head: &str,
+        since: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, GitError> {
+        use std::collections::BTreeSet;
+        let repo = self.open()?;
+        let err = |e| GitError::other("list changed paths", e);
+        let mut walk = repo.revwalk().map_err(err)?;
+        walk.push(Oid::from_str(head).map_err(err)?).map_err(err)?;
+        if let Ok(stop) = Oid::from_str(since)
+            && repo.find_commit(stop).is_ok()
+        {
+            walk.hide(stop).map_err(err)?;
+        }
+        let tree_paths = |old: Option<&git2::Tree<'_>>, new: &git2::Tree<'_>| {
+            let diff = repo.diff_tree_to_tree(old, Some(new), None).map_err(err)?;
+            let mut paths = BTreeSet::new();
+            for delta in diff.deltas() {
+                for file in [delta.old_file(), delta.new_file()] {
+                    if let Some(p) = file.path() {
+                        paths.insert(p.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Ok::<_, GitError>(paths)
+        };
+        let mut all = BTreeSet::new();
+        for (n, oid) in walk.enumerate() {
+            if n == limit {
+                return Err(GitError::Other(format!(
+                    "more than {limit} commits to check for protected paths"
+                )));
+            }
+            let commit = repo.find_commit(oid.map_err(err)?).map_err(err)?;
+            let tree = commit.tree().map_err(err)?;
+            let mut own: Option<BTreeSet<String>> = None;
+            if commit.parent_count() == 0 {
+                own = Some(tree_paths(None, &tree)?);
+            }
+            for parent in commit.parents() {
+                let paths = tree_paths(Some(&parent.tree().map_err(err)?), &tree)?;
+                own = Some(match own {
+                    None => paths,
+                    Some(before) => before.intersection(&paths).cloned().collect(),
+                });
+            }
+            all.extend(own.unwrap_or_default());
+        }
+        Ok(all.into_iter().collect())
+    }
+
     /// The bare repository's directory.
     pub fn path(&self) -> &Path {
         &self.path

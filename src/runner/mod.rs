@@ -17,11 +17,15 @@
 //! - SIGTERM stops the agents and hands their jobs back to the stream at once.
 //!
 //! Modules: [`pipeline`] (one job, step by step), [`reporter`] (the progress comment),
-//! [`joblog`] (the job log), [`repo_config`] (`.repobox.yml`).
+//! [`joblog`] (the job log), [`repo_config`] (`.repobox.yml`), [`context`] (the prompt,
+//! and whose words reach it), [`protected`] (paths a job may not change),
+//! [`neutralize`] (the agent's text made harmless before it is posted).
 
 pub mod context;
 pub mod joblog;
+pub mod neutralize;
 pub mod pipeline;
+pub mod protected;
 pub mod repo_config;
 pub mod reporter;
 

@@ -16,6 +16,17 @@
 //!   ambiguous failure looked up again rather than posted blindly.
 //!
 //! The crash points of SPEC section 13 ([`failpoint`]) sit at each effect boundary.
+//!
+//! Security at the edges (SPEC section 14):
+//! - a pull/merge request whose head is in a fork ends `rejected` ("jobs on pull
+//!   requests from forks are off") before anything is fetched, unless the admin setting
+//!   `allow_forks` is on;
+//! - the commit is checked for protected paths ([`super::protected`]) before it is
+//!   recorded or pushed: the agent's own commit, and on a fork every commit since the
+//!   merge base with the base branch; refused unless `allow_workflow_changes`;
+//! - the agent's text (title, body, summary, commit message, its error) is neutralised
+//!   ([`super::neutralize`]) before Repobox posts it; Repobox's own template text is not;
+//! - the thread's comments reach the prompt only from writers ([`context::writers_only`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -30,6 +41,8 @@ use tracing::{info, warn};
 use super::Runner;
 use super::context::{self, DiffContext};
 use super::joblog::JobLog;
+use super::neutralize::{OwnIssue, neutralize};
+use super::protected::{self, Protected};
 use super::repo_config::{self, RepoConfig};
 use super::reporter::Reporter;
 use crate::agent::command::CommandAgent;
@@ -41,7 +54,7 @@ use crate::forges::{
 };
 use crate::git::{CommitInfo, Credentials, GitError, Mirror, WorkTree};
 use crate::job::{Job, JobStatus, rfc3339};
-use crate::model::{Reaction, ThreadKind};
+use crate::model::{ForgeKind, Reaction, ThreadKind};
 use crate::progress::{self, Checklist, Final, StepState};
 use crate::sandbox::{Limits, SandboxSpec};
 use crate::secret::{Secret, mask_all};
@@ -428,6 +441,28 @@ impl Pipeline {
                 Some(cr)
             }
         };
+        // A fork's head is someone else's code: refused unless the admin allows forks
+        // (read now, like the other switches), before anything is fetched.
+        let fork = change_request.as_ref().is_some_and(|cr| !cr.same_repo);
+        if fork && !self.runner.admin_settings().await.allow_forks {
+            log.step("The head is in a fork and jobs on forks are off");
+            return Ok(Outcome::Done(Final::Rejected {
+                reason: format!(
+                    "jobs on pull requests from forks are off: the head of {} is in a fork. An admin can allow them in the settings.",
+                    job.thread.reference()
+                ),
+            }));
+        }
+        // Only the words of people who may write reach the model (SPEC section 14).
+        if let Some(d) = self.discussion.as_mut() {
+            context::writers_only(forge, &job.repo, &job.requester, level, d).await;
+            if d.others_omitted > 0 {
+                log.step(format!(
+                    "{} comment(s) by people without write access left out of the agent's context",
+                    d.others_omitted
+                ));
+            }
+        }
         // Where the forge publishes the head in this repository (a fork's head included).
         let head_ref = change_request.as_ref().map(|cr| cr.head_ref.clone());
         let mut target = match change_request {
@@ -529,6 +564,20 @@ impl Pipeline {
                 Err(Failure(e)) => log.step(format!("No diff for the context: {e}")),
             }
         }
+        // The protected-path check covers what the job would push that the base does
+        // not have: on a fork, every commit since the merge base with the base branch.
+        let check_since = match &target {
+            Target::NewBranch { base } if fork => {
+                let (m, base, head) = (mirror.clone(), base.clone(), base_sha.clone());
+                blocking(move || match m.remote_branch(&base)? {
+                    Some(tip) => m.merge_base(&tip, &head),
+                    None => Ok(None),
+                })
+                .await?
+                .unwrap_or_default()
+            }
+            _ => base_sha.clone(),
+        };
         self.checklist.cloned_at = Some(short(&base_sha));
         self.update(reporter);
 
@@ -570,7 +619,7 @@ impl Pipeline {
             self.checklist.pushed = true;
         } else {
             match self
-                .change_code(&mirror, &base_sha, &config, reporter, log)
+                .change_code(&mirror, (&base_sha, &check_since), &config, reporter, log)
                 .await?
             {
                 Some(commit) => {
@@ -681,11 +730,13 @@ impl Pipeline {
         .await
     }
 
-    /// Work tree, setup, agent, checks, commit. `None` when nothing changed.
+    /// Work tree, setup, agent, checks, commit, the protected-path check. `None` when
+    /// nothing changed. `check_since`: the commit from which on every commit is checked
+    /// for protected paths (the base, or a fork's merge base; empty: all history).
     async fn change_code(
         &mut self,
         mirror: &Arc<Mirror>,
-        base_sha: &str,
+        (base_sha, check_since): (&str, &str),
         config: &RepoConfig,
         reporter: Option<&Reporter>,
         log: &JobLog,
@@ -769,7 +820,11 @@ impl Pipeline {
             Err(AgentError::Stopped) => return Err(self.stop_failure()),
             Err(AgentError::Failed(e)) => {
                 log.step(format!("Agent failed: {e}"));
-                return Err(Failure(format!("the agent failed: {e}")));
+                // The error may quote the agent's output: it is posted neutralised.
+                return Err(Failure(format!(
+                    "the agent failed: {}",
+                    neutralize(&e, own_issue(&self.job))
+                )));
             }
         };
         self.checklist.agent = StepState::Done;
@@ -787,13 +842,6 @@ impl Pipeline {
             return Ok(None);
         }
         log.step(format!("{} file(s) changed", changed.len()));
-        if let Some(path) = changed.iter().find(|p| p.starts_with(".github/workflows/"))
-            && !self.workflows_allowed().await
-        {
-            return Err(Failure(format!(
-                "the agent changed `{path}`: changes under `.github/workflows/` are refused unless an admin allows them in the settings"
-            )));
-        }
         let identity = {
             let forge = self
                 .runner
@@ -813,6 +861,10 @@ impl Pipeline {
         let Some(commit) = commit else {
             return Ok(None);
         };
+        // Checked on the commit (read from the object database, not the work tree the
+        // agent could have filled with symlinks); refused before anything is recorded.
+        self.refuse_protected(mirror, &commit.sha, check_since, &changed)
+            .await?;
         self.job.commit_sha = Some(commit.sha.clone());
         self.job.files_changed = commit.files.len() as u64;
         self.job.additions = commit.additions as u64;
@@ -878,6 +930,48 @@ impl Pipeline {
             log: log.sink(),
             cancel: self.stop.token.clone(),
         }
+    }
+
+    /// Fails the job when the commits from `since` to `head` change a protected path
+    /// ([`Protected`]) and the admin does not allow workflow changes. `agent_paths`: what
+    /// the agent itself changed (the rest came with a fork's commits).
+    async fn refuse_protected(
+        &self,
+        mirror: &Arc<Mirror>,
+        head: &str,
+        since: &str,
+        agent_paths: &[String],
+    ) -> Result<(), Failure> {
+        let (m, head, since) = (mirror.clone(), head.to_owned(), since.to_owned());
+        let forge = self.job.repo.forge;
+        let (protected, paths) = blocking(move || {
+            let paths = m.paths_changed(&head, &since, MAX_CHECKED_COMMITS)?;
+            let mut protected = Protected::new(forge);
+            if forge == ForgeKind::GitLab {
+                for sha in [since.as_str(), head.as_str()] {
+                    if !sha.is_empty() {
+                        follow_includes(&m, sha, &mut protected)?;
+                    }
+                }
+            }
+            Ok((protected, paths))
+        })
+        .await?;
+        let Some(path) = protected.first(&paths) else {
+            return Ok(());
+        };
+        if self.workflows_allowed().await {
+            return Ok(());
+        }
+        let who = if agent_paths.iter().any(|p| p == path) {
+            "the agent changed"
+        } else {
+            "the fork's commits change"
+        };
+        Err(Failure(format!(
+            "{who} `{path}`: {} are refused unless an admin allows workflow changes in the settings",
+            protected.description()
+        )))
     }
 
     async fn workflows_allowed(&self) -> bool {
@@ -1115,12 +1209,25 @@ impl Pipeline {
             log.step(format!("Job {}", status.as_str()));
         }
         if let Some(r) = reporter {
+            // The summary is the agent's, and an error may quote the agent or the
+            // repository (a path, command output): neutralised like all it posts.
+            let mut job = self.job.clone();
+            job.summary = job
+                .summary
+                .as_deref()
+                .map(|s| neutralize(s, own_issue(&self.job)));
+            let shown = match state {
+                Final::Failed { error } => Final::Failed {
+                    error: neutralize(error, own_issue(&self.job)),
+                },
+                other => other.clone(),
+            };
             let body = progress::finished(
-                &self.job,
+                &job,
                 &self.runner.settings.public_url,
                 &self.admin.trigger,
                 &self.checklist,
-                state,
+                &shown,
                 self.started.elapsed(),
             );
             if let Err(e) = r.finish(&body).await {
@@ -1143,6 +1250,33 @@ const ACTIVITY_FIELDS: [&str; 8] = [
     "cost_usd",
 ];
 
+/// Most commits [`Pipeline::refuse_protected`] checks; a longer range is refused.
+const MAX_CHECKED_COMMITS: usize = 10_000;
+
+/// Adds the local includes of `.gitlab-ci.yml` at `sha`, and of the files it includes
+/// (named ones, not wildcards), to `protected`.
+fn follow_includes(m: &Mirror, sha: &str, protected: &mut Protected) -> Result<(), GitError> {
+    let mut queue = vec![protected::GITLAB_CI.to_owned()];
+    let mut read = 0;
+    while let Some(file) = queue.pop() {
+        read += 1;
+        if read > protected::MAX_INCLUDES {
+            break;
+        }
+        let Some(text) = m.read_file(sha, &file)? else {
+            continue;
+        };
+        let found = protected::local_includes(&text);
+        for next in &found {
+            if !protected::is_glob(next) && !protected.includes().contains(next) {
+                queue.push(next.clone());
+            }
+        }
+        protected.add_includes(found);
+    }
+    Ok(())
+}
+
 /// Runs blocking git work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
@@ -1162,9 +1296,26 @@ fn short(sha: &str) -> String {
     sha.chars().take(7).collect()
 }
 
+/// The job's own issue, the one its text may close (none on a pull/merge request).
+fn own_issue(job: &Job) -> Option<OwnIssue<'_>> {
+    (job.thread.kind == ThreadKind::Issue).then_some(OwnIssue {
+        repo: &job.repo.full_name,
+        number: job.thread.number,
+    })
+}
+
+/// [`raw_title_and_body`], neutralised (see [`neutralize`]): what Repobox posts of it.
+fn title_and_body(job: &Job, summary: &str) -> (String, String) {
+    let (title, body) = raw_title_and_body(job, summary);
+    (
+        neutralize(&title, own_issue(job)),
+        neutralize(&body, own_issue(job)),
+    )
+}
+
 /// Title from the summary's first line (when it reads like one), else from the command
 /// or the thread title; the rest of the summary is the body.
-fn title_and_body(job: &Job, summary: &str) -> (String, String) {
+fn raw_title_and_body(job: &Job, summary: &str) -> (String, String) {
     let summary = summary.trim();
     let mut lines = summary.lines();
     let first = lines

@@ -169,6 +169,8 @@ pub struct Thread {
     pub scripted: bool,
     /// Status every call on the thread answers with ([`FakeGitHub::fail_thread`]).
     pub fail: Option<u16>,
+    /// `(login, id)` of the thread's opener ([`FakeGitHub::set_issue_author`]).
+    pub author: Option<(String, u64)>,
 }
 
 /// The App's bot user (`octoapp[bot]`, after the App example's slug).
@@ -530,12 +532,17 @@ impl FakeGitHub {
                     .iter()
                     .find(|p| p["number"] == json!(number))
                     .cloned();
-                ResponseTemplate::new(200).set_body_json(issue_json(
+                let mut issue = issue_json(
                     &full,
                     number,
                     thread.and_then(|t| t.text.clone()),
                     pull.as_ref(),
-                ))
+                );
+                if let Some((login, id)) = thread.and_then(|t| t.author.clone()) {
+                    issue["user"]["login"] = json!(login);
+                    issue["user"]["id"] = json!(id);
+                }
+                ResponseTemplate::new(200).set_body_json(issue)
             })
             .mount(&self.server)
             .await;
@@ -670,6 +677,16 @@ impl FakeGitHub {
     pub fn set_issue<'a>(&self, number: u64, title: &str, body: impl Into<Option<&'a str>>) {
         self.threads.lock().unwrap().entry(number).or_default().text =
             Some((title.to_owned(), body.into().map(str::to_owned)));
+    }
+
+    /// Makes `login` (user `id`) the opener of thread `number`.
+    pub fn set_issue_author(&self, number: u64, login: &str, id: u64) {
+        self.threads
+            .lock()
+            .unwrap()
+            .entry(number)
+            .or_default()
+            .author = Some((login.to_owned(), id));
     }
 
     /// Appends a comment by `author_login` to thread `number` (the first one replaces

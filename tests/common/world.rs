@@ -86,7 +86,12 @@ pub async fn world(setup: Setup<'_>) -> World {
     git_server::init_bare_repo(git_root.path(), GL_GIT, &[("README.md", "# test\n")]);
     let github_git = GitServer::start(git_root.path().to_owned(), INSTALLATION_TOKEN).await;
     let gitlab_git = GitServer::start(git_root.path().to_owned(), gl::TOKEN).await;
-    let github = FakeGitHub::start(&[("Codertocat", "write"), ("Octo2", "write")]).await;
+    let github = FakeGitHub::start(&[
+        ("Codertocat", "write"),
+        ("Octo2", "write"),
+        ("reader", "read"),
+    ])
+    .await;
     github
         .serve_repo(REPO, &github_git.url(REPO_GIT), "main")
         .await;
@@ -383,5 +388,77 @@ impl World {
             .stderr(std::fs::File::options().append(true).open(log).unwrap())
             .spawn()
             .unwrap()
+    }
+}
+
+impl World {
+    /// Sets an admin switch in the `settings` hash (`allow_forks`, `allow_workflow_changes`…).
+    pub async fn set_admin(&self, field: &str, value: &str) {
+        let mut conn = self.app.conn().await;
+        let _: () = conn
+            .hset(format!("{}settings", self.app.prefix), field, value)
+            .await
+            .unwrap();
+    }
+
+    /// The git server's requests for one repository (`Owner/name.git`).
+    pub fn git_requests(&self, repo: &str) -> Vec<String> {
+        [&self.github_git, &self.gitlab_git]
+            .iter()
+            .flat_map(|s| s.requests())
+            .map(|r| r.uri)
+            .filter(|u| u.contains(repo))
+            .collect()
+    }
+
+    /// Opens merge request !1 from `feature` (one commit with `files` on `main`; `fork`:
+    /// the source lives in another project, published only as
+    /// `refs/merge-requests/1/head`) and comments a command on it. Returns the head
+    /// commit and the job id.
+    pub async fn command_on_merge_request(
+        &self,
+        files: &[(&str, &str)],
+        fork: bool,
+    ) -> (String, String) {
+        let root = self.git_root.path();
+        let head = git_server::push_commit(root, GL_GIT, "feature", files, "Work in progress");
+        git_server::set_ref(root, GL_GIT, "refs/merge-requests/1/head", &head);
+        if fork {
+            // A fork's branch is not in the project itself.
+            git_server::git(
+                &root.join(GL_GIT),
+                &["update-ref", "-d", "refs/heads/feature"],
+            );
+        }
+        self.gitlab
+            .add_merge_request(GL_PROJECT, GL_PATH, 1, "feature", &head, "main", !fork);
+        let mut note = fixture_json("gitlab/docs/note_hook.merge_request.json");
+        note["object_attributes"]["note"] = json!("/repobox finish this");
+        note["merge_request"]["iid"] = json!(1);
+        note["user"]["id"] = json!(1);
+        let r = self.app.gitlab("Note Hook", &note).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        (head, r.body["job"].as_str().unwrap().to_owned())
+    }
+
+    /// Opens pull request #7 from a fork whose head commit (on `main`) writes `files`,
+    /// published only as `refs/pull/7/head`, and comments a command on it. Returns the
+    /// head commit and the job id.
+    pub async fn command_on_fork_pull_request(&self, files: &[(&str, &str)]) -> (String, String) {
+        let root = self.git_root.path();
+        let head = git_server::push_commit(root, REPO_GIT, "fork-head", files, "Fork work");
+        git_server::set_ref(root, REPO_GIT, "refs/pull/7/head", &head);
+        git_server::git(
+            &root.join(REPO_GIT),
+            &["update-ref", "-d", "refs/heads/fork-head"],
+        );
+        self.github
+            .add_pull(REPO, 7, "feature", &head, "main", false);
+        let mut payload = issue_comment("/repobox finish this", 7, "Codertocat", 21031067);
+        payload["issue"]["pull_request"] =
+            json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
+        let r = self.app.github_json("issue_comment", &payload).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        (head, r.body["job"].as_str().unwrap().to_owned())
     }
 }

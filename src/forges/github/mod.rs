@@ -176,6 +176,9 @@ struct IssueText {
     title: String,
     #[serde(default)]
     body: Option<String>,
+    /// The opener (`null` for a deleted account).
+    #[serde(default)]
+    user: Option<Login>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +194,8 @@ struct IssueComment {
 #[derive(Deserialize)]
 struct Login {
     login: String,
+    #[serde(default)]
+    id: u64,
 }
 
 /// The `page` query parameter of a pagination link.
@@ -776,10 +781,11 @@ impl Forge for GitHub {
             let next = page_number(got.next.as_ref()).filter(|n| *n > page);
             let last = page_number(got.last.as_ref());
             for comment in got.items {
-                let author = comment.user.map(|u| u.login).unwrap_or_default();
+                let (author, author_id) = comment.user.map(|u| (u.login, u.id)).unwrap_or_default();
                 latest.push(DiscussionComment {
                     by_bot: author.eq_ignore_ascii_case(&bot),
                     author,
+                    author_id,
                     body: comment.body.unwrap_or_default(),
                 });
             }
@@ -803,7 +809,12 @@ impl Forge for GitHub {
                 _ => next,
             };
         }
-        Ok(latest.into_discussion(issue.title, issue.body.unwrap_or_default()))
+        let (author, author_id) = issue.user.map(|u| (u.login, u.id)).unwrap_or_default();
+        Ok(Discussion {
+            author,
+            author_id,
+            ..latest.into_discussion(issue.title, issue.body.unwrap_or_default())
+        })
     }
 }
 

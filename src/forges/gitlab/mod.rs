@@ -186,6 +186,9 @@ struct ThreadText {
     title: String,
     #[serde(default)]
     description: Option<String>,
+    /// The opener.
+    #[serde(default)]
+    author: Option<NoteAuthor>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +206,8 @@ struct ThreadNote {
 #[derive(Deserialize)]
 struct NoteAuthor {
     username: String,
+    #[serde(default)]
+    id: u64,
 }
 
 /// A page header holding a page number (`x-next-page`, `x-total-pages`); GitLab sends
@@ -875,6 +880,7 @@ impl Forge for GitLab {
                 latest.push(DiscussionComment {
                     by_bot: !bot.is_empty() && note.author.username == bot,
                     author: note.author.username,
+                    author_id: note.author.id,
                     body: note.body.unwrap_or_default(),
                 });
             }
@@ -901,6 +907,11 @@ impl Forge for GitLab {
                 _ => next,
             };
         }
-        Ok(latest.into_discussion(text.title, text.description.unwrap_or_default()))
+        let (author, author_id) = text.author.map(|a| (a.username, a.id)).unwrap_or_default();
+        Ok(Discussion {
+            author,
+            author_id,
+            ..latest.into_discussion(text.title, text.description.unwrap_or_default())
+        })
     }
 }
