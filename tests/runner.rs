@@ -715,7 +715,13 @@ async fn the_runner_carries_on_after_a_redis_restart() {
 
 #[tokio::test]
 async fn a_job_started_from_the_dashboard_runs_like_a_comment_and_its_pr_links_back() {
-    let w = world(Setup::default()).await;
+    // Codertocat is an admin here: an admin's picker also lists what the App reaches
+    // (a user's own list, asked with their token: tests/dashboard_signin.rs).
+    let w = world(Setup {
+        extra: vec!["--admins".into(), "github:Codertocat".into()],
+        ..Setup::default()
+    })
+    .await;
     let user = repobox::web::dashboard::session::SessionUser {
         provider: "github".into(),
         id: "21031067".into(),

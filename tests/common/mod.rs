@@ -339,12 +339,15 @@ impl TestApp {
     }
 
     /// Every key under this test's prefix, sorted, without the prefix.
+    /// The app's keys, without its prefix, sorted; without `setup:token`, which `serve`
+    /// writes at start while no forge is configured (what a test adds is what it sees).
     pub async fn keys(&self) -> Vec<String> {
         let mut conn = self.conn().await;
         let mut keys = scan(&mut conn, &self.prefix).await;
         keys.sort();
         keys.into_iter()
             .map(|k| k.trim_start_matches(&self.prefix).to_owned())
+            .filter(|k| k != "setup:token")
             .collect()
     }
 
