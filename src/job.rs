@@ -46,7 +46,8 @@ impl FromStr for JobId {
     }
 }
 
-/// `queued → running → succeeded | no_changes | failed | cancelled`; `rejected` from intake.
+/// `queued → running → succeeded | no_changes | failed | cancelled`; `rejected` from the
+/// acknowledger (no write access) or the runner (access revoked, a fork's PR/MR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {

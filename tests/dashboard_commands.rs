@@ -9,10 +9,9 @@
 
 mod common;
 
-use common::SignedIn;
 use common::world::*;
+use common::{SignedIn, github_user};
 use repobox::job::JobStatus;
-use repobox::web::dashboard::session::SessionUser;
 
 const CODERTOCAT_ID: u64 = 21031067;
 
@@ -23,16 +22,6 @@ async fn no_runner() -> World {
         ..Setup::default()
     })
     .await
-}
-
-fn github_user(id: u64, login: &str) -> SessionUser {
-    SessionUser {
-        provider: "github".into(),
-        id: id.to_string(),
-        login: login.into(),
-        name: None,
-        admin: false,
-    }
 }
 
 async fn api_post(w: &World, who: &SignedIn, path: &str) -> u16 {

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{Options, SignedIn, TestApp};
-use repobox::web::dashboard::session::SessionUser;
+use common::{Options, SignedIn, TestApp, github_user};
 
 async fn app() -> TestApp {
     TestApp::start(Options {
@@ -27,16 +26,6 @@ fn client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-}
-
-fn github_user(id: u64, login: &str) -> SessionUser {
-    SessionUser {
-        provider: "github".into(),
-        id: id.to_string(),
-        login: login.into(),
-        name: None,
-        admin: false,
-    }
 }
 
 async fn get(app: &TestApp, who: Option<&SignedIn>, path: &str) -> reqwest::Response {

@@ -201,10 +201,9 @@ async fn ldap_sign_in_renews_the_session_records_the_user_and_marks_admins() {
     assert_eq!(keys.len(), 1, "{keys:?}");
 }
 
-#[tokio::test]
-async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
-    let fake = OAuthFake::start(Flavor::GitHub).await;
-    let app = TestApp::start(Options {
+/// The app signing in with GitHub's OAuth against `fake` (also its API).
+async fn github_app(fake: &OAuthFake) -> TestApp {
+    TestApp::start(Options {
         acknowledger: false,
         args: vec![
             "--github-client-id".into(),
@@ -218,7 +217,13 @@ async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
         ],
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn github_sign_in_checks_state_and_pkce_through_the_routes() {
+    let fake = OAuthFake::start(Flavor::GitHub).await;
+    let app = github_app(&fake).await;
     let mut b = Browser::new(&app);
     let page = b.get("/login").await.text().await.unwrap();
     assert!(page.contains("href=\"/auth/github\""), "{page}");
@@ -356,21 +361,7 @@ fn suggestions(page: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_picker_lists_what_the_user_can_write_to_asked_with_their_own_token() {
     let fake = OAuthFake::start(Flavor::GitHub).await;
-    let app = TestApp::start(Options {
-        acknowledger: false,
-        args: vec![
-            "--github-client-id".into(),
-            CLIENT_ID.into(),
-            "--github-client-secret".into(),
-            CLIENT_SECRET.into(),
-            "--github-api-url".into(),
-            fake.url.clone(),
-            "--github-web-url".into(),
-            fake.url.clone(),
-        ],
-        ..Options::default()
-    })
-    .await;
+    let app = github_app(&fake).await;
     let mut b = Browser::new(&app);
     sign_in_through(&mut b, &fake, "github").await;
     let page = b.get("/jobs/new").await.text().await.unwrap();

@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{GITHUB_SECRET, GITLAB_SECRET, TEST_SECRET_KEY, free_port, redis_url};
+use common::{GITHUB_SECRET, GITLAB_SECRET, TEST_SECRET_KEY, redis_url};
 use redis::AsyncCommands;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,18 +28,21 @@ struct Serve {
 impl Serve {
     async fn start(header_timeout: &str, body_timeout: &str) -> Serve {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let prefix = format!("test:{}:", ulid::Ulid::new());
+        let log = dir.path().join("serve.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_repobox"));
         for (key, _) in std::env::vars() {
             if key.starts_with("REPOBOX_") {
                 cmd.env_remove(key);
             }
         }
-        let child = cmd
+        // Port 0: the server picks a free port itself and logs it, so no two servers
+        // of parallel tests can end up sharing one (a port picked here and released
+        // could be taken before the server binds it).
+        let mut child = cmd
             .arg("serve")
             .current_dir(dir.path())
-            .env("REPOBOX_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REPOBOX_LISTEN", "127.0.0.1:0")
             .env("REPOBOX_REDIS_URL", redis_url())
             .env("REPOBOX_REDIS_PREFIX", &prefix)
             .env("REPOBOX_SECRET_KEY", TEST_SECRET_KEY)
@@ -47,21 +50,38 @@ impl Serve {
             .env("REPOBOX_GITLAB_WEBHOOK_SECRET", GITLAB_SECRET)
             .env("REPOBOX_HTTP_HEADER_TIMEOUT", header_timeout)
             .env("REPOBOX_WEBHOOK_BODY_TIMEOUT", body_timeout)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(at) = text.find("listening addr=") {
+                let rest = &text[at + "listening addr=".len()..];
+                break rest
+                    .split(|c: char| c.is_whitespace())
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "serve exited at start: {text}"
+            );
+            assert!(Instant::now() < deadline, "serve did not start: {text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let http = reqwest::Client::new();
         loop {
             if let Ok(r) = http.get(format!("http://{addr}/healthz")).send().await
                 && r.status().is_success()
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "serve did not start");
+            assert!(Instant::now() < deadline, "serve did not answer");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Serve {

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{TEST_SECRET_KEY, free_port, redis_url};
 use futures::StreamExt;
-use repobox::job::Job;
-use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
 use repobox::store::{JobQueue, RedisStore, Sessions, SettingsStore};
 use repobox::web::dashboard::session::{COOKIE, SIGNED_IN_AT, storage_key};
 
@@ -57,27 +55,7 @@ async fn sigterm_ends_every_live_stream_and_a_session_holds_at_most_eight() {
     );
 
     // A signed-in session and a job it watches (queued: its stream stays open).
-    let job = Job::new(
-        RepoRef {
-            forge: ForgeKind::GitHub,
-            full_name: "acme/api".into(),
-            id: Some(1),
-            installation_id: Some(2),
-        },
-        ThreadRef {
-            kind: ThreadKind::Issue,
-            number: 1,
-        },
-        "Issue 1".into(),
-        repobox::job::TriggerKind::Comment,
-        UserRef {
-            id: 101,
-            login: "alice".into(),
-            is_bot: false,
-        },
-        "fix it".into(),
-        time::OffsetDateTime::now_utc(),
-    );
+    let job = common::issue_job(101, "alice", 1);
     // Stored with a task that leaves it alone (an acknowledgement would fail it at once:
     // no forge is configured), so it stays queued and its streams stay open.
     let reply = repobox::task::Task::Reply {

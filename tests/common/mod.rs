@@ -359,28 +359,7 @@ impl TestApp {
     /// A queued job on `acme/api` issue `number`, requested by GitHub user `requester`
     /// (`login`), stored with its indices and acknowledge task as intake stores one.
     pub async fn store_job(&self, requester: u64, login: &str, number: u64) -> Job {
-        use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
-        let job = Job::new(
-            RepoRef {
-                forge: ForgeKind::GitHub,
-                full_name: "acme/api".into(),
-                id: Some(1),
-                installation_id: Some(2),
-            },
-            ThreadRef {
-                kind: ThreadKind::Issue,
-                number,
-            },
-            format!("Issue {number}"),
-            repobox::job::TriggerKind::Comment,
-            UserRef {
-                id: requester,
-                login: login.into(),
-                is_bot: false,
-            },
-            "fix it".into(),
-            time::OffsetDateTime::now_utc(),
-        );
+        let job = issue_job(requester, login, number);
         self.store
             .accept(
                 None,
@@ -390,6 +369,11 @@ impl TestApp {
             .await
             .unwrap();
         job
+    }
+
+    /// A signed-in dashboard session for the GitHub user `login` (numeric id `id`).
+    pub async fn sign_in_github(&self, id: u64, login: &str) -> SignedIn {
+        self.sign_in(&github_user(id, login)).await
     }
 
     /// A signed-in dashboard session for `user`, stored the way the sign-in routes
@@ -487,6 +471,43 @@ async fn into_response(r: reqwest::Response) -> Response {
 }
 
 /// Every key that starts with `prefix`.
+/// A queued job on issue `number` of GitHub's `acme/api`, requested by `login`.
+pub fn issue_job(requester: u64, login: &str, number: u64) -> Job {
+    use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
+    Job::new(
+        RepoRef {
+            forge: ForgeKind::GitHub,
+            full_name: "acme/api".into(),
+            id: Some(1),
+            installation_id: Some(2),
+        },
+        ThreadRef {
+            kind: ThreadKind::Issue,
+            number,
+        },
+        format!("Issue {number}"),
+        repobox::job::TriggerKind::Comment,
+        UserRef {
+            id: requester,
+            login: login.into(),
+            is_bot: false,
+        },
+        "fix it".into(),
+        time::OffsetDateTime::now_utc(),
+    )
+}
+
+/// A dashboard user signed in with GitHub (admin rights come from `--admins`).
+pub fn github_user(id: u64, login: &str) -> repobox::web::dashboard::session::SessionUser {
+    repobox::web::dashboard::session::SessionUser {
+        provider: "github".into(),
+        id: id.to_string(),
+        login: login.into(),
+        name: None,
+        admin: false,
+    }
+}
+
 pub async fn scan(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<String> {
     use futures::StreamExt;
     let Ok(iter) = conn.scan_match::<_, String>(format!("{prefix}*")).await else {
