@@ -114,9 +114,10 @@ impl AppState {
 }
 
 /// Routes of `serve`: webhooks, health, metrics. The webhook routes are behind their
-/// limits ([`webhooks::limits`]; in-flight count per router).
+/// limits ([`webhooks::limits`]; in-flight count per router, shown as the
+/// `repobox_webhook_requests_in_flight` gauge).
 pub fn build_router(state: AppState) -> Router {
-    let gate = limits::Gate::new(state.webhook_limits);
+    let gate = limits::Gate::new(state.webhook_limits, state.metrics.webhooks_in_flight());
     let webhooks = Router::new()
         .route("/webhooks/github", post(webhooks::github))
         .route("/webhooks/gitlab", post(webhooks::gitlab))
@@ -163,6 +164,23 @@ pub async fn serve(
     serve_with(listener, router, shutdown, ServeOptions::default()).await
 }
 
+/// Raises the soft limit on open files to the hard one: 256 webhook requests in
+/// flight, live log streams and Redis connections need more than the 1024 a login
+/// shell often starts with. A failure is only logged.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` fires, then drains open requests.
 ///
 /// HTTP/1.1 only (what GitHub, GitLab and browsers behind a proxy speak), over hyper
@@ -180,6 +198,7 @@ pub async fn serve_with(
     use hyper_util::service::TowerToHyperService;
     use tower::ServiceExt;
 
+    raise_fd_limit();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout);

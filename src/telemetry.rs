@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
@@ -60,6 +61,7 @@ pub struct Metrics {
     acknowledgements: Family<OutcomeLabels, Counter>,
     ack_latency: Histogram,
     job_duration: Histogram,
+    webhooks_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,8 +100,15 @@ impl Metrics {
             "Time a runner spent on one delivery of a job",
             job_duration.clone(),
         );
+        let webhooks_in_flight = Gauge::default();
+        registry.register(
+            "webhook_requests_in_flight",
+            "Webhook requests being read or handled now (at most 256; more get 503)",
+            webhooks_in_flight.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            webhooks_in_flight,
             job_duration,
             deliveries,
             jobs_queued,
@@ -134,6 +143,11 @@ impl Metrics {
 
     pub fn ack_latency(&self, seconds: f64) {
         self.ack_latency.observe(seconds);
+    }
+
+    /// The gauge of webhook requests in flight, kept by the webhook limits' gate.
+    pub fn webhooks_in_flight(&self) -> Gauge {
+        self.webhooks_in_flight.clone()
     }
 
     pub fn job_run(&self, seconds: f64) {

@@ -303,10 +303,54 @@ async fn headers_that_trickle_in_too_slowly_close_the_connection() {
     serve.cleanup().await;
 }
 
+/// The server's count of webhook requests in flight, from its `/metrics`.
+async fn in_flight(serve: &Serve) -> i64 {
+    let text = reqwest::get(format!("http://{}/metrics", serve.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("repobox_webhook_requests_in_flight "))
+        .unwrap_or_else(|| panic!("no in-flight gauge in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the server counts `want` webhook requests in flight.
+async fn wait_in_flight(serve: &Serve, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = in_flight(serve).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} webhook requests in flight, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends a small complete (unsigned) delivery and returns the status it got.
+async fn small_delivery(serve: &Serve) -> Option<u16> {
+    let mut stream = serve.connect().await;
+    stream
+        .write_all(head("Content-Length: 2\r\n\r\n{}").as_bytes())
+        .await
+        .unwrap();
+    status_within(&mut stream, Duration::from_secs(20)).await
+}
+
 #[tokio::test]
 async fn the_257th_webhook_request_in_flight_gets_503() {
     let serve = Serve::start("30s", "60s").await;
-    // 256 requests whose bodies never complete hold every slot.
+    assert_eq!(in_flight(&serve).await, 0);
+    // 256 requests whose bodies never complete hold every slot; the server takes them
+    // in its own time, so wait until it counts all of them.
     let mut held = Vec::new();
     for _ in 0..256 {
         let mut stream = serve.connect().await;
@@ -316,44 +360,21 @@ async fn the_257th_webhook_request_in_flight_gets_503() {
             .unwrap();
         held.push(stream);
     }
-    // The next ones are refused at once, as soon as all 256 are in (the server takes
-    // them in its own time: try until one is refused).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut stream = serve.connect().await;
-        stream
-            .write_all(head("Content-Length: 2\r\n\r\n{}").as_bytes())
-            .await
-            .unwrap();
-        let got = status_within(&mut stream, Duration::from_secs(20)).await;
-        if got == Some(503) {
-            break;
-        }
-        // Not refused: the server read the whole (unsigned) request and answered it.
-        assert_eq!(got, Some(401), "a request in a free slot is served");
-        assert!(Instant::now() < deadline, "no request was refused with 503");
-    }
+    wait_in_flight(&serve, 256).await;
+    // The next one is refused at once, and so is the one after it.
+    assert_eq!(small_delivery(&serve).await, Some(503));
+    assert_eq!(small_delivery(&serve).await, Some(503));
+    assert_eq!(in_flight(&serve).await, 256, "a refusal holds no slot");
     // Other routes are not limited.
     let health = reqwest::get(format!("http://{}/healthz", serve.addr))
         .await
         .unwrap();
     assert!(health.status().is_success());
-    // Closing the held requests frees their slots.
+    // Closing the held requests frees their slots: a request is served again (401:
+    // the server read the whole unsigned request and answered it).
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut stream = serve.connect().await;
-        stream
-            .write_all(head("Content-Length: 2\r\n\r\n{}").as_bytes())
-            .await
-            .unwrap();
-        let got = status_within(&mut stream, Duration::from_secs(20)).await;
-        if got == Some(401) {
-            break;
-        }
-        assert_eq!(got, Some(503));
-        assert!(Instant::now() < deadline, "the slots were never freed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_in_flight(&serve, 0).await;
+    assert_eq!(small_delivery(&serve).await, Some(401));
+    assert_eq!(in_flight(&serve).await, 0, "a served request gives its slot back");
     serve.cleanup().await;
 }

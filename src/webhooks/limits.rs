@@ -24,7 +24,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use tokio::sync::Semaphore;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::{MAX_BODY_BYTES, reply};
@@ -50,19 +51,44 @@ impl Default for WebhookLimits {
     }
 }
 
-/// The middleware's state: the limits and the in-flight count, one per router.
+/// The middleware's state: the limits and the in-flight count, one per router. The
+/// count is also a gauge on `/metrics`.
 #[derive(Clone)]
 pub struct Gate {
     limits: WebhookLimits,
     in_flight: Arc<Semaphore>,
+    gauge: Gauge,
 }
 
 impl Gate {
-    pub fn new(limits: WebhookLimits) -> Self {
+    pub fn new(limits: WebhookLimits, gauge: Gauge) -> Self {
         Gate {
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            gauge,
         }
+    }
+}
+
+/// One request's slot: counted in the gauge while it lives.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, gauge: &Gauge) -> Slot {
+        gauge.inc();
+        Slot {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -89,7 +115,7 @@ fn declared_length(request: &Request) -> Option<u64> {
 /// The middleware (`axum::middleware::from_fn_with_state`): the handlers behind it get
 /// the whole body, already read.
 pub async fn limit(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = gate.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = gate.in_flight.clone().try_acquire_owned() else {
         debug!("webhook refused: too many in flight");
         let mut response = reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +130,7 @@ pub async fn limit(State(gate): State<Gate>, request: Request, next: Next) -> Re
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return response;
     };
+    let _slot = Slot::new(permit, &gate.gauge);
     let max = gate.limits.max_body;
     if declared_length(&request).is_some_and(|n| n > max as u64) {
         debug!("webhook refused: Content-Length over the limit");
