@@ -482,6 +482,8 @@ pub fn build_runner_with_agent(
             sandbox: config.sandbox,
             sandbox_network: config.sandbox_network,
             progress_interval: Duration::from_secs(5),
+            max_tree_size: config.max_tree_size.as_u64(),
+            log_lines_per_second: config.log_lines_per_second,
             max_deliveries: 5,
             admin_defaults: AdminSettings::defaults(config),
         },

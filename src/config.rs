@@ -223,6 +223,24 @@ pub struct Config {
         global = true
     )]
     pub per_user_limit: usize,
+    /// Largest apparent size of a job's work tree at commit time (e.g. `2GiB`); a job
+    /// past it fails and pushes nothing.
+    #[arg(
+        long,
+        env = "REPOBOX_MAX_TREE_SIZE",
+        default_value = "2GiB",
+        global = true
+    )]
+    pub max_tree_size: bytesize::ByteSize,
+    /// Job log lines kept per second; the rest are dropped, with one "N lines dropped"
+    /// line per second.
+    #[arg(
+        long,
+        env = "REPOBOX_LOG_LINES_PER_SECOND",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub log_lines_per_second: u32,
     /// Wall-clock limit of one job (e.g. `30m`, `1h`).
     #[arg(long, env = "REPOBOX_JOB_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration, global = true)]
     pub job_timeout: Duration,

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bound for anything that should take well under a second.
@@ -597,7 +597,7 @@ fn git_files_are_never_written() {
 
 /// One bash call with a fresh log; the output and the log lines it produced.
 async fn call(session: &mut BashSession, command: &str) -> (ToolOutput, Vec<String>) {
-    let (log, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (log, mut rx) = repobox::agent::LogSink::channel(u32::MAX);
     let cancel = CancellationToken::new();
     let out = tokio::time::timeout(
         BOUND * 3,
@@ -609,7 +609,7 @@ async fn call(session: &mut BashSession, command: &str) -> (ToolOutput, Vec<Stri
     (out, drain(&mut rx))
 }
 
-fn drain(rx: &mut UnboundedReceiver<String>) -> Vec<String> {
+fn drain(rx: &mut Receiver<String>) -> Vec<String> {
     std::iter::from_fn(|| rx.try_recv().ok()).collect()
 }
 
@@ -656,7 +656,7 @@ async fn bash_state_persists_until_restart_and_output_reaches_the_log() {
     // Nothing of the marker line leaks into the next result.
     assert_eq!(run_ok(&mut bash, "echo next").await, "next\n");
 
-    let (log_tx, _log_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (log_tx, _log_rx) = repobox::agent::LogSink::channel(u32::MAX);
     let out = bash
         .run(
             &json!({"restart": true}),
@@ -825,7 +825,7 @@ async fn bash_huge_output_keeps_head_and_tail() {
 async fn bash_cancel_stops_a_running_command_within_a_second() {
     let dirs = Dirs::new();
     let mut bash = session(&dirs);
-    let (log, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (log, mut rx) = repobox::agent::LogSink::channel(u32::MAX);
     let cancel = CancellationToken::new();
     let run = {
         let cancel = cancel.clone();

@@ -375,6 +375,10 @@ async fn the_257th_webhook_request_in_flight_gets_503() {
     drop(held);
     wait_in_flight(&serve, 0).await;
     assert_eq!(small_delivery(&serve).await, Some(401));
-    assert_eq!(in_flight(&serve).await, 0, "a served request gives its slot back");
+    assert_eq!(
+        in_flight(&serve).await,
+        0,
+        "a served request gives its slot back"
+    );
     serve.cleanup().await;
 }

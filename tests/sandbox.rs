@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 use tokio_util::sync::CancellationToken;
 
 /// Value of a "runner secret" set only in the child test process (see `env_probe`).
@@ -432,12 +432,12 @@ async fn kill_tree_kills_the_whole_group() {
 
 struct AgentRun {
     request: AgentRequest,
-    log: UnboundedReceiver<String>,
+    log: Receiver<String>,
     cancel: CancellationToken,
 }
 
 fn agent_request(dirs: &Dirs, kind: SandboxKind, prompt: &str) -> AgentRun {
-    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, log) = repobox::agent::LogSink::channel(u32::MAX);
     let cancel = CancellationToken::new();
     let request = AgentRequest {
         prompt: prompt.to_owned(),
@@ -462,7 +462,7 @@ fn agent(command: &str) -> CommandAgent {
     }
 }
 
-fn drain(log: &mut UnboundedReceiver<String>) -> Vec<String> {
+fn drain(log: &mut Receiver<String>) -> Vec<String> {
     let mut lines = Vec::new();
     while let Ok(line) = log.try_recv() {
         lines.push(line);

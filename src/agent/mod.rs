@@ -10,6 +10,7 @@
 
 pub mod claude;
 pub mod command;
+pub mod log_sink;
 
 use std::path::PathBuf;
 
@@ -17,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::SandboxSpec;
 
-/// Lines for the job log (the runner drains this into Redis).
-pub type LogSink = tokio::sync::mpsc::UnboundedSender<String>;
+pub use log_sink::LogSink;
 
 pub struct AgentRequest {
     /// The task: the instructions plus the quoted context. Each agent adds how it wants

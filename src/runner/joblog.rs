@@ -1,11 +1,14 @@
 //! The job log (`job:{<id>}:output`): runner steps and the agent's output, appended in
 //! batches by one task per job so a chatty agent costs one Redis round trip per batch.
 //! Every line is masked (the job's own secrets and anything shaped like a token) before
-//! it is stored: the log is shown on the dashboard.
+//! it is stored: the log is shown on the dashboard. The channel in front is bounded
+//! and rate-limited ([`LogSink`]); this writer also writes the "N lines dropped" line
+//! of a burst that ended with nothing after it.
 
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -26,15 +29,36 @@ pub struct JobLog {
 impl JobLog {
     /// `secrets` are masked in every line; the job adds to them as it learns them (its
     /// git token).
-    pub fn start(store: Arc<dyn Store>, id: JobId, secrets: Arc<Mutex<Vec<Secret>>>) -> JobLog {
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    /// `per_second`: lines kept per second (`REPOBOX_LOG_LINES_PER_SECOND`).
+    pub fn start(
+        store: Arc<dyn Store>,
+        id: JobId,
+        secrets: Arc<Mutex<Vec<Secret>>>,
+        per_second: u32,
+    ) -> JobLog {
+        let (tx, mut rx) = LogSink::channel(per_second);
+        let limiter = tx.limiter();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            while rx.recv_many(&mut batch, BATCH).await > 0 {
-                let known = secrets.lock().unwrap().clone();
-                let lines: Vec<String> = batch.drain(..).map(|line| clean(&line, &known)).collect();
-                if let Err(e) = append_with_retries(store.as_ref(), id, &lines).await {
-                    warn!(job = %id, error = %e, lines = lines.len(), "job log lines lost");
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let open = tokio::select! {
+                    n = rx.recv_many(&mut batch, BATCH) => n > 0,
+                    _ = tick.tick() => true,
+                };
+                if let Some(notice) = limiter.take_notice(!open) {
+                    batch.push(notice);
+                }
+                if !batch.is_empty() {
+                    let known = secrets.lock().unwrap().clone();
+                    let lines: Vec<String> =
+                        batch.drain(..).map(|line| clean(&line, &known)).collect();
+                    if let Err(e) = append_with_retries(store.as_ref(), id, &lines).await {
+                        warn!(job = %id, error = %e, lines = lines.len(), "job log lines lost");
+                    }
+                }
+                if !open {
+                    break;
                 }
             }
         });
@@ -55,7 +79,7 @@ impl JobLog {
     pub async fn close(self) {
         drop(self.tx);
         // The writer ends once every sender is gone; agents have returned by now.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
 }
 

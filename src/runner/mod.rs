@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod protected;
 pub mod repo_config;
 pub mod reporter;
+pub mod tree_size;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -70,6 +71,11 @@ pub struct RunnerSettings {
     pub sandbox_network: bool,
     /// Minimum time between two edits of a progress comment.
     pub progress_interval: Duration,
+    /// Largest apparent size of a work tree at commit time (`REPOBOX_MAX_TREE_SIZE`).
+    pub max_tree_size: u64,
+    /// Job log lines kept per second; the rest are dropped and counted
+    /// (`REPOBOX_LOG_LINES_PER_SECOND`).
+    pub log_lines_per_second: u32,
     /// A job delivered this many times without finishing is failed (poison job).
     pub max_deliveries: u64,
     /// What applies where the admin settings (the store's `settings` hash, read at the

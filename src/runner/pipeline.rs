@@ -172,7 +172,12 @@ impl Pipeline {
     pub async fn run(mut self, gave_up: Option<u64>) -> bool {
         self.admin = self.runner.admin_settings().await;
         let store = self.runner.store.clone();
-        let log = JobLog::start(store.clone(), self.job.id, self.secrets.clone());
+        let log = JobLog::start(
+            store.clone(),
+            self.job.id,
+            self.secrets.clone(),
+            self.runner.settings.log_lines_per_second,
+        );
         let Some(forge) = self.runner.forges.get(self.job.repo.forge).cloned() else {
             log.step(format!(
                 "{} is not configured on this runner",
@@ -730,6 +735,26 @@ impl Pipeline {
         .await
     }
 
+    /// Fails the job when the work tree grew past `REPOBOX_MAX_TREE_SIZE`: nothing of
+    /// it is committed or pushed.
+    async fn check_tree_size(&self) -> Result<(), Failure> {
+        let limit = self.runner.settings.max_tree_size;
+        let Some(root) = self.work_tree.as_ref().map(|wt| wt.path().to_owned()) else {
+            return Ok(());
+        };
+        let within = tokio::task::spawn_blocking(move || super::tree_size::within(&root, limit))
+            .await
+            .map_err(|e| Failure(format!("cannot measure the work tree: {e}")))?
+            .map_err(|e| Failure(format!("cannot measure the work tree: {e}")))?;
+        match within {
+            Some(_) => Ok(()),
+            None => Err(Failure(format!(
+                "the work tree grew past its size limit of {}",
+                bytesize::ByteSize::b(limit)
+            ))),
+        }
+    }
+
     /// Work tree, setup, agent, checks, commit, the protected-path check. `None` when
     /// nothing changed. `check_since`: the commit from which on every commit is checked
     /// for protected paths (the base, or a fork's merge base; empty: all history).
@@ -842,6 +867,7 @@ impl Pipeline {
             return Ok(None);
         }
         log.step(format!("{} file(s) changed", changed.len()));
+        self.check_tree_size().await?;
         let identity = {
             let forge = self
                 .runner

@@ -551,8 +551,8 @@ fn cut_note(head: &str, cut: usize, tail: &str) -> String {
 mod tests {
     use super::*;
 
-    fn sink() -> (LogSink, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        tokio::sync::mpsc::unbounded_channel()
+    fn sink() -> (LogSink, tokio::sync::mpsc::Receiver<String>) {
+        LogSink::channel(u32::MAX)
     }
 
     #[test]
