@@ -482,6 +482,10 @@ pub fn build_runner_with_agent(
             sandbox: config.sandbox,
             sandbox_network: config.sandbox_network,
             progress_interval: Duration::from_secs(5),
+            job_limits: crate::sandbox::job_limits::JobLimits {
+                memory_bytes: config.job_memory.as_u64(),
+                processes: config.job_pids,
+            },
             max_tree_size: config.max_tree_size.as_u64(),
             log_lines_per_second: config.log_lines_per_second,
             max_deliveries: 5,

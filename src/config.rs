@@ -232,6 +232,18 @@ pub struct Config {
         global = true
     )]
     pub max_tree_size: bytesize::ByteSize,
+    /// Memory of all a job's sandboxed processes together (e.g. `4GiB`); past it they
+    /// are stopped and the job fails.
+    #[arg(
+        long,
+        env = "REPOBOX_JOB_MEMORY",
+        default_value = "4GiB",
+        global = true
+    )]
+    pub job_memory: bytesize::ByteSize,
+    /// Processes a job's sandbox may run at once.
+    #[arg(long, env = "REPOBOX_JOB_PIDS", default_value_t = 512, global = true)]
+    pub job_pids: u64,
     /// Job log lines kept per second; the rest are dropped, with one "N lines dropped"
     /// line per second.
     #[arg(

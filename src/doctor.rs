@@ -240,6 +240,19 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Err(hint) => check("sandbox", Status::Fail, hint),
         },
     });
+    // SPEC section 15: a per-job cgroup when the runner can create one. This build
+    // samples the sandbox's processes instead (`sandbox::job_limits`), which a fast
+    // allocation can outrun: a WARN, with the limits that apply.
+    checks.push(check(
+        "job limits",
+        Status::Warn,
+        format!(
+            "memory {} and {} processes per job, enforced by sampling the sandbox's processes every {} ms (no per-job cgroup); per-process limits apply too",
+            bytesize::ByteSize::b(config.job_memory.as_u64()),
+            config.job_pids,
+            crate::sandbox::job_limits::SAMPLE_EVERY.as_millis()
+        ),
+    ));
     checks
 }
 

@@ -189,3 +189,59 @@ async fn a_flood_of_output_is_dropped_and_counted_while_the_runner_stays_small()
     assert!(ys > 0 && ys <= 100 * 8, "{ys} lines of yes kept");
     w.app.stop().await;
 }
+
+/// Four processes of 200 MiB each pass every per-process limit but not a job limit of
+/// 512 MiB; forty sleeping processes pass `RLIMIT_NPROC` (the runner may be root) but
+/// not a job limit of 20. Each job fails naming its limit, its processes are gone, and
+/// the runner takes the next job.
+#[tokio::test]
+async fn whole_job_limits_stop_the_processes_and_the_runner_goes_on() {
+    let agent = r#"case "$REPOBOX_PROMPT" in
+*hog*) for i in 1 2 3 4; do python3 -c "x = bytearray(b'\x01') * (200 << 20); import time; time.sleep(120)" hog-marker & done; wait ;;
+*forks*) for i in $(seq 1 40); do sleep 120 & done; wait ;;
+*) echo fixed >> README.md; printf 'Fix\n\nDone.\n' > "$REPOBOX_SUMMARY_FILE" ;;
+esac"#;
+    let w = world(Setup {
+        agent,
+        extra: ["--job-memory", "512MiB", "--job-pids", "20"]
+            .map(String::from)
+            .to_vec(),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox hog the memory").await;
+    let (_, error) = w.failed(&id).await;
+    assert!(
+        error.contains("the job went past its memory limit of 512.0 MiB"),
+        "{error}"
+    );
+    // The kernel takes the killed sandbox's processes down with its pid namespace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while processes_named("hog-marker") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a memory hog outlived its job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = w.comment("/repobox run many forks").await;
+    let (_, error) = w.failed(&id).await;
+    assert!(
+        error.contains("the job went past its limit of 20 processes"),
+        "{error}"
+    );
+    let id = w.comment("/repobox fix the typo").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert!(w.remote_ref(REPO_GIT, ISSUE_BRANCH).is_some());
+    w.app.stop().await;
+}
+
+/// Whether a process with `marker` in its command line is alive.
+fn processes_named(marker: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .map(|cmd| String::from_utf8_lossy(&cmd).contains(marker))
+            .unwrap_or(false)
+    })
+}

@@ -8,6 +8,7 @@
 //! Cancellation kills the sandbox's whole process tree at once.
 
 use super::{Agent, AgentError, AgentOutcome, AgentRequest, LogSink};
+use crate::sandbox::job_limits;
 use crate::sandbox::{kill_group, kill_tree};
 use std::collections::VecDeque;
 use std::io::Read;
@@ -89,6 +90,7 @@ impl Agent for CommandAgent {
             summary_file.to_string_lossy().into_owned(),
         ));
 
+        let job_limits = sandbox.limits.job;
         let mut child = sandbox
             .command("sh", &["-c", &self.command])
             .spawn()
@@ -132,6 +134,15 @@ impl Agent for CommandAgent {
                 }
                 let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
                 return Err(AgentError::Stopped);
+            }
+            reason = job_limits::watch(pgid, job_limits) => {
+                kill_tree(&child);
+                for task in &tasks {
+                    task.abort();
+                }
+                let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+                let _ = log.send(format!("==> {reason}"));
+                return Err(AgentError::Failed(reason));
             }
             status = child.wait() => status,
         };

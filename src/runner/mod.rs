@@ -71,6 +71,9 @@ pub struct RunnerSettings {
     pub sandbox_network: bool,
     /// Minimum time between two edits of a progress comment.
     pub progress_interval: Duration,
+    /// Memory and processes of a job's sandbox together (`REPOBOX_JOB_MEMORY`,
+    /// `REPOBOX_JOB_PIDS`).
+    pub job_limits: crate::sandbox::job_limits::JobLimits,
     /// Largest apparent size of a work tree at commit time (`REPOBOX_MAX_TREE_SIZE`).
     pub max_tree_size: u64,
     /// Job log lines kept per second; the rest are dropped and counted

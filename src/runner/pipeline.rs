@@ -784,7 +784,10 @@ impl Pipeline {
             writable: vec![scratch.clone()],
             network: self.runner.settings.sandbox_network,
             env: Vec::new(),
-            limits: Limits::default(),
+            limits: Limits {
+                job: Some(self.runner.settings.job_limits),
+                ..Limits::default()
+            },
         };
         for command in &config.setup {
             log.step(format!("Setup: {command}"));

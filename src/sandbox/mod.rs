@@ -25,6 +25,7 @@
 //! matters, which is why `/` is never bound whole. `RLIMIT_NPROC` is not enforced by
 //! the kernel when the runner runs as root (uid 0 is exempt); run it as its own user.
 
+pub mod job_limits;
 pub mod seccomp;
 
 pub use crate::config::SandboxKind;
@@ -108,10 +109,14 @@ pub struct Limits {
     pub max_processes: Option<u64>,
     /// `RLIMIT_FSIZE`: largest file a process may write, in bytes (SIGXFSZ beyond).
     pub max_file_bytes: Option<u64>,
+    /// Memory and processes of the whole sandbox together ([`job_limits`]), watched by
+    /// whoever runs the sandbox.
+    pub job: Option<job_limits::JobLimits>,
 }
 
 impl Default for Limits {
-    /// 30 CPU minutes, 16 GiB of address space, 512 processes, 1 GiB files.
+    /// 30 CPU minutes, 16 GiB of address space, 512 processes, 1 GiB files; 4 GiB and
+    /// 512 processes for the whole sandbox.
     ///
     /// The address-space limit is virtual memory, not resident memory: Node's V8
     /// reserves about 10 GiB for a WebAssembly memory and fails under 8 GiB, and
@@ -122,6 +127,7 @@ impl Default for Limits {
             memory_bytes: Some(16 << 30),
             max_processes: Some(512),
             max_file_bytes: Some(1 << 30),
+            job: Some(job_limits::JobLimits::default()),
         }
     }
 }

@@ -23,6 +23,7 @@
 
 use super::ToolOutput;
 use crate::agent::LogSink;
+use crate::sandbox::job_limits::{self, JobLimits};
 use crate::sandbox::{SandboxSpec, kill_group, kill_tree};
 use serde_json::Value;
 use std::process::ExitStatus;
@@ -254,6 +255,7 @@ impl BashSession {
             marker: marker.into_bytes(),
             needle,
             pending: Vec::new(),
+            limits: self.sandbox.limits.job,
             sent_marker: false,
         });
         Ok(())
@@ -282,6 +284,8 @@ struct Shell {
     needle: Vec<u8>,
     /// Stdout bytes not yet known to be output (they may start the status line).
     pending: Vec<u8>,
+    /// The sandbox's whole-job limits, watched while a command runs.
+    limits: Option<JobLimits>,
     /// Whether the marker record was written (first exchange).
     sent_marker: bool,
 }
@@ -318,6 +322,9 @@ impl Shell {
         let mut exited: Option<Option<ExitStatus>> = None;
         let drain_deadline = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(drain_deadline);
+        // The whole sandbox's memory and process count, sampled while the command runs.
+        let over_limits = job_limits::watch(self.pgid, self.limits);
+        tokio::pin!(over_limits);
         loop {
             if let Some(status) = self.scan(output, log) {
                 return Ended::Status(status);
@@ -350,6 +357,13 @@ impl Shell {
                         .reset(tokio::time::Instant::now() + EXIT_GRACE);
                 }
                 () = &mut drain_deadline, if exited.is_some() => break,
+                reason = &mut over_limits, if exited.is_none() => {
+                    if let Some(pgid) = self.pgid {
+                        kill_group(pgid);
+                    }
+                    let _ = log.send(format!("==> {reason}"));
+                    output.push(format!("\n{reason}\n").as_bytes(), log);
+                }
             }
         }
         // No status line: everything held back was output.
