@@ -1,6 +1,8 @@
 //! Black-box tests of the sandbox and the `command` agent with real bubblewrap: every
 //! escape a prompt-injected agent would try is attempted here and must fail.
 
+mod common;
+
 use repobox::agent::command::CommandAgent;
 use repobox::agent::{Agent, AgentError, AgentRequest};
 use repobox::sandbox::{self, Limits, SandboxKind, SandboxSpec};
@@ -52,10 +54,7 @@ impl Dirs {
 }
 
 async fn sh(spec: &SandboxSpec, script: &str) -> Output {
-    tokio::time::timeout(BOUND, spec.command("sh", &["-c", script]).output())
-        .await
-        .expect("sandboxed command finished in time")
-        .expect("sandboxed command started")
+    common::sandboxed_sh(spec, script, BOUND).await
 }
 
 fn stdout(out: &Output) -> String {

@@ -29,10 +29,7 @@ fn spec(dir: &Path) -> SandboxSpec {
 }
 
 async fn sh(spec: &SandboxSpec, script: &str) -> Output {
-    tokio::time::timeout(BOUND, spec.command("sh", &["-c", script]).output())
-        .await
-        .expect("sandboxed command finished in time")
-        .expect("sandboxed command started")
+    common::sandboxed_sh(spec, script, BOUND).await
 }
 
 fn text(out: &Output) -> String {

@@ -13,6 +13,7 @@
 //! runner does not get on every host. `repobox doctor` says which applies.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 /// How often the processes are counted.
@@ -79,24 +80,15 @@ pub async fn watch(pid: Option<u32>, limits: Option<JobLimits>) -> String {
     }
 }
 
-/// The memory and number of `root` and its descendants, from `/proc`.
+/// The memory and number of `root` and its descendants, from `/proc`: through each
+/// thread's `children` list where the kernel has them (walking only the tree), else
+/// through every process's parent.
 pub fn usage(root: u32) -> Usage {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Usage::default();
+    let by_parent = if children_lists() {
+        None
+    } else {
+        Some(parents())
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(ppid) = parent(pid) {
-            children.entry(ppid).or_default().push(pid);
-        }
-    }
     let mut total = Usage::default();
     let mut pending = vec![root];
     while let Some(pid) = pending.pop() {
@@ -106,11 +98,55 @@ pub fn usage(root: u32) -> Usage {
         };
         total.processes += 1;
         total.memory_bytes += memory;
-        if let Some(kids) = children.get(&pid) {
-            pending.extend(kids);
+        match &by_parent {
+            None => pending.extend(children(pid)),
+            Some(map) => pending.extend(map.get(&pid).into_iter().flatten()),
         }
     }
     total
+}
+
+/// Whether `/proc/<pid>/task/<tid>/children` exists (`CONFIG_PROC_CHILDREN`).
+fn children_lists() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let me = std::process::id();
+        Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+    })
+}
+
+/// The children of every thread of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            found.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    found
+}
+
+/// Every process's children, from each one's parent.
+fn parents() -> HashMap<u32, Vec<u32>> {
+    let mut by_parent: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let pid = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok());
+            if let Some((pid, ppid)) = pid.and_then(|pid| Some((pid, parent(pid)?))) {
+                by_parent.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    by_parent
 }
 
 /// The parent pid, from `/proc/<pid>/stat` (after the command name, which may hold
@@ -152,5 +188,22 @@ mod tests {
         assert!(usage.processes >= 1);
         assert!(usage.memory_bytes > 0);
         assert_eq!(parent(me), Some(std::os::unix::process::parent_id()));
+    }
+
+    #[test]
+    fn both_ways_of_finding_children_agree() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let by_parent = parents();
+        assert!(by_parent[&me].contains(&child.id()));
+        if children_lists() {
+            assert!(children(me).contains(&child.id()));
+        }
+        assert!(usage(me).processes >= 2);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

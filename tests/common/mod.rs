@@ -516,3 +516,15 @@ pub async fn scan(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) ->
     let found: Vec<Result<String, redis::RedisError>> = iter.collect().await;
     found.into_iter().filter_map(Result::ok).collect()
 }
+
+/// Runs `sh -c script` in the sandbox `spec`, within `bound`.
+pub async fn sandboxed_sh(
+    spec: &repobox::sandbox::SandboxSpec,
+    script: &str,
+    bound: Duration,
+) -> std::process::Output {
+    tokio::time::timeout(bound, spec.command("sh", &["-c", script]).output())
+        .await
+        .expect("sandboxed command finished in time")
+        .expect("sandboxed command started")
+}
