@@ -480,7 +480,19 @@ pub fn build_runner_with_agent(
             public_url: config.public_url.clone(),
             trigger: config.trigger.clone(),
             sandbox: config.sandbox,
-            sandbox_network: config.sandbox_network,
+            sandbox_modes: config.sandbox_modes,
+            sandbox_allow: config.sandbox_allow.clone(),
+            // Never generates a key here: only one that is configured or already made.
+            secret_box: (config.secret_key.is_some()
+                || std::path::Path::new("./data/secret.key").exists())
+            .then(|| config.secret_key(std::path::Path::new("./data")).ok())
+            .flatten()
+            .map(|(key, _)| SecretBox::new(&key)),
+            sandbox_forwarder: match &config.sandbox_forwarder {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this executable (set REPOBOX_SANDBOX_FORWARDER)")?,
+            },
             progress_interval: Duration::from_secs(5),
             job_limits: crate::sandbox::job_limits::JobLimits {
                 memory_bytes: config.job_memory.as_u64(),

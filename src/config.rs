@@ -275,14 +275,34 @@ pub struct Config {
     /// were never received (`0`: never).
     #[arg(long, env = "REPOBOX_REDELIVER_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub redeliver_interval: Duration,
-    /// Give the agent's sandbox network access (off by default).
+    /// The widest network mode per phase (`none`, `allowlist`, `open`); a phase left
+    /// out keeps its default. `.repobox.yml` `network:` may only narrow it.
     #[arg(
         long,
-        env = "REPOBOX_SANDBOX_NETWORK",
-        default_value_t = false,
+        env = "REPOBOX_SANDBOX_MODES",
+        default_value = "setup:allowlist,agent:none,check:none",
+        value_parser = crate::sandbox::network::PhaseModes::parse,
         global = true
     )]
-    pub sandbox_network: bool,
+    pub sandbox_modes: crate::sandbox::network::PhaseModes,
+    /// What `allowlist` phases may reach: a comma list of `host`, `*.domain`,
+    /// `host:port` and `ip:port` (only an `ip:port` entry reaches the host's own
+    /// addresses). The admin setting `sandbox_allow` adds to it.
+    #[arg(
+        long,
+        env = "REPOBOX_SANDBOX_ALLOW",
+        default_value = "",
+        value_parser = crate::sandbox::network::Allowlist::parse,
+        global = true
+    )]
+    pub sandbox_allow: crate::sandbox::network::Allowlist,
+    /// The `repobox` binary bound into sandboxes as their proxy forwarder (default:
+    /// this executable). Not public: tests whose runner is not the binary set it.
+    #[arg(long, env = "REPOBOX_SANDBOX_FORWARDER", global = true, hide = true)]
+    pub sandbox_forwarder: Option<PathBuf>,
+    /// Gone (SPEC section 15): read only to refuse a start that still sets it.
+    #[arg(long, env = "REPOBOX_SANDBOX_NETWORK", global = true, hide = true)]
+    pub sandbox_network: Option<String>,
     /// Git mirror cache and job work trees.
     #[arg(
         long,
@@ -369,6 +389,11 @@ pub struct GitLabBot {
 impl Config {
     /// Checks combinations that clap cannot; each error names the variable to set.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.sandbox_network.is_some() {
+            bail!(
+                "REPOBOX_SANDBOX_NETWORK is gone: set REPOBOX_SANDBOX_MODES (e.g. `setup:allowlist,agent:none,check:none`) and REPOBOX_SANDBOX_ALLOW instead"
+            );
+        }
         if self.trigger.trim().is_empty() || self.trigger.contains(char::is_whitespace) {
             bail!("REPOBOX_TRIGGER must be one word, e.g. `/repobox`");
         }

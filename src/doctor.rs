@@ -240,6 +240,46 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             Err(hint) => check("sandbox", Status::Fail, hint),
         },
     });
+    // SPEC section 15: one line per phase, with what its mode lets out.
+    for phase in crate::sandbox::network::Phase::ALL {
+        let mode = config.sandbox_modes.get(phase);
+        let name = match phase {
+            crate::sandbox::network::Phase::Setup => "network setup",
+            crate::sandbox::network::Phase::Agent => "network agent",
+            crate::sandbox::network::Phase::Check => "network check",
+        };
+        checks.push(match (config.sandbox, mode) {
+            (_, crate::sandbox::network::NetworkMode::None) => {
+                check(name, Status::Ok, "none: loopback only".to_owned())
+            }
+            (SandboxKind::None, _) => check(
+                name,
+                Status::Warn,
+                format!("{mode} is not enforced with REPOBOX_SANDBOX=none: the host's network"),
+            ),
+            (SandboxKind::Bwrap, mode) => {
+                let what = if mode == crate::sandbox::network::NetworkMode::Open {
+                    "open through the egress proxy, except the host's own, link-local and metadata addresses".to_owned()
+                } else if config.sandbox_allow.is_empty() {
+                    "allowlist through the egress proxy: nothing yet (REPOBOX_SANDBOX_ALLOW is empty; the admin setting sandbox_allow adds to it)".to_owned()
+                } else {
+                    format!("allowlist through the egress proxy: {}", config.sandbox_allow)
+                };
+                let forwarder = match &config.sandbox_forwarder {
+                    Some(path) => Ok(path.clone()),
+                    None => std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}")),
+                };
+                let trial = match forwarder {
+                    Ok(path) => crate::sandbox::check_network(mode, &path).await,
+                    Err(e) => Err(e),
+                };
+                match trial {
+                    Ok(text) => check(name, Status::Ok, format!("{what}; {text}")),
+                    Err(hint) => check(name, Status::Fail, format!("{what}; {hint}")),
+                }
+            }
+        });
+    }
     // SPEC section 15: a per-job cgroup when the runner can create one. This build
     // samples the sandbox's processes instead (`sandbox::job_limits`), which a fast
     // allocation can outrun: a WARN, with the limits that apply.

@@ -27,6 +27,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod secret;
 pub mod settings;
+pub mod setup_secrets;
 pub mod store;
 pub mod task;
 pub mod telemetry;

@@ -106,6 +106,9 @@ pub struct Checklist {
     pub pushed: bool,
     /// Link to the pull/merge request, once opened (or found).
     pub change_request: Option<String>,
+    /// `host:port` of every connection the sandbox's egress proxy refused, in order,
+    /// without repeats (SPEC section 15).
+    pub refused: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -341,11 +344,47 @@ pub fn finished(
         }
         Final::Rejected { reason } => format!("⛔ **Rejected**: {reason}"),
     };
+    let refused = match refused_text(&c.refused) {
+        Some(text) => format!("\n\n{text} (see the [log]({log}))"),
+        None => String::new(),
+    };
     format!(
-        "{}\n\n{headline}\n\n<details><summary>Steps</summary>\n\n{}\n\n</details>\n",
+        "{}\n\n{headline}{refused}\n\n<details><summary>Steps</summary>\n\n{}\n\n</details>\n",
         header(job, public_url),
         checklist_lines(job, c)
     )
+}
+
+/// `🌐 **Network refused:** `a:443`, `b:80``, for the final comment and the PR/MR
+/// body; `None` when nothing was refused. The names come from the sandbox, so each is
+/// cut to host-name characters inside a code span.
+pub fn refused_text(refused: &[String]) -> Option<String> {
+    if refused.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = refused
+        .iter()
+        .take(20)
+        .map(|h| {
+            let clean: String = h
+                .chars()
+                .filter(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '*')
+                })
+                .take(100)
+                .collect();
+            format!("`{clean}`")
+        })
+        .collect();
+    let more = match refused.len().saturating_sub(shown.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    Some(format!(
+        "🌐 **Network refused:** {}{more}",
+        shown.join(", ")
+    ))
 }
 
 #[cfg(test)]

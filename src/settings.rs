@@ -20,6 +20,7 @@
 //! | `allow_workflow_changes` | `true`/`false` | `false` |
 //! | `allow_forks` | `true`/`false` | `false` (SPEC 14: jobs on PRs/MRs from forks) |
 //! | `allow_confidential` | `true`/`false` | `false` (SPEC 14: confidential GitLab notes and issues) |
+//! | `sandbox_allow` | `host`, `*.domain`, `host:port`, `ip:port` entries, comma or newline separated; added to `REPOBOX_SANDBOX_ALLOW` (SPEC 15) | empty |
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,10 +30,11 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::model::{ForgeKind, RepoRef};
+use crate::sandbox::network::Allowlist;
 use crate::store::{Store, StoreError};
 
 /// The names of the admin settings, in display order.
-pub const FIELDS: [&str; 9] = [
+pub const FIELDS: [&str; 10] = [
     "allowed_repos",
     "trigger",
     "label",
@@ -42,6 +44,7 @@ pub const FIELDS: [&str; 9] = [
     "allow_workflow_changes",
     "allow_forks",
     "allow_confidential",
+    "sandbox_allow",
 ];
 
 /// An admin setting that does not validate. The text is meant for the admin.
@@ -143,6 +146,8 @@ pub struct AdminSettings {
     pub allow_forks: bool,
     /// Jobs from GitLab confidential notes and confidential issues.
     pub allow_confidential: bool,
+    /// What sandboxes in `allowlist` mode may reach besides `REPOBOX_SANDBOX_ALLOW`.
+    pub sandbox_allow: Allowlist,
 }
 
 impl AdminSettings {
@@ -158,6 +163,7 @@ impl AdminSettings {
             allow_workflow_changes: false,
             allow_forks: false,
             allow_confidential: false,
+            sandbox_allow: Allowlist::default(),
         }
     }
 
@@ -211,6 +217,7 @@ impl AdminSettings {
             ),
             ("allow_forks", self.allow_forks.to_string()),
             ("allow_confidential", self.allow_confidential.to_string()),
+            ("sandbox_allow", self.sandbox_allow.to_string()),
         ]
     }
 
@@ -227,6 +234,7 @@ impl AdminSettings {
             allow_workflow_changes: false,
             allow_forks: false,
             allow_confidential: false,
+            sandbox_allow: Allowlist::default(),
         };
         let field = probe.apply(name, value)?;
         let text = probe
@@ -242,6 +250,11 @@ impl AdminSettings {
     fn apply(&mut self, name: &str, value: &str) -> Result<&'static str, SettingsError> {
         let value = value.trim();
         match name {
+            "sandbox_allow" => {
+                self.sandbox_allow =
+                    Allowlist::parse(value).map_err(|e| invalid("sandbox_allow", e))?;
+                Ok("sandbox_allow")
+            }
             "allowed_repos" => {
                 self.allowed_repos = value
                     .split([',', '\n', ' ', '\t', '\r'])
@@ -431,6 +444,7 @@ mod tests {
             allow_workflow_changes: false,
             allow_forks: false,
             allow_confidential: false,
+            sandbox_allow: Allowlist::default(),
         }
     }
 
@@ -564,5 +578,24 @@ mod tests {
             ("per_user_limit", "3".into())
         );
         assert!(AdminSettings::normalize("nope", "1").is_err());
+    }
+
+    #[test]
+    fn the_sandbox_allowlist_is_a_list_of_host_patterns() {
+        assert_eq!(
+            AdminSettings::normalize(
+                "sandbox_allow",
+                " PyPI.org \n *.crates.io:443 10.0.0.5:3141 "
+            )
+            .unwrap(),
+            (
+                "sandbox_allow",
+                "pypi.org,*.crates.io:443,10.0.0.5:3141".into()
+            )
+        );
+        for bad in ["http://pypi.org", "pypi.org:99999", "*.", "a b/c"] {
+            let e = AdminSettings::normalize("sandbox_allow", bad).unwrap_err();
+            assert!(e.to_string().contains("sandbox_allow"), "{bad}: {e}");
+        }
     }
 }

@@ -124,6 +124,7 @@ async fn a_bad_stored_value_falls_back_to_the_default_and_saving_one_is_refused(
         allow_workflow_changes: false,
         allow_forks: false,
         allow_confidential: false,
+        sandbox_allow: Default::default(),
     };
     let source = SettingsSource::new(app.store.clone(), defaults);
     let err = source
@@ -234,19 +235,20 @@ async fn model_and_max_turns_follow_the_admin_settings_below_repobox_yml() {
     assert_eq!(agent.last(), (Some("admin-model".into()), Some(7)));
     w.app.stop().await;
 
-    // `.repobox.yml` wins over the admin settings, field by field.
+    // `.repobox.yml` picks the model; its `max_turns` may lower the admin's, never
+    // raise it (SPEC section 16).
     let agent = Arc::new(Recorder::default());
     let w = world(Setup {
         custom_agent: Some(agent.clone()),
-        repobox_yml: Some("model: repo-model\n"),
+        repobox_yml: Some("model: repo-model\nmax_turns: 500\n"),
         ..Setup::default()
     })
     .await;
     set(&w.app, "model", "admin-model").await;
-    set(&w.app, "max_turns", "9").await;
+    set(&w.app, "max_turns", "3").await;
     let id = w.comment("/repobox fix it").await;
     assert_eq!(w.finished(&id).await.status, JobStatus::Succeeded);
-    assert_eq!(agent.last(), (Some("repo-model".into()), Some(9)));
+    assert_eq!(agent.last(), (Some("repo-model".into()), Some(3)));
     w.app.stop().await;
 }
 

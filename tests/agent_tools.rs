@@ -72,7 +72,7 @@ impl Dirs {
             work_tree: self.wt(),
             read_only: Vec::new(),
             writable: vec![self.scratch()],
-            network: false,
+            proxy: None,
             env: Vec::new(),
             limits: Limits::default(),
         }

@@ -92,6 +92,15 @@ async fn doctor_reports_each_check_and_prints_no_secret() {
         "{text}"
     );
     assert!(text.contains("WARN  sandbox"), "{text}");
+    // SPEC 15: a line per phase; without bwrap the setup phase's allowlist is not enforced.
+    assert!(
+        text.contains("WARN  network setup") && text.contains("allowlist is not enforced"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OK    network agent          none: loopback only"),
+        "{text}"
+    );
     assert!(text.contains("SKIP  gitlab"), "{text}");
     let down = run(format!("redis://127.0.0.1:{}", free_port()))
         .await

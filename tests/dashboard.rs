@@ -641,3 +641,91 @@ async fn the_admin_api_token_reads_all_jobs_and_posts_without_a_cookie() {
         "the token holder acts as an admin"
     );
 }
+
+#[tokio::test]
+async fn setup_secrets_are_for_admins_stored_sealed_and_never_shown() {
+    const VALUE: &str = "npm_T0KEN-value-for-the-registry";
+    let app = app().await;
+    let user = sign_in(&app, &github_user(101, "alice", false)).await;
+    let admin = sign_in(&app, &github_user(999, "root", true)).await;
+    let send = |who: &Browser, path: &str, fields: &[(&str, &str)]| {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in fields {
+            f.append_pair(k, v);
+        }
+        client()
+            .post(format!("{}{path}", app.url))
+            .header("cookie", &who.cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(f.finish())
+            .send()
+    };
+    let add = [("name", "NPM_TOKEN"), ("value", VALUE)];
+    // Not an admin: as if the page did not exist. No CSRF token: refused.
+    let mut with_csrf = vec![("csrf", user.csrf.as_str())];
+    with_csrf.extend(add);
+    let r = send(&user, "/admin/secrets", &with_csrf).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        send(&admin, "/admin/secrets", &add).await.unwrap().status(),
+        403
+    );
+    // A name the sandbox owns, or not a variable name: 400 and nothing stored.
+    for bad in ["PATH", "https_proxy", "NPM TOKEN", "REPOBOX_X"] {
+        let r = send(
+            &admin,
+            "/admin/secrets",
+            &[("csrf", &admin.csrf), ("name", bad), ("value", VALUE)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    assert!(app.store.setup_secrets().await.unwrap().is_empty());
+
+    let r = send(
+        &admin,
+        "/admin/secrets",
+        &[
+            ("csrf", &admin.csrf),
+            ("name", "NPM_TOKEN"),
+            ("value", VALUE),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 303);
+    let stored = app.store.setup_secrets().await.unwrap();
+    let sealed = &stored["NPM_TOKEN"];
+    assert!(
+        !sealed.contains(VALUE) && sealed.starts_with("v1."),
+        "{sealed}"
+    );
+    let page = get(&app, Some(&admin), "/admin")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<code>NPM_TOKEN</code>"), "{page}");
+    assert!(!page.contains(VALUE), "the value is shown");
+
+    let delete = [("csrf", admin.csrf.as_str()), ("name", "NPM_TOKEN")];
+    let r = send(
+        &user,
+        "/admin/secrets/delete",
+        &[("csrf", &user.csrf), ("name", "NPM_TOKEN")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(app.store.setup_secrets().await.unwrap().len(), 1);
+    let r = send(&admin, "/admin/secrets/delete", &delete)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(app.store.setup_secrets().await.unwrap().is_empty());
+    let r = send(&admin, "/admin/secrets/delete", &delete)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "deleting what is not there");
+}

@@ -22,7 +22,7 @@ fn spec(dir: &Path) -> SandboxSpec {
         work_tree,
         read_only: Vec::new(),
         writable: Vec::new(),
-        network: false,
+        proxy: None,
         env: Vec::new(),
         limits: Limits::default(),
     }

@@ -146,6 +146,7 @@ pub async fn writers_only(
 pub fn prompt(
     job: &Job,
     config: &RepoConfig,
+    guidance: &[super::instructions::InstructionFile],
     discussion: Option<&Discussion>,
     diff: Option<&DiffContext>,
 ) -> String {
@@ -169,6 +170,7 @@ pub fn prompt(
             "\nThe repository's guidance for agents (.repobox.yml):\n{extra}\n"
         ));
     }
+    p.push_str(&super::instructions::render(guidance));
     if !config.check.is_empty() {
         p.push_str("\nBefore you finish, verify your work with:\n");
         for c in &config.check {
@@ -293,7 +295,7 @@ mod tests {
             omitted: 0,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
         assert!(
             p.starts_with("Task from @octo on issue #12 of acme/api:\nfix the flaky login test\n")
         );
@@ -324,7 +326,7 @@ mod tests {
             others_omitted: 2,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
         assert!(p.contains("> a writer's note"), "{p}");
         assert!(p.contains("\n2 comments by others omitted"), "{p}");
         let only_others = Discussion {
@@ -332,7 +334,13 @@ mod tests {
             others_omitted: 1,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), Some(&only_others), None);
+        let p = prompt(
+            &job(),
+            &RepoConfig::default(),
+            &[],
+            Some(&only_others),
+            None,
+        );
         assert!(p.contains("1 comments by others omitted"), "{p}");
     }
 
@@ -343,7 +351,7 @@ mod tests {
             check: vec!["cargo test".into()],
             ..RepoConfig::default()
         };
-        let p = prompt(&job(), &config, None, None);
+        let p = prompt(&job(), &config, &[], None, None);
         let (task, _) = p.split_once("\n---\n").unwrap();
         assert!(task.contains("Use tabs."));
         assert!(task.contains("- `cargo test`"));
@@ -361,7 +369,7 @@ mod tests {
             omitted: 5,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
         assert!(p.contains("comment 39 "));
         assert!(!p.contains("comment 0 "));
         let kept = p.matches(" wrote:").count();
@@ -378,7 +386,7 @@ mod tests {
             line: Some(3),
             diff_hunk: None,
         });
-        let p = prompt(&j, &RepoConfig::default(), None, None);
+        let p = prompt(&j, &RepoConfig::default(), &[], None, None);
         let expected = format!(
             "`docs/{} guide/intro more.md`, line 3",
             "section".repeat(20)
@@ -394,7 +402,7 @@ mod tests {
         };
         let mut j = job();
         j.thread.kind = ThreadKind::PullRequest;
-        let p = prompt(&j, &RepoConfig::default(), None, Some(&diff));
+        let p = prompt(&j, &RepoConfig::default(), &[], None, Some(&diff));
         assert!(p.contains("diff against its base; cut short"));
         assert!(p.contains("> diff --git a/x b/x\n> +added\n"));
     }

@@ -22,6 +22,7 @@
 //! [`neutralize`] (the agent's text made harmless before it is posted).
 
 pub mod context;
+pub mod instructions;
 pub mod joblog;
 pub mod neutralize;
 pub mod pipeline;
@@ -68,7 +69,15 @@ pub struct RunnerSettings {
     pub public_url: String,
     pub trigger: String,
     pub sandbox: SandboxKind,
-    pub sandbox_network: bool,
+    /// The widest network mode per phase (`REPOBOX_SANDBOX_MODES`).
+    pub sandbox_modes: crate::sandbox::network::PhaseModes,
+    /// `REPOBOX_SANDBOX_ALLOW`; the admin setting `sandbox_allow` extends it per job.
+    pub sandbox_allow: crate::sandbox::network::Allowlist,
+    /// The binary run inside sandboxes as the proxy forwarder.
+    pub sandbox_forwarder: PathBuf,
+    /// Opens setup secrets (`REPOBOX_SECRET_KEY`); `None` when the runner has no key,
+    /// and a job naming `setup_env` then fails saying so.
+    pub secret_box: Option<crate::crypto::SecretBox>,
     /// Minimum time between two edits of a progress comment.
     pub progress_interval: Duration,
     /// Memory and processes of a job's sandbox together (`REPOBOX_JOB_MEMORY`,

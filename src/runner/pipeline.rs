@@ -40,6 +40,7 @@ use tracing::{info, warn};
 
 use super::Runner;
 use super::context::{self, DiffContext};
+use super::instructions::{self, InstructionFile};
 use super::joblog::JobLog;
 use super::neutralize::{OwnIssue, neutralize};
 use super::protected::{self, Protected};
@@ -56,7 +57,9 @@ use crate::git::{CommitInfo, Credentials, GitError, Mirror, WorkTree};
 use crate::job::{Job, JobStatus, rfc3339};
 use crate::model::{ForgeKind, Reaction, ThreadKind};
 use crate::progress::{self, Checklist, Final, StepState};
-use crate::sandbox::{Limits, SandboxSpec};
+use crate::sandbox::network::proxy::{EgressProxy, OnRefusal};
+use crate::sandbox::network::{Allowlist, NetworkMode, Policy, Refusal};
+use crate::sandbox::{Limits, ProxyBinding, SandboxKind, SandboxSpec};
 use crate::secret::{Secret, mask_all};
 use crate::settings::AdminSettings;
 use crate::store::{Lease, StoreError};
@@ -147,6 +150,8 @@ pub struct Pipeline {
     diff: Option<DiffContext>,
     /// The admin settings as they were when the job started.
     admin: AdminSettings,
+    /// The repository's instruction files (`AGENTS.md`…) from the default branch.
+    guidance: Vec<InstructionFile>,
 }
 
 impl Pipeline {
@@ -163,6 +168,7 @@ impl Pipeline {
             discussion: None,
             diff: None,
             admin: runner.settings.admin_defaults.clone(),
+            guidance: Vec::new(),
             runner,
         }
     }
@@ -594,6 +600,21 @@ impl Pipeline {
             Some(text) => RepoConfig::parse(&text).map_err(Failure)?,
             None => RepoConfig::default(),
         };
+        // Instruction files, like `.repobox.yml`, from the default branch only.
+        self.guidance = {
+            let (m, sha) = (mirror.clone(), default_sha.clone());
+            let named = instructions::named_paths(
+                &self.job.instructions,
+                self.job.review.as_ref().map(|r| r.path.as_str()),
+            );
+            blocking(move || {
+                Ok(instructions::gather(
+                    |path| m.read_file(&sha, path).ok().flatten(),
+                    &named,
+                ))
+            })
+            .await?
+        };
 
         let branch = match (&target, &self.job.branch) {
             (Target::Head(cr), _) => cr.head_branch.clone(),
@@ -777,27 +798,53 @@ impl Pipeline {
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Failure(format!("cannot create the scratch directory: {e}")))?;
         self.scratch = Some(scratch.clone());
-        let sandbox = SandboxSpec {
-            kind: self.runner.settings.sandbox,
+        let settings = &self.runner.settings;
+        // The repository may narrow the admin's modes, never widen them.
+        let modes = settings
+            .sandbox_modes
+            .narrowed_by(&config.network)
+            .map_err(Failure)?;
+        let allow = settings.sandbox_allow.extended(&self.admin.sandbox_allow.0);
+        let mut sandbox = SandboxSpec {
+            kind: settings.sandbox,
             work_tree: tree_path,
             read_only: vec![mirror.path().to_owned()],
             writable: vec![scratch.clone()],
-            network: self.runner.settings.sandbox_network,
+            proxy: None,
             env: Vec::new(),
             limits: Limits {
-                job: Some(self.runner.settings.job_limits),
+                job: Some(settings.job_limits),
                 ..Limits::default()
             },
         };
-        for command in &config.setup {
+        // Setup secrets: masked from here on, in the setup commands' sandbox only.
+        let setup_env = crate::setup_secrets::resolve(
+            self.runner.store.as_ref(),
+            self.runner.settings.secret_box.as_ref(),
+            &config.setup_env,
+        )
+        .await
+        .map_err(Failure)?;
+        if let Ok(mut known) = self.secrets.lock() {
+            known.extend(setup_env.iter().map(|(_, value)| value.clone()));
+        }
+        sandbox.env = setup_env
+            .iter()
+            .map(|(name, value)| (name.clone(), value.expose().to_owned()))
+            .collect();
+        for (n, command) in config.setup.iter().enumerate() {
             log.step(format!("Setup: {command}"));
             let setup = CommandAgent {
                 command: command.clone(),
             };
-            match setup
+            let during = format!("setup `{command}`");
+            let egress = self.egress(modes.setup, &allow, &format!("s{n}"), &during, log)?;
+            sandbox.proxy = egress.as_ref().map(|(_, binding)| binding.clone());
+            let result = setup
                 .run(self.agent_request(String::new(), &sandbox, &scratch, log))
-                .await
-            {
+                .await;
+            self.note_refused(egress);
+            match result {
                 Ok(_) => {}
                 Err(AgentError::Stopped) => return Err(self.stop_failure()),
                 Err(AgentError::Failed(e)) => {
@@ -805,12 +852,19 @@ impl Pipeline {
                 }
             }
         }
+        // The agent never sees a setup secret.
+        sandbox.env.clear();
+        drop(setup_env);
+        // One proxy for the whole agent run (every shell command it starts).
+        let egress = self.egress(modes.agent, &allow, "a", "the agent", log)?;
+        sandbox.proxy = egress.as_ref().map(|(_, binding)| binding.clone());
         self.checklist.agent = StepState::Active;
         self.update(reporter);
         log.step("Agent started");
         let prompt = context::prompt(
             &self.job,
             config,
+            &self.guidance,
             self.discussion.as_ref(),
             self.diff.as_ref(),
         );
@@ -824,7 +878,9 @@ impl Pipeline {
                 .clone()
                 .unwrap_or_else(|| self.admin.model.clone()),
         );
-        request.max_turns = Some(config.max_turns.unwrap_or(self.admin.max_turns));
+        // A ceiling: `.repobox.yml` may lower the admin's value, never raise it.
+        let ceiling = self.admin.max_turns;
+        request.max_turns = Some(config.max_turns.map_or(ceiling, |t| t.min(ceiling)));
         let agent = self.runner.agent.clone();
         let run = agent.run(request);
         tokio::pin!(run);
@@ -839,6 +895,7 @@ impl Pipeline {
                 }
             }
         };
+        self.note_refused(egress);
         // Tokens are recorded however the agent ended: a failed run was billed too.
         let activity = activity_rx.borrow().clone();
         self.record_activity(&activity).await?;
@@ -940,6 +997,61 @@ impl Pipeline {
     /// stop reason instead (see [`Pipeline::stopped`]).
     fn stop_failure(&self) -> Failure {
         Failure("the agent was stopped".into())
+    }
+
+    /// The egress proxy for one sandboxed phase (SPEC section 15), when its mode lets
+    /// it out and the sandbox is bwrap (`none` has no network policy: it is the host's
+    /// network). Every refusal goes to the job log as it happens, naming `during`.
+    /// `name` keeps the socket's path unique within the job, and short: a Unix socket
+    /// path has at most 107 bytes.
+    fn egress(
+        &self,
+        mode: NetworkMode,
+        allow: &Allowlist,
+        name: &str,
+        during: &str,
+        log: &JobLog,
+    ) -> Result<Option<(EgressProxy, ProxyBinding)>, Failure> {
+        let settings = &self.runner.settings;
+        if mode == NetworkMode::None || settings.sandbox != SandboxKind::Bwrap {
+            return Ok(None);
+        }
+        let file = format!("{}-{name}.sock", self.job.id);
+        let mut dir = settings.workdir.join("p");
+        if dir.join(&file).as_os_str().len() > 100 {
+            dir = std::env::temp_dir().join("repobox-p");
+        }
+        let socket = dir.join(file);
+        let _ = std::fs::create_dir_all(&dir);
+        // A socket left by a killed run of this job.
+        let _ = std::fs::remove_file(&socket);
+        let sink = log.sink();
+        let during = during.to_owned();
+        let on_refusal: OnRefusal = Arc::new(move |r: &Refusal| {
+            let _ = sink.send(format!("==> network: refused {r} during {during}"));
+        });
+        let policy = Policy::new(mode, allow.clone());
+        let proxy = EgressProxy::start(&socket, policy, on_refusal)
+            .map_err(|e| Failure(format!("cannot start the sandbox's egress proxy: {e}")))?;
+        let binding = ProxyBinding {
+            socket,
+            forwarder: settings.sandbox_forwarder.clone(),
+        };
+        Ok(Some((proxy, binding)))
+    }
+
+    /// Stops a phase's proxy and keeps what it refused for the final comment and the
+    /// PR/MR body.
+    fn note_refused(&mut self, egress: Option<(EgressProxy, ProxyBinding)>) {
+        let Some((proxy, _)) = egress else {
+            return;
+        };
+        for r in proxy.refused() {
+            let host = format!("{}:{}", r.host, r.port);
+            if !self.checklist.refused.contains(&host) {
+                self.checklist.refused.push(host);
+            }
+        }
     }
 
     fn agent_request(
@@ -1145,6 +1257,10 @@ impl Pipeline {
                 "Builds on {} (Repobox may not push to its branch).\n\n",
                 job.thread.reference()
             )),
+        }
+        if let Some(refused) = progress::refused_text(&self.checklist.refused) {
+            text.push_str(&refused);
+            text.push_str("\n\n");
         }
         text.push_str(&format!(
             "Requested by @{} in {} · Repobox job [`{}`]({url}/jobs/{})\n",

@@ -20,6 +20,11 @@ pub struct RepoConfig {
     pub draft: bool,
     /// Replaces `repobox/` in branch names.
     pub branch_prefix: Option<String>,
+    /// Setup secrets (admin-defined, [`crate::setup_secrets`]) given to `setup`
+    /// commands as environment variables; never to the agent.
+    pub setup_env: Vec<String>,
+    /// Network mode per phase, as narrow as or narrower than `REPOBOX_SANDBOX_MODES`.
+    pub network: crate::sandbox::network::RepoNetwork,
 }
 
 impl RepoConfig {

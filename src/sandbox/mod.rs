@@ -2,9 +2,9 @@
 //!
 //! Why: the agent executes code chosen by a model that reads untrusted issue text
 //! (SPEC §7, §10). It may change the work tree and nothing else: no runner secrets, no
-//! other jobs' trees, no network unless configured. [`SandboxSpec::command`] builds a
-//! bubblewrap (`bwrap`) invocation with fresh user/pid/ipc/uts/cgroup (and, by default,
-//! network) namespaces whose root is an empty tmpfs holding only the system directories
+//! other jobs' trees, no network but through the egress proxy ([`network`]).
+//! [`SandboxSpec::command`] builds a bubblewrap (`bwrap`) invocation with fresh
+//! user/pid/ipc/uts/cgroup/network namespaces whose root is an empty tmpfs holding only the system directories
 //! (read-only), a short allow-list of `/etc`, and the binds named in the spec.
 //! `/tmp` (1 GiB) and `/dev/shm` (64 MiB) are size-capped tmpfs mounts, and a seccomp
 //! filter ([`seccomp`]) refuses the calls that break out of namespaces or widen the
@@ -26,6 +26,7 @@
 //! the kernel when the runner runs as root (uid 0 is exempt); run it as its own user.
 
 pub mod job_limits;
+pub mod network;
 pub mod seccomp;
 
 pub use crate::config::SandboxKind;
@@ -152,6 +153,19 @@ impl Limits {
     }
 }
 
+/// How a sandbox reaches its egress proxy ([`network::proxy::EgressProxy`]).
+#[derive(Debug, Clone)]
+pub struct ProxyBinding {
+    /// The proxy's Unix socket on the host.
+    pub socket: PathBuf,
+    /// The `repobox` binary, run inside as `repobox sandbox-forward`.
+    pub forwarder: PathBuf,
+}
+
+/// Where the proxy's socket and the forwarder appear inside the sandbox.
+const INSIDE_SOCKET: &str = "/run/repobox/proxy.sock";
+const INSIDE_FORWARDER: &str = "/run/repobox/repobox";
+
 /// Everything needed to run one program in a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -165,8 +179,11 @@ pub struct SandboxSpec {
     /// Extra host dirs bound read-write at the same path (e.g. the per-job scratch
     /// dir). The first one is also `HOME`.
     pub writable: Vec<PathBuf>,
-    /// `false`: an own network namespace with only a loopback interface.
-    pub network: bool,
+    /// The sandbox always has its own network namespace with only a loopback
+    /// interface. With a proxy, the egress proxy's socket and the forwarder are bound
+    /// in, the program runs under the forwarder, and the proxy variables point at it
+    /// ([`network`]). Ignored by [`SandboxKind::None`], which has no network policy.
+    pub proxy: Option<ProxyBinding>,
     /// The only variables inside besides `PATH`, `HOME`, `LANG=C.UTF-8` and
     /// `TERM=dumb`; an entry with one of those names overrides the default.
     pub env: Vec<(String, String)>,
@@ -199,7 +216,16 @@ impl SandboxSpec {
                     }
                 }
                 cmd.args(self.bwrap_args());
-                cmd.arg("--").arg(PRLIMIT);
+                cmd.arg("--");
+                if self.proxy.is_some() {
+                    cmd.args([
+                        INSIDE_FORWARDER,
+                        network::forward::SUBCOMMAND,
+                        INSIDE_SOCKET,
+                    ]);
+                    cmd.arg(network::forward::PORT.to_string()).arg("--");
+                }
+                cmd.arg(PRLIMIT);
                 // bwrap itself needs no particular cwd; don't pin the runner's.
                 cmd.current_dir("/");
                 cmd
@@ -242,6 +268,21 @@ impl SandboxSpec {
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
             ("TERM".to_owned(), "dumb".to_owned()),
         ];
+        if self.proxy.is_some() && self.kind == SandboxKind::Bwrap {
+            let proxy = format!("http://127.0.0.1:{}", network::forward::PORT);
+            for name in [
+                "http_proxy",
+                "https_proxy",
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+            ] {
+                env.push((name.to_owned(), proxy.clone()));
+            }
+            for name in ["no_proxy", "NO_PROXY"] {
+                env.push((name.to_owned(), "localhost,127.0.0.1,::1".to_owned()));
+            }
+        }
         // Later entries win in `Command::envs`, so the spec's overrides the defaults.
         env.extend(self.env.iter().cloned());
         env
@@ -271,10 +312,10 @@ impl SandboxSpec {
             SANDBOX_ID,
             "--hostname",
             "repobox",
+            // Always: the host's loopback (Redis, the runner's ports) and its routes
+            // stay outside. The way out, when a phase has one, is the proxy socket.
+            "--unshare-net",
         ]);
-        if !self.network {
-            push(&["--unshare-net"]);
-        }
         for dir in SYSTEM_DIRS {
             let path = Path::new(dir);
             match std::fs::symlink_metadata(path) {
@@ -308,9 +349,7 @@ impl SandboxSpec {
                 }
             }
         }
-        if self.network {
-            etc.push(PathBuf::from("/etc/resolv.conf"));
-        }
+        // No resolv.conf: names are resolved by the proxy, outside.
         for path in etc {
             args.extend([
                 "--ro-bind-try".into(),
@@ -346,6 +385,16 @@ impl SandboxSpec {
                 "--bind".into(),
                 path.clone().into_os_string(),
                 path.into_os_string(),
+            ]);
+        }
+        if let Some(proxy) = &self.proxy {
+            args.extend([
+                "--ro-bind".into(),
+                absolute(&proxy.forwarder).into_os_string(),
+                INSIDE_FORWARDER.into(),
+                "--bind".into(),
+                absolute(&proxy.socket).into_os_string(),
+                INSIDE_SOCKET.into(),
             ]);
         }
         // The tmpfs root itself (where /etc and mount points were made) read-only.
@@ -418,7 +467,7 @@ async fn check_bwrap() -> Result<String, String> {
         work_tree: work_tree.clone(),
         read_only: Vec::new(),
         writable: Vec::new(),
-        network: false,
+        proxy: None,
         env: Vec::new(),
         limits: Limits::default(),
     };
@@ -455,6 +504,64 @@ async fn check_bwrap() -> Result<String, String> {
             Err(format!("bwrap failed ({}): {stderr}{hint}", out.status))
         }
     }
+}
+
+/// For `repobox doctor`: runs a trial sandbox behind an egress proxy in `mode` (with an
+/// empty allowlist) and asks it, through the forwarder, for a host it must refuse.
+/// `Ok` when the proxy's `403` came back: socket, forwarder and proxy all work.
+pub async fn check_network(mode: network::NetworkMode, forwarder: &Path) -> Result<String, String> {
+    use network::proxy::{EgressProxy, OnRefusal};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("repobox-net-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| format!("cannot create a trial directory {}: {e}", dir.display()))?;
+    let socket = dir.join("p.sock");
+    let on_refusal: OnRefusal = std::sync::Arc::new(|_| {});
+    let policy = network::Policy::new(mode, network::Allowlist::default());
+    let result = match EgressProxy::start(&socket, policy, on_refusal) {
+        Err(e) => Err(format!("cannot start the egress proxy: {e}")),
+        Ok(proxy) => {
+            let spec = SandboxSpec {
+                kind: SandboxKind::Bwrap,
+                work_tree: dir.clone(),
+                read_only: Vec::new(),
+                writable: Vec::new(),
+                proxy: Some(ProxyBinding {
+                    socket: socket.clone(),
+                    forwarder: forwarder.to_owned(),
+                }),
+                env: Vec::new(),
+                limits: Limits::default(),
+            };
+            let probe = format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{} && printf 'CONNECT repobox-doctor.invalid:443 HTTP/1.1\\r\\n\\r\\n' >&3 && head -c 12 <&3",
+                network::forward::PORT
+            );
+            let run = spec.command("bash", &["-c", &probe]).output();
+            let out = tokio::time::timeout(CHECK_TIMEOUT, run).await;
+            drop(proxy);
+            match out {
+                Err(_) => Err(format!(
+                    "a trial sandbox did not finish within {CHECK_TIMEOUT:?}"
+                )),
+                Ok(Err(e)) => Err(format!("bwrap could not be started: {e}")),
+                Ok(Ok(out)) if String::from_utf8_lossy(&out.stdout) == "HTTP/1.1 403" => Ok(
+                    "a trial sandbox reached the egress proxy and was refused as it should be"
+                        .to_owned(),
+                ),
+                Ok(Ok(out)) => Err(format!(
+                    "a trial sandbox could not reach the egress proxy ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Kill the child's whole process group with SIGKILL (cancel, timeout).

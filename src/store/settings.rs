@@ -23,6 +23,16 @@ pub trait SettingsStore: Send + Sync {
     /// Removes one field of the `settings` hash (its default applies again).
     async fn delete_setting(&self, name: &str) -> Result<(), StoreError>;
 
+    /// The setup secrets (`setup_secrets` hash): name → sealed value
+    /// ([`crate::setup_secrets`]).
+    async fn setup_secrets(&self) -> Result<HashMap<String, String>, StoreError>;
+
+    /// Stores (or replaces) one setup secret; `sealed` must be sealed already.
+    async fn set_setup_secret(&self, name: &str, sealed: &str) -> Result<(), StoreError>;
+
+    /// Removes one setup secret; `false` when there was none of that name.
+    async fn delete_setup_secret(&self, name: &str) -> Result<bool, StoreError>;
+
     /// The GitHub App registered through `/setup` (`github_app` hash; secrets sealed).
     async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError>;
 

@@ -201,6 +201,9 @@ impl TestApp {
             "https://repobox.example.com".into(),
             "--secret-key".into(),
             TEST_SECRET_KEY.into(),
+            // The runner here is this test binary; sandboxes need the real one inside.
+            "--sandbox-forwarder".into(),
+            env!("CARGO_BIN_EXE_repobox").into(),
         ];
         if let Some(s) = &opts.github_secret {
             args.extend(["--github-webhook-secret".into(), s.clone()]);

@@ -51,6 +51,8 @@ pub struct Setup<'a> {
     pub custom_agent: Option<std::sync::Arc<dyn Agent>>,
     /// `.repobox.yml` on the GitHub repository's default branch.
     pub repobox_yml: Option<&'a str>,
+    /// More files on the GitHub repository's default branch.
+    pub files: Vec<(&'a str, &'a str)>,
     /// A Redis of the test's own instead of the shared one.
     pub redis_url: Option<String>,
     /// Runs the acknowledger in the test process (off when `serve` processes do it).
@@ -65,6 +67,7 @@ impl Default for Setup<'_> {
             runner: true,
             custom_agent: None,
             repobox_yml: None,
+            files: Vec::new(),
             redis_url: None,
             acknowledger: true,
         }
@@ -82,6 +85,7 @@ pub async fn world(setup: Setup<'_>) -> World {
     if let Some(yml) = setup.repobox_yml {
         files.push((".repobox.yml", yml));
     }
+    files.extend(setup.files.iter().copied());
     git_server::init_bare_repo(git_root.path(), REPO_GIT, &files);
     git_server::init_bare_repo(git_root.path(), GL_GIT, &[("README.md", "# test\n")]);
     let github_git = GitServer::start(git_root.path().to_owned(), INSTALLATION_TOKEN).await;

@@ -98,7 +98,7 @@ fn tool_definitions() -> Vec<Value> {
 
 fn system_prompt(work_tree: &str, network: bool) -> String {
     let network = if network {
-        "The shell has network access."
+        "The shell reaches the network only through an HTTP(S) proxy (already set in the environment) that refuses hosts the administrator has not allowed."
     } else {
         "The shell has no network access: installing packages or fetching anything will fail, so work with what the repository and the system already have."
     };
@@ -265,7 +265,7 @@ impl Agent for ClaudeAgent {
             .converse(
                 &model,
                 max_turns,
-                &system_prompt(&work_tree, sandbox.network),
+                &system_prompt(&work_tree, sandbox.proxy.is_some()),
                 prompt,
                 &mut tools,
                 &log,

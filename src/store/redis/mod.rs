@@ -186,6 +186,10 @@ impl Keys {
     pub fn settings(&self) -> String {
         format!("{}settings", self.prefix)
     }
+    /// `setup_secrets`: name → sealed value ([`crate::setup_secrets`]).
+    pub fn setup_secrets(&self) -> String {
+        format!("{}setup_secrets", self.prefix)
+    }
     pub fn delivery(&self, d: Delivery<'_>) -> String {
         format!("{}delivery:{}:{}", self.prefix, d.forge, d.id)
     }

@@ -42,6 +42,29 @@ impl SettingsStore for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn setup_secrets(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hgetall(self.keys.setup_secrets())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn set_setup_secret(&self, name: &str, sealed: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.hset::<_, _, _, ()>(self.keys.setup_secrets(), name, sealed)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete_setup_secret(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let removed: u64 = conn
+            .hdel(self.keys.setup_secrets(), name)
+            .await
+            .map_err(unavailable)?;
+        Ok(removed > 0)
+    }
+
     async fn github_app(&self) -> Result<Option<HashMap<String, String>>, StoreError> {
         let mut conn = self.conn.clone();
         let map: HashMap<String, String> = conn

@@ -65,6 +65,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/settings/providers", post(settings::add))
         .route("/settings/providers/{id}/delete", post(settings::delete))
         .route("/admin", get(settings::admin).post(settings::save_admin))
+        .route("/admin/secrets", post(settings::save_secret))
+        .route("/admin/secrets/delete", post(settings::delete_secret))
         .route("/jobs", get(jobs_page))
         .route("/jobs/new", get(new_job::page).post(new_job::create))
         .route("/jobs/{id}", get(job_page))

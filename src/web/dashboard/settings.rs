@@ -5,6 +5,8 @@
 //! bound to the provider's id) before it is stored, and is never shown again: the page
 //! lists a masked form. Admin settings are validated all together and stored in the
 //! `settings` hash, where intake and runners read them on their next use (no restart).
+//! Setup secrets ([`crate::setup_secrets`]) are added and deleted on the admin page, sealed
+//! and bound to their name; the page lists names only.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -223,8 +225,15 @@ pub async fn delete(
     }
 }
 
-fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&str>) -> Markup {
+fn admin_page(
+    user: &SessionUser,
+    csrf: &str,
+    s: &AdminSettings,
+    secrets: &[String],
+    error: Option<&str>,
+) -> Markup {
     let repos: Vec<String> = s.allowed_repos.iter().map(|p| p.to_string()).collect();
+    let allow: Vec<String> = s.sandbox_allow.0.iter().map(|p| p.to_string()).collect();
     let body = html! {
         h1 { "Admin settings" }
         div.card {
@@ -234,6 +243,9 @@ fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&
                 input type="hidden" name="csrf" value=(csrf);
                 label { "Allowed repositories (one per line, e.g. github:acme/* — empty: all)"
                     textarea name="allowed_repos" rows="4" { (repos.join("\n")) }
+                }
+                label { "Sandbox network allowlist, added to REPOBOX_SANDBOX_ALLOW (one per line: host, *.domain, host:port or ip:port)"
+                    textarea name="sandbox_allow" rows="4" { (allow.join("\n")) }
                 }
                 div.filters {
                     label { "Trigger" input name="trigger" value=(s.trigger); }
@@ -263,6 +275,36 @@ fn admin_page(user: &SessionUser, csrf: &str, s: &AdminSettings, error: Option<&
                 p { button type="submit" { "Save" } }
             }
         }
+        div.card {
+            h2 { "Setup secrets" }
+            p.muted { "Given to a repository's setup commands when its .repobox.yml names them in setup_env; never to the agent, masked in job logs. Values are stored sealed and never shown again." }
+            @if secrets.is_empty() {
+                p { "No setup secrets yet." }
+            } @else {
+                table {
+                    @for name in secrets {
+                        tr {
+                            td { code { (name) } }
+                            td {
+                                form method="post" action="/admin/secrets/delete" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    input type="hidden" name="name" value=(name);
+                                    button type="submit" { "Delete" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            form id="setup-secret" method="post" action="/admin/secrets" {
+                input type="hidden" name="csrf" value=(csrf);
+                div.filters {
+                    label { "Name (e.g. NPM_TOKEN)" input name="name" autocomplete="off"; }
+                    label { "Value" input type="password" name="value" autocomplete="off"; }
+                }
+                p { button type="submit" { "Save secret" } }
+            }
+        }
     };
     pages::layout("Admin", Some(user), csrf, body)
 }
@@ -281,7 +323,13 @@ pub async fn admin(State(state): State<AppState>, session: Session) -> Page {
         Err(p) => return p,
     };
     match state.settings.load().await {
-        Ok(s) => Page::Html(admin_page(&user, &csrf, &s, None)),
+        Ok(s) => Page::Html(admin_page(
+            &user,
+            &csrf,
+            &s,
+            &secret_names(&state).await,
+            None,
+        )),
         Err(e) => super::unavailable(e),
     }
 }
@@ -301,12 +349,13 @@ pub async fn save_admin(
     let mut updates: Vec<(&str, String)> = Vec::new();
     for name in crate::settings::FIELDS {
         if let Some(value) = form.get(name) {
-            let value = if name == "allowed_repos" {
+            let list = matches!(name, "allowed_repos" | "sandbox_allow");
+            let value = if list {
                 value.split_whitespace().collect::<Vec<_>>().join(",")
             } else {
                 value.trim().to_owned()
             };
-            if !value.is_empty() || name == "allowed_repos" {
+            if !value.is_empty() || list {
                 updates.push((name, value));
             }
         }
@@ -317,9 +366,102 @@ pub async fn save_admin(
             let current = state.settings.current().await;
             Page::Status(
                 StatusCode::BAD_REQUEST,
-                admin_page(&user, &csrf, &current, Some(&e.to_string())),
+                admin_page(
+                    &user,
+                    &csrf,
+                    &current,
+                    &secret_names(&state).await,
+                    Some(&e.to_string()),
+                ),
             )
         }
+        Err(e) => super::unavailable(e),
+    }
+}
+
+/// The names of the stored setup secrets, sorted (values are never read here).
+async fn secret_names(state: &AppState) -> Vec<String> {
+    let mut names: Vec<String> = state
+        .store
+        .setup_secrets()
+        .await
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[derive(serde::Deserialize)]
+pub struct SecretForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    value: String,
+}
+
+/// `POST /admin/secrets`: stores (or replaces) a setup secret, sealed and bound to its
+/// name.
+pub async fn save_secret(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<SecretForm>,
+) -> Page {
+    let (user, csrf) = match admin_user(&state, &session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    let name = form.name.trim();
+    let value = form.value.trim_end_matches(['\r', '\n']);
+    let problem = crate::setup_secrets::check_name(name).err().or_else(|| {
+        if value.is_empty() {
+            Some("a setup secret needs a value".to_owned())
+        } else if value.len() > crate::setup_secrets::MAX_VALUE {
+            Some(format!(
+                "a setup secret is at most {} bytes",
+                crate::setup_secrets::MAX_VALUE
+            ))
+        } else {
+            None
+        }
+    });
+    if let Some(problem) = problem {
+        let current = state.settings.current().await;
+        let names = secret_names(&state).await;
+        return Page::Status(
+            StatusCode::BAD_REQUEST,
+            admin_page(&user, &csrf, &current, &names, Some(&problem)),
+        );
+    }
+    let sealed = state
+        .secret_box
+        .seal(value, &crate::setup_secrets::context(name));
+    match state.store.set_setup_secret(name, &sealed).await {
+        Ok(()) => Page::Redirect("/admin".into()),
+        Err(e) => super::unavailable(e),
+    }
+}
+
+/// `POST /admin/secrets/delete`: removes a setup secret.
+pub async fn delete_secret(
+    State(state): State<AppState>,
+    session: Session,
+    axum::Form(form): axum::Form<SecretForm>,
+) -> Page {
+    let (user, csrf) = match admin_user(&state, &session).await {
+        Ok(u) => u,
+        Err(p) => return p,
+    };
+    if !session::check_csrf(&session, &form.csrf).await {
+        return super::csrf_refused();
+    }
+    match state.store.delete_setup_secret(form.name.trim()).await {
+        Ok(true) => Page::Redirect("/admin".into()),
+        Ok(false) => Page::NotFound(pages::not_found(Some(&user), &csrf)),
         Err(e) => super::unavailable(e),
     }
 }
