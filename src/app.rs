@@ -480,6 +480,7 @@ pub fn build_runner_with_agent(
             public_url: config.public_url.clone(),
             trigger: config.trigger.clone(),
             sandbox: config.sandbox,
+            job_budget_usd: config.job_budget,
             sandbox_modes: config.sandbox_modes,
             sandbox_allow: config.sandbox_allow.clone(),
             // Never generates a key here: only one that is configured or already made.

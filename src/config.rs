@@ -241,6 +241,10 @@ pub struct Config {
         global = true
     )]
     pub job_memory: bytesize::ByteSize,
+    /// A job's budget in USD: the agent stops before a request once it has spent this
+    /// much (`.repobox.yml` `budget` may lower it).
+    #[arg(long, env = "REPOBOX_JOB_BUDGET", default_value_t = 5.0, global = true)]
+    pub job_budget: f64,
     /// Processes a job's sandbox may run at once.
     #[arg(long, env = "REPOBOX_JOB_PIDS", default_value_t = 512, global = true)]
     pub job_pids: u64,
@@ -416,6 +420,9 @@ impl Config {
         }
         if self.agent == AgentKind::Command && self.agent_command.is_none() {
             bail!("REPOBOX_AGENT_COMMAND is required when REPOBOX_AGENT=command");
+        }
+        if !(self.job_budget.is_finite() && self.job_budget > 0.0) {
+            bail!("REPOBOX_JOB_BUDGET must be a positive amount in USD, e.g. `5`");
         }
         if self.max_turns == 0 {
             bail!("REPOBOX_MAX_TURNS must be at least 1");
@@ -594,6 +601,41 @@ mod tests {
         let too_short = parse(&["--forge-timeout", "200ms"]);
         let err = too_short.validate().unwrap_err().to_string();
         assert!(err.contains("REPOBOX_FORGE_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn the_sandbox_and_budget_settings_parse_and_validate() {
+        let config = parse(&[]);
+        assert_eq!(
+            config.sandbox_modes.to_string(),
+            "setup:allowlist,agent:none,check:none"
+        );
+        assert!(config.sandbox_allow.is_empty());
+        assert_eq!(config.job_budget, 5.0);
+        let config = parse(&[
+            "--sandbox-modes",
+            "setup:none",
+            "--sandbox-allow",
+            "pypi.org, 10.0.0.2:3141",
+        ]);
+        assert_eq!(
+            config.sandbox_modes.to_string(),
+            "setup:none,agent:none,check:none"
+        );
+        assert_eq!(config.sandbox_allow.to_string(), "pypi.org,10.0.0.2:3141");
+        for bad in [
+            &["--job-budget", "0"][..],
+            &["--job-budget=-2"],
+            &["--job-budget", "NaN"],
+        ] {
+            let err = parse(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("REPOBOX_JOB_BUDGET"), "{err}");
+        }
+        let err = parse(&["--sandbox-network", "true"])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REPOBOX_SANDBOX_MODES"), "{err}");
     }
 
     #[test]

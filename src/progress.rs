@@ -109,6 +109,8 @@ pub struct Checklist {
     /// `host:port` of every connection the sandbox's egress proxy refused, in order,
     /// without repeats (SPEC section 15).
     pub refused: Vec<String>,
+    /// The last round of the repository's checks, when they ran (SPEC section 16).
+    pub checks: Vec<crate::agent::CheckResult>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -344,15 +346,49 @@ pub fn finished(
         }
         Final::Rejected { reason } => format!("⛔ **Rejected**: {reason}"),
     };
+    let checks = match checks_table(&c.checks) {
+        Some(table) => format!("\n\n{table}"),
+        None => String::new(),
+    };
     let refused = match refused_text(&c.refused) {
         Some(text) => format!("\n\n{text} (see the [log]({log}))"),
         None => String::new(),
     };
     format!(
-        "{}\n\n{headline}{refused}\n\n<details><summary>Steps</summary>\n\n{}\n\n</details>\n",
+        "{}\n\n{headline}{checks}{refused}\n\n<details><summary>Steps</summary>\n\n{}\n\n</details>\n",
         header(job, public_url),
         checklist_lines(job, c)
     )
+}
+
+/// The checks as a table (command, ✓/✗, duration), for the final comment and the PR/MR
+/// body; `None` when no check ran. Commands come from `.repobox.yml`: in code spans,
+/// with backticks and pipes taken out.
+pub fn checks_table(checks: &[crate::agent::CheckResult]) -> Option<String> {
+    if checks.is_empty() {
+        return None;
+    }
+    let mut table = String::from("| Check | Result | Time |\n|---|---|---|\n");
+    for c in checks {
+        let command: String = c
+            .command
+            .chars()
+            .map(|ch| {
+                if matches!(ch, '`' | '|' | '\n' | '\r') {
+                    ' '
+                } else {
+                    ch
+                }
+            })
+            .take(120)
+            .collect();
+        table.push_str(&format!(
+            "| `{command}` | {} | {:.1}s |\n",
+            if c.passed { "✓" } else { "✗" },
+            c.duration.as_secs_f64()
+        ));
+    }
+    Some(table.trim_end().to_owned())
 }
 
 /// `🌐 **Network refused:** `a:443`, `b:80``, for the final comment and the PR/MR

@@ -20,6 +20,7 @@
 //! | `allow_workflow_changes` | `true`/`false` | `false` |
 //! | `allow_forks` | `true`/`false` | `false` (SPEC 14: jobs on PRs/MRs from forks) |
 //! | `allow_confidential` | `true`/`false` | `false` (SPEC 14: confidential GitLab notes and issues) |
+//! | `allowed_models` | model ids, comma or newline separated; `.repobox.yml` `model` must be one of them or the `model` setting (SPEC 16); empty = any | empty |
 //! | `sandbox_allow` | `host`, `*.domain`, `host:port`, `ip:port` entries, comma or newline separated; added to `REPOBOX_SANDBOX_ALLOW` (SPEC 15) | empty |
 
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use crate::sandbox::network::Allowlist;
 use crate::store::{Store, StoreError};
 
 /// The names of the admin settings, in display order.
-pub const FIELDS: [&str; 10] = [
+pub const FIELDS: [&str; 11] = [
     "allowed_repos",
     "trigger",
     "label",
@@ -45,6 +46,7 @@ pub const FIELDS: [&str; 10] = [
     "allow_forks",
     "allow_confidential",
     "sandbox_allow",
+    "allowed_models",
 ];
 
 /// An admin setting that does not validate. The text is meant for the admin.
@@ -54,6 +56,23 @@ pub enum SettingsError {
     Unknown(String),
     #[error("admin setting `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+/// A model id: no spaces or control characters, at most 100 bytes.
+fn valid_model(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 100
+        && !value.contains(|c: char| c.is_whitespace() || c.is_control())
+}
+
+impl AdminSettings {
+    /// Whether `.repobox.yml` may pick `model` (SPEC 16): the admin's own model, or one
+    /// on a non-empty `allowed_models` list.
+    pub fn model_allowed(&self, model: &str) -> bool {
+        self.allowed_models.is_empty()
+            || model == self.model
+            || self.allowed_models.iter().any(|m| m == model)
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> SettingsError {
@@ -148,6 +167,8 @@ pub struct AdminSettings {
     pub allow_confidential: bool,
     /// What sandboxes in `allowlist` mode may reach besides `REPOBOX_SANDBOX_ALLOW`.
     pub sandbox_allow: Allowlist,
+    /// Models `.repobox.yml` may pick besides `model`; empty: any.
+    pub allowed_models: Vec<String>,
 }
 
 impl AdminSettings {
@@ -164,6 +185,7 @@ impl AdminSettings {
             allow_forks: false,
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
+            allowed_models: Vec::new(),
         }
     }
 
@@ -218,6 +240,7 @@ impl AdminSettings {
             ("allow_forks", self.allow_forks.to_string()),
             ("allow_confidential", self.allow_confidential.to_string()),
             ("sandbox_allow", self.sandbox_allow.to_string()),
+            ("allowed_models", self.allowed_models.join(",")),
         ]
     }
 
@@ -235,6 +258,7 @@ impl AdminSettings {
             allow_forks: false,
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
+            allowed_models: Vec::new(),
         };
         let field = probe.apply(name, value)?;
         let text = probe
@@ -284,10 +308,7 @@ impl AdminSettings {
                 Ok("label")
             }
             "model" => {
-                if value.is_empty()
-                    || value.len() > 100
-                    || value.contains(|c: char| c.is_whitespace() || c.is_control())
-                {
+                if !valid_model(value) {
                     return Err(invalid(
                         "model",
                         "must be a model id without spaces, e.g. `claude-sonnet-4-5`",
@@ -295,6 +316,21 @@ impl AdminSettings {
                 }
                 self.model = value.to_owned();
                 Ok("model")
+            }
+            "allowed_models" => {
+                let models: Vec<String> = value
+                    .split([',', '\n', ' ', '\t', '\r'])
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(bad) = models.iter().find(|m| !valid_model(m)) {
+                    return Err(invalid(
+                        "allowed_models",
+                        format!("`{bad}` is not a model id (e.g. `claude-sonnet-4-5`)"),
+                    ));
+                }
+                self.allowed_models = models;
+                Ok("allowed_models")
             }
             "per_user_limit" => {
                 self.per_user_limit = number(value, "per_user_limit", 1000)? as usize;
@@ -445,6 +481,7 @@ mod tests {
             allow_forks: false,
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
+            allowed_models: Vec::new(),
         }
     }
 

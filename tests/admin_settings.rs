@@ -125,6 +125,7 @@ async fn a_bad_stored_value_falls_back_to_the_default_and_saving_one_is_refused(
         allow_forks: false,
         allow_confidential: false,
         sandbox_allow: Default::default(),
+        allowed_models: Vec::new(),
     };
     let source = SettingsSource::new(app.store.clone(), defaults);
     let err = source
@@ -250,6 +251,48 @@ async fn model_and_max_turns_follow_the_admin_settings_below_repobox_yml() {
     assert_eq!(w.finished(&id).await.status, JobStatus::Succeeded);
     assert_eq!(agent.last(), (Some("repo-model".into()), Some(3)));
     w.app.stop().await;
+}
+
+/// SPEC 16: with `allowed_models` set, `.repobox.yml` may pick one of them (or the
+/// admin's own model) and nothing else; the job fails before any agent runs.
+#[tokio::test]
+async fn repobox_yml_may_pick_only_a_model_the_admin_allows() {
+    for (model, allowed) in [
+        ("claude-haiku-4-5", true),
+        ("admin-model", true),
+        ("claude-opus-4-5", false),
+    ] {
+        let agent = Arc::new(Recorder::default());
+        let yml = format!("model: {model}\n");
+        let w = world(Setup {
+            custom_agent: Some(agent.clone()),
+            repobox_yml: Some(&yml),
+            ..Setup::default()
+        })
+        .await;
+        set(&w.app, "model", "admin-model").await;
+        set(
+            &w.app,
+            "allowed_models",
+            "claude-haiku-4-5,claude-sonnet-4-5",
+        )
+        .await;
+        let id = w.comment("/repobox fix it").await;
+        let job = w.finished(&id).await;
+        if allowed {
+            assert_eq!(job.status, JobStatus::Succeeded, "{model}: {:?}", job.error);
+            assert_eq!(agent.last().0.as_deref(), Some(model));
+        } else {
+            assert_eq!(job.status, JobStatus::Failed, "{model}");
+            let error = job.error.unwrap();
+            assert!(
+                error.contains("model `claude-opus-4-5`, which this Repobox does not allow"),
+                "{error}"
+            );
+            assert!(agent.seen.lock().unwrap().is_empty(), "no agent ran");
+        }
+        w.app.stop().await;
+    }
 }
 
 #[tokio::test]

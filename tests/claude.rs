@@ -479,3 +479,81 @@ async fn on_a_pull_request_the_model_sees_its_diff() {
         "only the PR's own changes: {task}"
     );
 }
+
+/// SPEC 16: the budget is checked before every request. The fake's first two answers
+/// cost about $0.0056 and $0.0061 at Sonnet 4.5's prices, so a $0.01 budget allows two
+/// requests and stops before the third; `.repobox.yml` may lower the budget, never raise
+/// it past `REPOBOX_JOB_BUDGET`.
+#[tokio::test]
+async fn a_job_stops_at_its_budget_with_nothing_pushed() {
+    let view = |id: &str| {
+        calls(vec![tool(
+            id,
+            EDIT,
+            json!({"command": "view", "path": "."}),
+        )])
+    };
+    let script = || vec![view("a"), view("b"), view("c"), view("d"), done("x")];
+    for (yml, extra) in [
+        ("budget: 0.01\n", vec![]),
+        (
+            "budget: 100\n",
+            vec!["--job-budget".to_owned(), "0.01".to_owned()],
+        ),
+    ] {
+        let fake = FakeAnthropic::start(script()).await;
+        let w = world(Setup {
+            custom_agent: Some(claude(&fake, API_KEY)),
+            repobox_yml: Some(yml),
+            extra,
+            ..Setup::default()
+        })
+        .await;
+        let id = w.comment("/repobox fix the spelling").await;
+        let (job, error) = w.failed(&id).await;
+        assert!(
+            error.contains("stopped at its budget of $0.01"),
+            "{yml}: {error}"
+        );
+        assert_eq!(fake.requests().len(), 2, "{yml}");
+        assert_tokens_match(&job, &fake);
+        let comment = w.final_comment(&job).await;
+        assert!(
+            comment.contains("stopped at its budget of $0.01"),
+            "{comment}"
+        );
+        assert!(w.github.created_pulls().await.is_empty());
+        assert_eq!(w.remote_ref(REPO_GIT, ISSUE_BRANCH), None, "nothing pushed");
+        w.app.stop().await;
+    }
+}
+
+/// SPEC 16: when Claude ends its turn the runner runs the checks; a failure is the next
+/// user message of the same conversation, and the job goes on to pass.
+#[tokio::test]
+async fn failed_checks_are_the_next_message_of_the_same_conversation() {
+    let fake = FakeAnthropic::start(vec![done("first try"), done("Fix it\n\nSecond try")]).await;
+    let w = in_process(
+        &fake,
+        API_KEY,
+        Some("check:\n  - test -f \"$HOME/ran-once\" || { touch \"$HOME/ran-once\"; echo 'CHECK-OUTPUT-7'; exit 1; }\n"),
+    )
+    .await;
+    let id = w.comment("/repobox fix the spelling").await;
+    let job = w.finished(&id).await;
+    // The fake's turns change no file: the job ends without changes, after two rounds.
+    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    let messages = requests[1].body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "task, first answer, check feedback");
+    assert_eq!(messages[1]["role"], "assistant");
+    let feedback = messages[2]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(messages[2]["role"], "user");
+    assert!(
+        feedback.contains("checks failed") && feedback.contains("CHECK-OUTPUT-7"),
+        "{feedback}"
+    );
+    let comment = w.final_comment(&job).await;
+    assert!(comment.contains("| ✓ |"), "{comment}");
+}

@@ -408,7 +408,28 @@ async fn commands_refused_while_redis_was_down_are_redelivered_and_run_once() {
     let mut ids = Vec::new();
     for id in asked {
         let (guid, payload) = &sent[&id];
-        let (status, body) = post_github(&url, "issue_comment", guid, payload).await;
+        // A delivery that fails on the wire is a lost command: say what the serves logged.
+        let sent_once = tokio::spawn({
+            let (url, guid, payload) = (url.clone(), guid.clone(), payload.clone());
+            async move { post_github(&url, "issue_comment", &guid, &payload).await }
+        })
+        .await;
+        let Ok((status, body)) = sent_once else {
+            let tail: Vec<String> = c
+                .serves
+                .iter()
+                .map(|s| {
+                    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(80)..].join("\n")
+                })
+                .collect();
+            panic!(
+                "the redelivery of {guid} did not get an answer; serve runs ended {} time(s) by abort; the serves' last lines:\n{}",
+                c.aborts(Role::Serve),
+                tail.join("\n-----\n")
+            );
+        };
         assert_eq!(status, 202, "{body}");
         ids.push(body["job"].as_str().unwrap().to_owned());
     }

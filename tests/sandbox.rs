@@ -412,7 +412,9 @@ fn agent_request(dirs: &Dirs, kind: SandboxKind, prompt: &str) -> AgentRun {
         cancel: cancel.clone(),
         model: None,
         max_turns: None,
+        budget_usd: None,
         activity: tokio::sync::watch::channel(Default::default()).0,
+        checks: None,
     };
     AgentRun {
         request,

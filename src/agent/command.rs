@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 /// Longest log line kept, in bytes; the rest of the line is counted and dropped.
 const MAX_LINE_BYTES: usize = 4000;
@@ -62,15 +63,52 @@ enum Stream {
 
 #[async_trait::async_trait]
 impl Agent for CommandAgent {
+    /// Runs the command; with checks, runs them after each successful run and, while
+    /// they fail and extra goes are left, runs the command again with the task followed
+    /// by the failures (SPEC section 16).
     async fn run(&self, request: AgentRequest) -> Result<AgentOutcome, AgentError> {
         let AgentRequest {
-            prompt,
-            mut sandbox,
+            prompt: task,
+            sandbox,
             scratch_dir,
             log,
             cancel,
+            checks,
             ..
         } = request;
+        let mut prompt = task.clone();
+        let mut goes = 0;
+        loop {
+            let outcome = self
+                .run_once(prompt.clone(), sandbox.clone(), &scratch_dir, &log, &cancel)
+                .await?;
+            let Some(checks) = &checks else {
+                return Ok(outcome);
+            };
+            let round = checks.run().await?;
+            if round.passed() || goes >= checks.extra_goes() {
+                return Ok(outcome);
+            }
+            goes += 1;
+            let _ = log.send(format!(
+                "==> Checks failed: the agent command runs again (extra go {goes} of {})",
+                checks.extra_goes()
+            ));
+            prompt = format!("{}\n\n{}", task.trim_end(), round.feedback());
+        }
+    }
+}
+
+impl CommandAgent {
+    async fn run_once(
+        &self,
+        prompt: String,
+        mut sandbox: crate::sandbox::SandboxSpec,
+        scratch_dir: &Path,
+        log: &LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<AgentOutcome, AgentError> {
+        let (log, cancel) = (log.clone(), cancel.clone());
         let prompt = if prompt.is_empty() {
             prompt
         } else {

@@ -7,6 +7,11 @@
 //! While it works, an agent publishes its [`Activity`] (turns, tool calls, tokens, cost,
 //! the last action) on a watch channel: the runner shows it in the progress comment and
 //! records the totals whether the agent succeeds, fails or is stopped.
+//!
+//! When the repository has `check` commands, the request carries [`Checks`]: the agent
+//! runs them whenever it thinks it is done and, while they fail and extra goes are
+//! left, takes their output as its next input (SPEC section 16). The runner owns how
+//! checks run (in the sandbox, with the check phase's network) and what they report.
 
 pub mod claude;
 pub mod command;
@@ -29,6 +34,10 @@ pub struct AgentRequest {
     pub model: Option<String>,
     /// `max_turns` from `.repobox.yml`, else the admin setting, over the agent's default.
     pub max_turns: Option<u32>,
+    /// The job's budget in USD (`REPOBOX_JOB_BUDGET`, lowered by `.repobox.yml`
+    /// `budget`): an agent that bills tokens checks it before every request and stops
+    /// there. `None`: no budget.
+    pub budget_usd: Option<f64>,
     /// The sandbox, with the work tree already filled in.
     pub sandbox: SandboxSpec,
     /// Per-job directory outside the work tree, already in `sandbox.writable`.
@@ -38,6 +47,49 @@ pub struct AgentRequest {
     pub cancel: CancellationToken,
     /// Where the agent publishes its progress and totals.
     pub activity: ActivitySink,
+    /// The repository's checks, when it has any.
+    pub checks: Option<std::sync::Arc<dyn Checks>>,
+}
+
+/// The repository's `check` commands, run by the runner.
+#[async_trait::async_trait]
+pub trait Checks: Send + Sync {
+    /// Runs every check once, in order; `Err` only when the job is stopped.
+    async fn run(&self) -> Result<CheckRound, AgentError>;
+    /// Extra goes the agent gets after failed checks (`check_attempts`).
+    fn extra_goes(&self) -> u32;
+}
+
+/// One run of every check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckRound {
+    pub results: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub command: String,
+    pub passed: bool,
+    pub duration: std::time::Duration,
+    /// How it failed and the last lines of its output (empty when it passed).
+    pub output: String,
+}
+
+impl CheckRound {
+    pub fn passed(&self) -> bool {
+        self.results.iter().all(|r| r.passed)
+    }
+
+    /// What the agent is told when checks failed: each failure and its output.
+    pub fn feedback(&self) -> String {
+        let mut text = String::from(
+            "The repository's checks failed. Fix the code so that they pass, then finish again.\n",
+        );
+        for r in self.results.iter().filter(|r| !r.passed) {
+            text.push_str(&format!("\n`{}` failed: {}\n", r.command, r.output));
+        }
+        text
+    }
 }
 
 #[derive(Debug, Clone, Default)]

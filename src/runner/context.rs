@@ -172,7 +172,7 @@ pub fn prompt(
     }
     p.push_str(&super::instructions::render(guidance));
     if !config.check.is_empty() {
-        p.push_str("\nBefore you finish, verify your work with:\n");
+        p.push_str("\nBefore you finish, verify your work with these checks (Repobox runs them again when you are done and tells you if they fail):\n");
         for c in &config.check {
             p.push_str(&format!("- `{c}`\n"));
         }

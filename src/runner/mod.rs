@@ -21,6 +21,7 @@
 //! and whose words reach it), [`protected`] (paths a job may not change),
 //! [`neutralize`] (the agent's text made harmless before it is posted).
 
+pub mod checks;
 pub mod context;
 pub mod instructions;
 pub mod joblog;
@@ -73,6 +74,8 @@ pub struct RunnerSettings {
     pub sandbox_modes: crate::sandbox::network::PhaseModes,
     /// `REPOBOX_SANDBOX_ALLOW`; the admin setting `sandbox_allow` extends it per job.
     pub sandbox_allow: crate::sandbox::network::Allowlist,
+    /// The job budget in USD (`REPOBOX_JOB_BUDGET`); `.repobox.yml` may lower it.
+    pub job_budget_usd: f64,
     /// The binary run inside sandboxes as the proxy forwarder.
     pub sandbox_forwarder: PathBuf,
     /// Opens setup secrets (`REPOBOX_SECRET_KEY`); `None` when the runner has no key,

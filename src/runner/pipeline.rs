@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::Runner;
+use super::checks::{self, SandboxChecks};
 use super::context::{self, DiffContext};
 use super::instructions::{self, InstructionFile};
 use super::joblog::JobLog;
@@ -600,6 +601,15 @@ impl Pipeline {
             Some(text) => RepoConfig::parse(&text).map_err(Failure)?,
             None => RepoConfig::default(),
         };
+        // SPEC 16: the repository may only pick a model the admin allows.
+        if let Some(model) = &config.model
+            && !self.admin.model_allowed(model)
+        {
+            return Err(Failure(format!(
+                ".repobox.yml asks for model `{model}`, which this Repobox does not allow (admin setting allowed_models: {})",
+                self.admin.allowed_models.join(", ")
+            )));
+        }
         // Instruction files, like `.repobox.yml`, from the default branch only.
         self.guidance = {
             let (m, sha) = (mirror.clone(), default_sha.clone());
@@ -855,6 +865,23 @@ impl Pipeline {
         // The agent never sees a setup secret.
         sandbox.env.clear();
         drop(setup_env);
+        // The checks' sandbox: the check phase's network, for as long as the agent runs.
+        let check_egress = match config.check.is_empty() {
+            true => None,
+            false => self.egress(modes.check, &allow, "c", "the checks", log)?,
+        };
+        let checks = (!config.check.is_empty()).then(|| {
+            let mut spec = sandbox.clone();
+            spec.proxy = check_egress.as_ref().map(|(_, binding)| binding.clone());
+            Arc::new(SandboxChecks::new(
+                config.check.clone(),
+                spec,
+                scratch.clone(),
+                log.sink(),
+                self.stop.token.clone(),
+                config.check_attempts.unwrap_or(checks::DEFAULT_EXTRA_GOES),
+            ))
+        });
         // One proxy for the whole agent run (every shell command it starts).
         let egress = self.egress(modes.agent, &allow, "a", "the agent", log)?;
         sandbox.proxy = egress.as_ref().map(|(_, binding)| binding.clone());
@@ -871,7 +898,9 @@ impl Pipeline {
         let (activity_tx, mut activity_rx) = watch::channel(Activity::default());
         let mut request = self.agent_request(prompt, &sandbox, &scratch, log);
         request.activity = activity_tx;
-        // `.repobox.yml` first, then the admin settings (which default to the configuration).
+        request.checks = checks.clone().map(|c| c as Arc<dyn crate::agent::Checks>);
+        // `.repobox.yml` first (a model the admin allows), then the admin settings (which
+        // default to the configuration).
         request.model = Some(
             config
                 .model
@@ -881,6 +910,8 @@ impl Pipeline {
         // A ceiling: `.repobox.yml` may lower the admin's value, never raise it.
         let ceiling = self.admin.max_turns;
         request.max_turns = Some(config.max_turns.map_or(ceiling, |t| t.min(ceiling)));
+        let budget = self.runner.settings.job_budget_usd;
+        request.budget_usd = Some(config.budget.map_or(budget, |b| b.min(budget)));
         let agent = self.runner.agent.clone();
         let run = agent.run(request);
         tokio::pin!(run);
@@ -896,6 +927,10 @@ impl Pipeline {
             }
         };
         self.note_refused(egress);
+        self.note_refused(check_egress);
+        if let Some(round) = checks.as_ref().and_then(|c| c.last()) {
+            self.checklist.checks = round.results;
+        }
         // Tokens are recorded however the agent ended: a failed run was billed too.
         let activity = activity_rx.borrow().clone();
         self.record_activity(&activity).await?;
@@ -913,6 +948,9 @@ impl Pipeline {
             }
         };
         self.checklist.agent = StepState::Done;
+        if let Some(checks) = &checks {
+            self.checks_verdict(checks, config)?;
+        }
         let summary = self.mask(outcome.summary.trim());
         self.job.summary = Some(summary.clone());
         self.record(&[("summary", summary.clone())]).await?;
@@ -1040,6 +1078,32 @@ impl Pipeline {
         Ok(Some((proxy, binding)))
     }
 
+    /// After the agent: checks that still fail fail the job when the repository says
+    /// `draft_on_failed_checks: false` (else the PR/MR is opened as a draft).
+    fn checks_verdict(
+        &mut self,
+        checks: &SandboxChecks,
+        config: &RepoConfig,
+    ) -> Result<(), Failure> {
+        let Some(round) = checks.last() else {
+            return Ok(());
+        };
+        if round.passed() || config.draft_on_failed_checks.unwrap_or(true) {
+            return Ok(());
+        }
+        let failed: Vec<String> = round
+            .results
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| format!("`{}`", r.command))
+            .collect();
+        Err(Failure(format!(
+            "the checks still fail after {} round(s): {} (draft_on_failed_checks is false); nothing was pushed",
+            checks.rounds(),
+            failed.join(", ")
+        )))
+    }
+
     /// Stops a phase's proxy and keeps what it refused for the final comment and the
     /// PR/MR body.
     fn note_refused(&mut self, egress: Option<(EgressProxy, ProxyBinding)>) {
@@ -1065,7 +1129,9 @@ impl Pipeline {
             prompt,
             model: None,
             max_turns: None,
+            budget_usd: None,
             activity: watch::channel(Activity::default()).0,
+            checks: None,
             sandbox: sandbox.clone(),
             scratch_dir: scratch.to_owned(),
             log: log.sink(),
@@ -1258,6 +1324,23 @@ impl Pipeline {
                 job.thread.reference()
             )),
         }
+        if let Some(table) = progress::checks_table(&self.checklist.checks) {
+            text.push_str(&table);
+            text.push_str("\n\n");
+            let failed: Vec<&crate::agent::CheckResult> =
+                self.checklist.checks.iter().filter(|c| !c.passed).collect();
+            if !failed.is_empty() {
+                text.push_str("**Checks still failing** (opened as a draft):\n\n");
+                for c in failed {
+                    let output = neutralize(&self.mask(&c.output), own_issue(&job));
+                    text.push_str(&format!(
+                        "`{}`:\n\n```\n{}\n```\n\n",
+                        c.command.replace('`', "'"),
+                        output.replace("```", "'''")
+                    ));
+                }
+            }
+        }
         if let Some(refused) = progress::refused_text(&self.checklist.refused) {
             text.push_str(&refused);
             text.push_str("\n\n");
@@ -1274,7 +1357,8 @@ impl Pipeline {
             base,
             title: &title,
             body: &text,
-            draft: config.draft,
+            // Checks that still fail open a draft (SPEC 16).
+            draft: config.draft || self.checklist.checks.iter().any(|c| !c.passed),
         };
         // Sent once per round: after an ambiguous failure the request may exist, so the
         // next round looks it up before it opens one.

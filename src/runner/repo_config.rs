@@ -5,17 +5,25 @@ use serde::Deserialize;
 
 pub const FILE_NAME: &str = ".repobox.yml";
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RepoConfig {
     /// Text added to the prompt.
     pub instructions: Option<String>,
     /// Commands run in the sandbox before the agent.
     pub setup: Vec<String>,
-    /// Commands the agent is told to run to verify its work.
+    /// Commands the runner runs in the sandbox when the agent is done (SPEC 16); their
+    /// failures go back to the agent.
     pub check: Vec<String>,
+    /// Extra goes the agent gets after failed checks (default 2, at most 10).
+    pub check_attempts: Option<u32>,
+    /// Open a draft when the checks still fail (default `true`); `false` fails the job.
+    pub draft_on_failed_checks: Option<bool>,
     pub model: Option<String>,
+    /// At most the admin's; a higher value is the admin's.
     pub max_turns: Option<u32>,
+    /// The job's budget in USD, at most `REPOBOX_JOB_BUDGET`.
+    pub budget: Option<f64>,
     /// Open pull/merge requests as drafts.
     pub draft: bool,
     /// Replaces `repobox/` in branch names.
@@ -33,7 +41,23 @@ impl RepoConfig {
         if text.trim().is_empty() {
             return Ok(RepoConfig::default());
         }
-        yaml_serde::from_str(text).map_err(|e| format!("{FILE_NAME} is not valid: {e}"))
+        let config: RepoConfig =
+            yaml_serde::from_str(text).map_err(|e| format!("{FILE_NAME} is not valid: {e}"))?;
+        if config
+            .check_attempts
+            .is_some_and(|n| n > crate::runner::checks::MAX_EXTRA_GOES)
+        {
+            return Err(format!(
+                "{FILE_NAME} is not valid: check_attempts is at most {}",
+                crate::runner::checks::MAX_EXTRA_GOES
+            ));
+        }
+        if config.budget.is_some_and(|b| !(b.is_finite() && b > 0.0)) {
+            return Err(format!(
+                "{FILE_NAME} is not valid: budget must be a positive amount in USD"
+            ));
+        }
+        Ok(config)
     }
 
     /// The branch prefix, made safe for a ref name.
@@ -55,6 +79,20 @@ impl RepoConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_is_a_positive_amount() {
+        assert_eq!(
+            RepoConfig::parse("budget: 0.5\n").unwrap().budget,
+            Some(0.5)
+        );
+        for bad in ["budget: -1\n", "budget: 0\n", "budget: .nan\n"] {
+            assert!(
+                RepoConfig::parse(bad).unwrap_err().contains("budget"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn parses_every_field() {

@@ -241,18 +241,38 @@ impl Agent for ClaudeAgent {
             prompt,
             model,
             max_turns,
+            budget_usd,
             sandbox,
             log,
             cancel,
             activity,
+            checks,
             ..
         } = request;
         let model = model.unwrap_or_else(|| self.settings.model.clone());
         let max_turns = max_turns.unwrap_or(self.settings.max_turns).max(1);
         activity.send_modify(|a| a.model = Some(model.clone()));
-        let _ = log.send(format!(
-            "Claude agent: model {model}, at most {max_turns} turns"
-        ));
+        let budget = match budget_usd {
+            Some(usd)
+                if self
+                    .settings
+                    .prices
+                    .cost(&model, &Usage::default())
+                    .is_none() =>
+            {
+                let _ = log.send(format!(
+                    "Budget ${usd:.2} not enforced: no price for model {model} (REPOBOX_MODEL_PRICES)"
+                ));
+                None
+            }
+            other => other,
+        };
+        let _ = log.send(match budget {
+            Some(usd) => {
+                format!("Claude agent: model {model}, at most {max_turns} turns, budget ${usd:.2}")
+            }
+            None => format!("Claude agent: model {model}, at most {max_turns} turns"),
+        });
 
         let work_tree = sandbox.work_tree.to_string_lossy().into_owned();
         let mut tools = Tools {
@@ -264,13 +284,13 @@ impl Agent for ClaudeAgent {
         let result = self
             .converse(
                 &model,
-                max_turns,
+                (max_turns, budget),
                 &system_prompt(&work_tree, sandbox.proxy.is_some()),
                 prompt,
                 &mut tools,
                 &log,
                 &cancel,
-                &activity,
+                (&activity, checks.as_deref()),
             )
             .await;
         tools.bash.close().await;
@@ -283,13 +303,13 @@ impl ClaudeAgent {
     async fn converse(
         &self,
         model: &str,
-        max_turns: u32,
+        (max_turns, budget): (u32, Option<f64>),
         system: &str,
         prompt: String,
         tools: &mut Tools,
         log: &LogSink,
         cancel: &CancellationToken,
-        activity: &ActivitySink,
+        (activity, checks): (&ActivitySink, Option<&dyn crate::agent::Checks>),
     ) -> Result<AgentOutcome, AgentError> {
         let system = [Block::Text {
             text: system.to_owned(),
@@ -302,6 +322,7 @@ impl ClaudeAgent {
         }];
         let mut billed = Usage::default();
         let mut turns = 0;
+        let mut goes = 0;
         loop {
             if turns >= max_turns {
                 let _ = log.send(format!(
@@ -309,6 +330,18 @@ impl ClaudeAgent {
                 ));
                 return Err(AgentError::Failed(format!(
                     "the agent reached its limit of {max_turns} turns (max_turns) before finishing; nothing was pushed"
+                )));
+            }
+            // SPEC 16: the budget is checked before every request.
+            let spent = self.settings.prices.cost(model, &billed).unwrap_or(0.0);
+            if let Some(usd) = budget
+                && spent >= usd
+            {
+                let _ = log.send(format!(
+                    "Stopped: the budget of ${usd:.2} is reached (${spent:.4} spent in {turns} requests)"
+                ));
+                return Err(AgentError::Failed(format!(
+                    "stopped at its budget of ${usd:.2} (${spent:.4} spent in {turns} requests); nothing was pushed"
                 )));
             }
             mark_cache(&mut messages);
@@ -404,6 +437,29 @@ impl ClaudeAgent {
                 // The API paused a long turn: sending the conversation again resumes it.
                 "pause_turn" => {}
                 "end_turn" | "stop_sequence" => {
+                    // SPEC 16: the runner's checks decide whether it is done; failures
+                    // come back as the next user message, while extra goes are left.
+                    if let Some(checks) = checks {
+                        let round = checks.run().await?;
+                        if !round.passed() && goes < checks.extra_goes() {
+                            goes += 1;
+                            let _ = log.send(format!(
+                                "Checks failed: their output goes to Claude (extra go {goes} of {})",
+                                checks.extra_goes()
+                            ));
+                            let feedback = Block::text(round.feedback());
+                            match messages.last_mut() {
+                                Some(last) if last.role == Role::User => {
+                                    last.content.push(feedback)
+                                }
+                                _ => messages.push(Message {
+                                    role: Role::User,
+                                    content: vec![feedback],
+                                }),
+                            }
+                            continue;
+                        }
+                    }
                     let _ = log.send(format!("Claude finished after {turns} turns"));
                     return Ok(AgentOutcome {
                         summary: final_text,

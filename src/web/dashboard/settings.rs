@@ -244,6 +244,9 @@ fn admin_page(
                 label { "Allowed repositories (one per line, e.g. github:acme/* — empty: all)"
                     textarea name="allowed_repos" rows="4" { (repos.join("\n")) }
                 }
+                label { "Models .repobox.yml may choose besides the model below (one per line — empty: any)"
+                    textarea name="allowed_models" rows="3" { (s.allowed_models.join("\n")) }
+                }
                 label { "Sandbox network allowlist, added to REPOBOX_SANDBOX_ALLOW (one per line: host, *.domain, host:port or ip:port)"
                     textarea name="sandbox_allow" rows="4" { (allow.join("\n")) }
                 }
@@ -349,7 +352,7 @@ pub async fn save_admin(
     let mut updates: Vec<(&str, String)> = Vec::new();
     for name in crate::settings::FIELDS {
         if let Some(value) = form.get(name) {
-            let list = matches!(name, "allowed_repos" | "sandbox_allow");
+            let list = matches!(name, "allowed_repos" | "sandbox_allow" | "allowed_models");
             let value = if list {
                 value.split_whitespace().collect::<Vec<_>>().join(",")
             } else {
@@ -401,6 +404,20 @@ pub struct SecretForm {
     value: String,
 }
 
+/// An admin's form post: the admin and the session's CSRF token, or the page that
+/// refuses it (404 for anyone else, 403 without the token).
+async fn admin_post(
+    state: &AppState,
+    session: &Session,
+    token: &str,
+) -> Result<(SessionUser, String), Page> {
+    let (user, csrf) = admin_user(state, session).await?;
+    if !session::check_csrf(session, token).await {
+        return Err(super::csrf_refused());
+    }
+    Ok((user, csrf))
+}
+
 /// `POST /admin/secrets`: stores (or replaces) a setup secret, sealed and bound to its
 /// name.
 pub async fn save_secret(
@@ -408,13 +425,10 @@ pub async fn save_secret(
     session: Session,
     axum::Form(form): axum::Form<SecretForm>,
 ) -> Page {
-    let (user, csrf) = match admin_user(&state, &session).await {
+    let (user, csrf) = match admin_post(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
-    }
     let name = form.name.trim();
     let value = form.value.trim_end_matches(['\r', '\n']);
     let problem = crate::setup_secrets::check_name(name).err().or_else(|| {
@@ -452,13 +466,10 @@ pub async fn delete_secret(
     session: Session,
     axum::Form(form): axum::Form<SecretForm>,
 ) -> Page {
-    let (user, csrf) = match admin_user(&state, &session).await {
+    let (user, csrf) = match admin_post(&state, &session, &form.csrf).await {
         Ok(u) => u,
         Err(p) => return p,
     };
-    if !session::check_csrf(&session, &form.csrf).await {
-        return super::csrf_refused();
-    }
     match state.store.delete_setup_secret(form.name.trim()).await {
         Ok(true) => Page::Redirect("/admin".into()),
         Ok(false) => Page::NotFound(pages::not_found(Some(&user), &csrf)),
