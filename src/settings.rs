@@ -21,6 +21,8 @@
 //! | `allow_forks` | `true`/`false` | `false` (SPEC 14: jobs on PRs/MRs from forks) |
 //! | `allow_confidential` | `true`/`false` | `false` (SPEC 14: confidential GitLab notes and issues) |
 //! | `allowed_models` | model ids, comma or newline separated; `.repobox.yml` `model` must be one of them or the `model` setting (SPEC 16); empty = any | empty |
+//! | `monthly_cap_requester` | USD per requester per calendar month (UTC), e.g. `50`; empty = none (SPEC 16) | empty |
+//! | `monthly_cap_repo` | USD per repository per calendar month (UTC); empty = none | empty |
 //! | `sandbox_allow` | `host`, `*.domain`, `host:port`, `ip:port` entries, comma or newline separated; added to `REPOBOX_SANDBOX_ALLOW` (SPEC 15) | empty |
 
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ use crate::sandbox::network::Allowlist;
 use crate::store::{Store, StoreError};
 
 /// The names of the admin settings, in display order.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 13] = [
     "allowed_repos",
     "trigger",
     "label",
@@ -47,6 +49,8 @@ pub const FIELDS: [&str; 11] = [
     "allow_confidential",
     "sandbox_allow",
     "allowed_models",
+    "monthly_cap_requester",
+    "monthly_cap_repo",
 ];
 
 /// An admin setting that does not validate. The text is meant for the admin.
@@ -56,6 +60,26 @@ pub enum SettingsError {
     Unknown(String),
     #[error("admin setting `{field}`: {reason}")]
     Invalid { field: &'static str, reason: String },
+}
+
+/// A USD amount as cents: `50`, `12.5`, `0.25`; empty is no cap.
+fn cents(value: &str, field: &'static str) -> Result<Option<u64>, SettingsError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.trim_start_matches('$').parse::<f64>() {
+        Ok(usd) if usd.is_finite() && usd > 0.0 && usd <= 1_000_000.0 => {
+            Ok(Some((usd * 100.0).round() as u64))
+        }
+        _ => Err(invalid(
+            field,
+            "must be an amount in USD above 0 (e.g. `50` or `12.50`), or empty for no cap",
+        )),
+    }
+}
+
+fn cents_text(cents: Option<u64>) -> String {
+    cents.map_or_else(String::new, |c| format!("{}.{:02}", c / 100, c % 100))
 }
 
 /// A model id: no spaces or control characters, at most 100 bytes.
@@ -169,6 +193,10 @@ pub struct AdminSettings {
     pub sandbox_allow: Allowlist,
     /// Models `.repobox.yml` may pick besides `model`; empty: any.
     pub allowed_models: Vec<String>,
+    /// Spend a requester may reach per month, in cents; `None`: no cap.
+    pub monthly_cap_requester: Option<u64>,
+    /// Spend a repository may reach per month, in cents; `None`: no cap.
+    pub monthly_cap_repo: Option<u64>,
 }
 
 impl AdminSettings {
@@ -186,6 +214,8 @@ impl AdminSettings {
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
             allowed_models: Vec::new(),
+            monthly_cap_requester: None,
+            monthly_cap_repo: None,
         }
     }
 
@@ -241,6 +271,11 @@ impl AdminSettings {
             ("allow_confidential", self.allow_confidential.to_string()),
             ("sandbox_allow", self.sandbox_allow.to_string()),
             ("allowed_models", self.allowed_models.join(",")),
+            (
+                "monthly_cap_requester",
+                cents_text(self.monthly_cap_requester),
+            ),
+            ("monthly_cap_repo", cents_text(self.monthly_cap_repo)),
         ]
     }
 
@@ -259,6 +294,8 @@ impl AdminSettings {
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
             allowed_models: Vec::new(),
+            monthly_cap_requester: None,
+            monthly_cap_repo: None,
         };
         let field = probe.apply(name, value)?;
         let text = probe
@@ -316,6 +353,14 @@ impl AdminSettings {
                 }
                 self.model = value.to_owned();
                 Ok("model")
+            }
+            "monthly_cap_requester" => {
+                self.monthly_cap_requester = cents(value, "monthly_cap_requester")?;
+                Ok("monthly_cap_requester")
+            }
+            "monthly_cap_repo" => {
+                self.monthly_cap_repo = cents(value, "monthly_cap_repo")?;
+                Ok("monthly_cap_repo")
             }
             "allowed_models" => {
                 let models: Vec<String> = value
@@ -482,6 +527,8 @@ mod tests {
             allow_confidential: false,
             sandbox_allow: Allowlist::default(),
             allowed_models: Vec::new(),
+            monthly_cap_requester: None,
+            monthly_cap_repo: None,
         }
     }
 

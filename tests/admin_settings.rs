@@ -126,6 +126,8 @@ async fn a_bad_stored_value_falls_back_to_the_default_and_saving_one_is_refused(
         allow_confidential: false,
         sandbox_allow: Default::default(),
         allowed_models: Vec::new(),
+        monthly_cap_requester: None,
+        monthly_cap_repo: None,
     };
     let source = SettingsSource::new(app.store.clone(), defaults);
     let err = source

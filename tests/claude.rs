@@ -557,3 +557,82 @@ async fn failed_checks_are_the_next_message_of_the_same_conversation() {
     let comment = w.final_comment(&job).await;
     assert!(comment.contains("| ✓ |"), "{comment}");
 }
+
+/// SPEC 16: the admin's monthly cap per requester lowers a job's budget to what is left
+/// of it, a requester past the cap gets no request at all, and `/api/v1/usage` reports
+/// the month's spend per requester and repository (the API token sees everyone).
+#[tokio::test]
+async fn a_monthly_cap_per_requester_stops_jobs_and_usage_reports_the_spend() {
+    const TOKEN: &str = "usage-test-api-token-0123456789";
+    let view = |id: &str| {
+        calls(vec![tool(
+            id,
+            EDIT,
+            json!({"command": "view", "path": "."}),
+        )])
+    };
+    let fake = FakeAnthropic::start(vec![
+        view("a"),
+        view("b"),
+        view("c"),
+        view("d"),
+        view("e"),
+        done("x"),
+    ])
+    .await;
+    let w = world(Setup {
+        custom_agent: Some(claude(&fake, API_KEY)),
+        extra: vec!["--api-token".into(), TOKEN.into()],
+        ..Setup::default()
+    })
+    .await;
+    w.app
+        .store
+        .set_settings(&[("monthly_cap_requester", "0.02".into())])
+        .await
+        .unwrap();
+    // The fake's answers cost about $0.0056, $0.0061, $0.0065, $0.0068: four requests
+    // reach $0.02, and the fifth is never sent.
+    let id = w.comment("/repobox fix the spelling").await;
+    let (job, error) = w.failed(&id).await;
+    assert!(error.contains("stopped at its budget of $0.02"), "{error}");
+    assert_eq!(fake.requests().len(), 4);
+    let spent = job.cost_usd.unwrap();
+    assert!(spent >= 0.02, "{spent}");
+
+    let id = w
+        .comment_on("/repobox fix it again", 2, "Codertocat", 21031067)
+        .await;
+    let (_, error) = w.failed(&id).await;
+    assert!(
+        error.contains("the monthly budget of $0.02 per requester is spent for @Codertocat"),
+        "{error}"
+    );
+    assert_eq!(fake.requests().len(), 4, "no request past the cap");
+
+    let usage: Value = w
+        .app
+        .http
+        .get(format!("{}/api/v1/usage", w.app.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let requester = &usage["requesters"][0];
+    assert_eq!(requester["key"], "github:21031067", "{usage}");
+    assert_eq!(requester["login"], "Codertocat");
+    // The job record keeps the cost rounded; the month adds what was billed.
+    assert!(
+        (requester["usd"].as_f64().unwrap() - spent).abs() < 1e-4,
+        "{spent} {usage}"
+    );
+    assert_eq!(
+        usage["repositories"][0]["key"],
+        "github:Codertocat/Hello-World"
+    );
+    assert_eq!(usage["requesters"].as_array().unwrap().len(), 1);
+    w.app.stop().await;
+}

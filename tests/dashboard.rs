@@ -729,3 +729,53 @@ async fn setup_secrets_are_for_admins_stored_sealed_and_never_shown() {
         .unwrap();
     assert_eq!(r.status(), 404, "deleting what is not there");
 }
+
+#[tokio::test]
+async fn usage_shows_everyone_to_admins_and_only_their_own_line_to_others() {
+    use repobox::model::{ForgeKind, RepoRef, UserRef};
+    let app = app().await;
+    let month = repobox::store::usage::month(time::OffsetDateTime::now_utc());
+    let repo = RepoRef {
+        forge: ForgeKind::GitHub,
+        full_name: "acme/api".into(),
+        id: None,
+        installation_id: None,
+    };
+    for (id, login, usd) in [(101, "alice", 0.25), (202, "bob", 1.5)] {
+        let who = UserRef {
+            id,
+            login: login.into(),
+            is_bot: false,
+        };
+        app.store
+            .add_usage(&month, ForgeKind::GitHub, &who, &repo, usd)
+            .await
+            .unwrap();
+    }
+    let read = |b: &Browser, query: &str| {
+        client()
+            .get(format!("{}/api/v1/usage{query}", app.url))
+            .header("cookie", &b.cookie)
+            .send()
+    };
+    let alice = sign_in(&app, &github_user(101, "alice", false)).await;
+    let mine: serde_json::Value = read(&alice, "").await.unwrap().json().await.unwrap();
+    assert_eq!(mine["requesters"].as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine["requesters"][0]["login"], "alice");
+    assert!(
+        mine["repositories"].as_array().unwrap().is_empty(),
+        "{mine}"
+    );
+    let admin = sign_in(&app, &github_user(999, "root", true)).await;
+    let all: serde_json::Value = read(&admin, "").await.unwrap().json().await.unwrap();
+    assert_eq!(all["requesters"][0]["login"], "bob", "most first: {all}");
+    assert_eq!(all["repositories"][0]["usd"], 1.75);
+    assert_eq!(read(&admin, "?month=2026-1").await.unwrap().status(), 400);
+    let page = get(&app, Some(&admin), "/admin")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("@bob") && page.contains("1.50"), "{page}");
+    assert_eq!(get(&app, None, "/api/v1/usage").await.status(), 401);
+}

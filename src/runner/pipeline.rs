@@ -815,6 +815,8 @@ impl Pipeline {
             .narrowed_by(&config.network)
             .map_err(Failure)?;
         let allow = settings.sandbox_allow.extended(&self.admin.sandbox_allow.0);
+        // SPEC 16: the admin's monthly caps, before anything is paid for.
+        let month_left = self.month_left().await?;
         let mut sandbox = SandboxSpec {
             kind: settings.sandbox,
             work_tree: tree_path,
@@ -911,7 +913,8 @@ impl Pipeline {
         let ceiling = self.admin.max_turns;
         request.max_turns = Some(config.max_turns.map_or(ceiling, |t| t.min(ceiling)));
         let budget = self.runner.settings.job_budget_usd;
-        request.budget_usd = Some(config.budget.map_or(budget, |b| b.min(budget)));
+        let budget = config.budget.map_or(budget, |b| b.min(budget));
+        request.budget_usd = Some(month_left.map_or(budget, |left| left.min(budget)));
         let agent = self.runner.agent.clone();
         let run = agent.run(request);
         tokio::pin!(run);
@@ -1012,6 +1015,24 @@ impl Pipeline {
 
     /// Writes the agent's totals into the job (and its record).
     async fn record_activity(&mut self, a: &Activity) -> Result<(), Failure> {
+        // This attempt's spend counts toward the month (SPEC 16), whatever the outcome.
+        if let Some(usd) = a.cost_usd.filter(|usd| *usd > 0.0) {
+            let month = crate::store::usage::month(OffsetDateTime::now_utc());
+            if let Err(e) = self
+                .runner
+                .store
+                .add_usage(
+                    &month,
+                    self.job.repo.forge,
+                    &self.job.requester,
+                    &self.job.repo,
+                    usd,
+                )
+                .await
+            {
+                warn!(error = %e, "this job's spend was not added to the month's");
+            }
+        }
         let job = &mut self.job;
         job.agent_turns = u64::from(a.turns);
         job.tool_calls = u64::from(a.tool_calls);
@@ -1076,6 +1097,49 @@ impl Pipeline {
             forwarder: settings.sandbox_forwarder.clone(),
         };
         Ok(Some((proxy, binding)))
+    }
+
+    /// What this month's caps leave for the job (the smaller of the requester's and the
+    /// repository's), `None` without caps; a cap already reached fails the job.
+    async fn month_left(&self) -> Result<Option<f64>, Failure> {
+        let caps = [
+            (self.admin.monthly_cap_requester, "requester"),
+            (self.admin.monthly_cap_repo, "repository"),
+        ];
+        if caps.iter().all(|(cap, _)| cap.is_none()) {
+            return Ok(None);
+        }
+        let month = crate::store::usage::month(OffsetDateTime::now_utc());
+        let hash = self
+            .runner
+            .store
+            .usage(&month)
+            .await
+            .map_err(|e| Failure(format!("cannot read this month's spend: {e}")))?;
+        let usage = crate::store::usage::MonthUsage::from_hash(&month, &hash);
+        let forge = self.job.repo.forge;
+        let mut left: Option<f64> = None;
+        for (cap, whose) in caps {
+            let Some(cents) = cap else { continue };
+            let cap = cents as f64 / 100.0;
+            let (spent, who) = match whose {
+                "requester" => (
+                    usage.requester(forge, self.job.requester.id),
+                    format!("@{}", self.job.requester.login),
+                ),
+                _ => (
+                    usage.repository(forge, &self.job.repo.full_name),
+                    self.job.repo.full_name.clone(),
+                ),
+            };
+            if spent >= cap {
+                return Err(Failure(format!(
+                    "the monthly budget of ${cap:.2} per {whose} is spent for {who} (${spent:.2} in {month}); nothing was run"
+                )));
+            }
+            left = Some(left.map_or(cap - spent, |l: f64| l.min(cap - spent)));
+        }
+        Ok(left)
     }
 
     /// After the agent: checks that still fail fail the job when the repository says

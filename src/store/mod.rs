@@ -26,6 +26,7 @@ pub mod redis;
 pub mod redis_budget;
 pub mod sessions;
 pub mod settings;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub use self::recovery::Recovery;
 pub use self::redis::RedisStore;
 pub use self::sessions::Sessions;
 pub use self::settings::SettingsStore;
+pub use self::usage::UsageStore;
 
 /// How long a webhook delivery id is remembered (SPEC section 13: 72 h, GitHub's manual
 /// redelivery window is 3 days).
@@ -71,7 +73,16 @@ pub struct Delivery<'a> {
 /// Every storage seam at once, plus liveness.
 #[async_trait]
 pub trait Store:
-    JobQueue + JobRecords + Sessions + Accounts + SettingsStore + Recovery + Send + Sync + 'static
+    JobQueue
+    + JobRecords
+    + Sessions
+    + Accounts
+    + SettingsStore
+    + Recovery
+    + UsageStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Answers when the backend is reachable.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -37,6 +37,7 @@ mod recovery;
 mod server;
 mod sessions;
 mod settings;
+mod usage;
 
 use std::time::Duration;
 
@@ -185,6 +186,10 @@ impl Keys {
     }
     pub fn settings(&self) -> String {
         format!("{}settings", self.prefix)
+    }
+    /// `usage:<YYYY-MM>`: spend per requester and repository that month.
+    pub fn usage(&self, month: &str) -> String {
+        format!("{}usage:{month}", self.prefix)
     }
     /// `setup_secrets`: name → sealed value ([`crate::setup_secrets`]).
     pub fn setup_secrets(&self) -> String {

@@ -25,6 +25,55 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/retry", post(retry))
+        .route("/api/v1/usage", get(usage))
+}
+
+#[derive(serde::Deserialize)]
+pub struct UsageQuery {
+    /// `YYYY-MM`; this month (UTC) when absent.
+    month: Option<String>,
+}
+
+/// `GET /api/v1/usage[?month=YYYY-MM]`: spend per requester and per repository that
+/// month (SPEC 16). Admins (and the API token) see everyone; anyone else only their own
+/// line, and no repositories.
+async fn usage(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    Query(query): Query<UsageQuery>,
+) -> Response {
+    use crate::store::usage::{MonthUsage, month};
+    let (user, _) = match caller(&state, &session, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let month = match query.month {
+        None => month(time::OffsetDateTime::now_utc()),
+        Some(m)
+            if m.len() == 7
+                && m.as_bytes()[4] == b'-'
+                && m.chars()
+                    .enumerate()
+                    .all(|(i, c)| i == 4 || c.is_ascii_digit()) =>
+        {
+            m
+        }
+        Some(_) => return error(StatusCode::BAD_REQUEST, "month must be YYYY-MM"),
+    };
+    let hash = match state.store.usage(&month).await {
+        Ok(hash) => hash,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let mut usage = MonthUsage::from_hash(&month, &hash);
+    if !user.admin {
+        let own = user
+            .forge_account()
+            .map(|(forge, id)| format!("{forge}:{id}"));
+        usage.requesters.retain(|s| Some(&s.key) == own.as_ref());
+        usage.repositories.clear();
+    }
+    Json(usage).into_response()
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

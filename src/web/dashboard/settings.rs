@@ -229,7 +229,7 @@ fn admin_page(
     user: &SessionUser,
     csrf: &str,
     s: &AdminSettings,
-    secrets: &[String],
+    data: &AdminData,
     error: Option<&str>,
 ) -> Markup {
     let repos: Vec<String> = s.allowed_repos.iter().map(|p| p.to_string()).collect();
@@ -256,6 +256,8 @@ fn admin_page(
                     label { "Model" input name="model" value=(s.model); }
                     label { "Jobs per user" input name="per_user_limit" value=(s.per_user_limit); }
                     label { "Max turns" input name="max_turns" value=(s.max_turns); }
+                    label { "Monthly cap per requester, USD (empty: none)" input name="monthly_cap_requester" value=(fields_value(s, "monthly_cap_requester")); }
+                    label { "Monthly cap per repository, USD (empty: none)" input name="monthly_cap_repo" value=(fields_value(s, "monthly_cap_repo")); }
                     label { "Workflow changes"
                         select name="allow_workflow_changes" {
                             option value="false" selected[!s.allow_workflow_changes] { "refused" }
@@ -281,11 +283,11 @@ fn admin_page(
         div.card {
             h2 { "Setup secrets" }
             p.muted { "Given to a repository's setup commands when its .repobox.yml names them in setup_env; never to the agent, masked in job logs. Values are stored sealed and never shown again." }
-            @if secrets.is_empty() {
+            @if data.secrets.is_empty() {
                 p { "No setup secrets yet." }
             } @else {
                 table {
-                    @for name in secrets {
+                    @for name in &data.secrets {
                         tr {
                             td { code { (name) } }
                             td {
@@ -306,6 +308,28 @@ fn admin_page(
                     label { "Value" input type="password" name="value" autocomplete="off"; }
                 }
                 p { button type="submit" { "Save secret" } }
+            }
+        }
+        div.card {
+            h2 { "Spend in " (data.usage.month) " (UTC)" }
+            @if data.usage.requesters.is_empty() {
+                p { "Nothing billed this month." }
+            } @else {
+                table {
+                    tr { th { "Requester" } th { "USD" } }
+                    @for s in &data.usage.requesters {
+                        tr {
+                            td { @if let Some(login) = &s.login { "@" (login) " " } span.muted { (s.key) } }
+                            td { (format!("{:.2}", s.usd)) }
+                        }
+                    }
+                }
+                table {
+                    tr { th { "Repository" } th { "USD" } }
+                    @for s in &data.usage.repositories {
+                        tr { td { (s.key) } td { (format!("{:.2}", s.usd)) } }
+                    }
+                }
             }
         }
     };
@@ -330,7 +354,7 @@ pub async fn admin(State(state): State<AppState>, session: Session) -> Page {
             &user,
             &csrf,
             &s,
-            &secret_names(&state).await,
+            &admin_data(&state).await,
             None,
         )),
         Err(e) => super::unavailable(e),
@@ -352,7 +376,15 @@ pub async fn save_admin(
     let mut updates: Vec<(&str, String)> = Vec::new();
     for name in crate::settings::FIELDS {
         if let Some(value) = form.get(name) {
-            let list = matches!(name, "allowed_repos" | "sandbox_allow" | "allowed_models");
+            // Lists and caps may be emptied (every repository, no cap).
+            let list = matches!(
+                name,
+                "allowed_repos"
+                    | "sandbox_allow"
+                    | "allowed_models"
+                    | "monthly_cap_requester"
+                    | "monthly_cap_repo"
+            );
             let value = if list {
                 value.split_whitespace().collect::<Vec<_>>().join(",")
             } else {
@@ -373,7 +405,7 @@ pub async fn save_admin(
                     &user,
                     &csrf,
                     &current,
-                    &secret_names(&state).await,
+                    &admin_data(&state).await,
                     Some(&e.to_string()),
                 ),
             )
@@ -382,16 +414,39 @@ pub async fn save_admin(
     }
 }
 
-/// The names of the stored setup secrets, sorted (values are never read here).
-async fn secret_names(state: &AppState) -> Vec<String> {
-    let mut names: Vec<String> = state
+/// A setting's stored text (as the form shows it).
+fn fields_value(s: &AdminSettings, name: &str) -> String {
+    s.to_fields()
+        .into_iter()
+        .find(|(field, _)| *field == name)
+        .map(|(_, value)| value)
+        .unwrap_or_default()
+}
+
+/// What the admin page shows besides the settings.
+struct AdminData {
+    /// The stored setup secrets' names, sorted (values are never read here).
+    secrets: Vec<String>,
+    /// This month's spend.
+    usage: crate::store::usage::MonthUsage,
+}
+
+async fn admin_data(state: &AppState) -> AdminData {
+    let mut secrets: Vec<String> = state
         .store
         .setup_secrets()
         .await
         .map(|m| m.into_keys().collect())
         .unwrap_or_default();
-    names.sort();
-    names
+    secrets.sort();
+    let month = crate::store::usage::month(time::OffsetDateTime::now_utc());
+    let usage = state
+        .store
+        .usage(&month)
+        .await
+        .map(|hash| crate::store::usage::MonthUsage::from_hash(&month, &hash))
+        .unwrap_or_default();
+    AdminData { secrets, usage }
 }
 
 #[derive(serde::Deserialize)]
@@ -445,10 +500,10 @@ pub async fn save_secret(
     });
     if let Some(problem) = problem {
         let current = state.settings.current().await;
-        let names = secret_names(&state).await;
+        let data = admin_data(&state).await;
         return Page::Status(
             StatusCode::BAD_REQUEST,
-            admin_page(&user, &csrf, &current, &names, Some(&problem)),
+            admin_page(&user, &csrf, &current, &data, Some(&problem)),
         );
     }
     let sealed = state
