@@ -193,7 +193,9 @@ async fn a_flood_of_output_is_dropped_and_counted_while_the_runner_stays_small()
 /// the runner takes the next job.
 #[tokio::test]
 async fn whole_job_limits_stop_the_processes_and_the_runner_goes_on() {
-    let agent = r#"case "$REPOBOX_PROMPT" in
+    // The task's own words are the prompt's second line (later lines quote the thread's
+    // earlier jobs).
+    let agent = r#"case "$(printf '%s\n' "$REPOBOX_PROMPT" | sed -n 2p)" in
 *hog*) for i in 1 2 3 4; do python3 -c "x = bytearray(b'\x01') * (200 << 20); import time; time.sleep(120)" hog-marker & done; wait ;;
 *forks*) for i in $(seq 1 40); do sleep 120 & done; wait ;;
 *) echo fixed >> README.md; printf 'Fix\n\nDone.\n' > "$REPOBOX_SUMMARY_FILE" ;;

@@ -122,6 +122,39 @@ impl Mirror {
         Ok(None)
     }
 
+    /// The job ids named by `Repobox-Job:` trailers of the commits from `tip` back to (not
+    /// past) `stop_at`, newest first: which Repobox jobs made a pull/merge request's
+    /// commits.
+    pub fn job_trailers(
+        &self,
+        tip: &str,
+        stop_at: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, GitError> {
+        let repo = self.open()?;
+        let err = |e| GitError::other("read the commits' trailers", e);
+        let mut walk = repo.revwalk().map_err(err)?;
+        walk.push(Oid::from_str(tip).map_err(err)?).map_err(err)?;
+        if let Some(stop) = stop_at.and_then(|s| Oid::from_str(s).ok())
+            && repo.find_commit(stop).is_ok()
+        {
+            walk.hide(stop).map_err(err)?;
+        }
+        let mut ids = Vec::new();
+        for oid in walk.take(limit) {
+            let commit = repo.find_commit(oid.map_err(err)?).map_err(err)?;
+            let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
+            for line in message.lines() {
+                if let Some(id) = line.trim().strip_prefix("Repobox-Job: ")
+                    && !ids.iter().any(|i| i == id)
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// Creates a work tree at `<workdir>/trees/<job_id>` on the new branch
     /// `repobox-job/<job_id>` starting at `base_sha`, checked out; replaces a leftover
     /// tree of the same job (a runner that crashed). Reuses a parked tree of this mirror

@@ -147,6 +147,7 @@ pub fn prompt(
     job: &Job,
     config: &RepoConfig,
     guidance: &[super::instructions::InstructionFile],
+    earlier: &[Job],
     discussion: Option<&Discussion>,
     diff: Option<&DiffContext>,
 ) -> String {
@@ -187,6 +188,21 @@ pub fn prompt(
             crate::model::ForgeKind::GitLab => "GitLab",
         }
     ));
+    if !earlier.is_empty() {
+        p.push_str("\nEarlier Repobox jobs here (from Repobox's records), oldest first:\n");
+        for e in earlier {
+            p.push_str(&format!(
+                "\nJob {} by @{} ({}), asked:\n{}",
+                e.id,
+                login(&e.requester.login),
+                e.status.as_str(),
+                quote(&e.instructions, 2_000)
+            ));
+            if let Some(summary) = e.summary.as_deref().filter(|s| !s.trim().is_empty()) {
+                p.push_str(&format!("Its summary:\n{}", quote(summary, 4_000)));
+            }
+        }
+    }
     let title = discussion
         .map(|d| d.title.as_str())
         .filter(|t| !t.trim().is_empty())
@@ -295,7 +311,7 @@ mod tests {
             omitted: 0,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], &[], Some(&d), None);
         assert!(
             p.starts_with("Task from @octo on issue #12 of acme/api:\nfix the flaky login test\n")
         );
@@ -326,7 +342,7 @@ mod tests {
             others_omitted: 2,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], &[], Some(&d), None);
         assert!(p.contains("> a writer's note"), "{p}");
         assert!(p.contains("\n2 comments by others omitted"), "{p}");
         let only_others = Discussion {
@@ -337,6 +353,7 @@ mod tests {
         let p = prompt(
             &job(),
             &RepoConfig::default(),
+            &[],
             &[],
             Some(&only_others),
             None,
@@ -351,7 +368,7 @@ mod tests {
             check: vec!["cargo test".into()],
             ..RepoConfig::default()
         };
-        let p = prompt(&job(), &config, &[], None, None);
+        let p = prompt(&job(), &config, &[], &[], None, None);
         let (task, _) = p.split_once("\n---\n").unwrap();
         assert!(task.contains("Use tabs."));
         assert!(task.contains("- `cargo test`"));
@@ -369,7 +386,7 @@ mod tests {
             omitted: 5,
             ..Discussion::default()
         };
-        let p = prompt(&job(), &RepoConfig::default(), &[], Some(&d), None);
+        let p = prompt(&job(), &RepoConfig::default(), &[], &[], Some(&d), None);
         assert!(p.contains("comment 39 "));
         assert!(!p.contains("comment 0 "));
         let kept = p.matches(" wrote:").count();
@@ -386,7 +403,7 @@ mod tests {
             line: Some(3),
             diff_hunk: None,
         });
-        let p = prompt(&j, &RepoConfig::default(), &[], None, None);
+        let p = prompt(&j, &RepoConfig::default(), &[], &[], None, None);
         let expected = format!(
             "`docs/{} guide/intro more.md`, line 3",
             "section".repeat(20)
@@ -402,7 +419,7 @@ mod tests {
         };
         let mut j = job();
         j.thread.kind = ThreadKind::PullRequest;
-        let p = prompt(&j, &RepoConfig::default(), &[], None, Some(&diff));
+        let p = prompt(&j, &RepoConfig::default(), &[], &[], None, Some(&diff));
         assert!(p.contains("diff against its base; cut short"));
         assert!(p.contains("> diff --git a/x b/x\n> +added\n"));
     }

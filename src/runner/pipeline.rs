@@ -153,6 +153,9 @@ pub struct Pipeline {
     admin: AdminSettings,
     /// The repository's instruction files (`AGENTS.md`…) from the default branch.
     guidance: Vec<InstructionFile>,
+    /// Earlier jobs of this thread, or whose commits are on this pull/merge request,
+    /// oldest first (SPEC 16, follow-ups).
+    earlier: Vec<Job>,
 }
 
 impl Pipeline {
@@ -170,6 +173,7 @@ impl Pipeline {
             diff: None,
             admin: runner.settings.admin_defaults.clone(),
             guidance: Vec::new(),
+            earlier: Vec::new(),
             runner,
         }
     }
@@ -601,6 +605,8 @@ impl Pipeline {
             Some(text) => RepoConfig::parse(&text).map_err(Failure)?,
             None => RepoConfig::default(),
         };
+        // SPEC 16: follow-ups continue from the earlier jobs' records.
+        self.earlier = self.earlier_jobs(&mirror, &base_sha, &default_sha).await;
         // SPEC 16: the repository may only pick a model the admin allows.
         if let Some(model) = &config.model
             && !self.admin.model_allowed(model)
@@ -894,6 +900,7 @@ impl Pipeline {
             &self.job,
             config,
             &self.guidance,
+            &self.earlier,
             self.discussion.as_ref(),
             self.diff.as_ref(),
         );
@@ -1097,6 +1104,45 @@ impl Pipeline {
             forwarder: settings.sandbox_forwarder.clone(),
         };
         Ok(Some((proxy, binding)))
+    }
+
+    /// The earlier jobs a follow-up continues from: this thread's, and on a pull/merge
+    /// request the jobs named by its commits' `Repobox-Job:` trailers (the issue's job
+    /// that opened it). From Repobox's own records, never from text people can edit;
+    /// same repository only; at most [`EARLIER_JOBS`]. Lookup errors leave it empty.
+    async fn earlier_jobs(&self, mirror: &Arc<Mirror>, head: &str, default: &str) -> Vec<Job> {
+        let store = &self.runner.store;
+        let mut ids: Vec<crate::job::JobId> = store
+            .thread_jobs(&self.job.repo, self.job.thread, 20)
+            .await
+            .unwrap_or_default();
+        if self.job.thread.kind != ThreadKind::Issue {
+            let (m, head, default) = (mirror.clone(), head.to_owned(), default.to_owned());
+            let named = blocking(move || m.job_trailers(&head, Some(&default), 100))
+                .await
+                .unwrap_or_default();
+            ids.extend(
+                named
+                    .iter()
+                    .filter_map(|id| id.parse::<crate::job::JobId>().ok()),
+            );
+        }
+        let mut jobs: Vec<Job> = Vec::new();
+        for id in ids {
+            if id == self.job.id || jobs.iter().any(|j| j.id == id) {
+                continue;
+            }
+            if let Ok(Some(job)) = store.get_job(id).await
+                && job.repo.forge == self.job.repo.forge
+                && job.repo.full_name == self.job.repo.full_name
+                && job.created_at < self.job.created_at
+            {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by_key(|j| j.created_at);
+        let skip = jobs.len().saturating_sub(EARLIER_JOBS);
+        jobs.split_off(skip)
     }
 
     /// What this month's caps leave for the job (the smaller of the requester's and the
@@ -1530,6 +1576,9 @@ impl Pipeline {
         (status, error)
     }
 }
+
+/// Earlier jobs a follow-up is told about, at most (the latest).
+const EARLIER_JOBS: usize = 5;
 
 /// The job fields [`Pipeline::record_activity`] writes.
 const ACTIVITY_FIELDS: [&str; 8] = [
