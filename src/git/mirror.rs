@@ -102,8 +102,24 @@ impl Mirror {
         trailer: &str,
         limit: usize,
     ) -> Result<Option<String>, GitError> {
+        for (oid, message) in self.messages(tip, stop_at, limit)? {
+            if message.lines().any(|l| l.trim() == trailer) {
+                return Ok(Some(oid));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The commits from `tip` back to (not past) `stop_at`, newest first, at most
+    /// `limit`: each one's id and message.
+    fn messages(
+        &self,
+        tip: &str,
+        stop_at: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, GitError> {
         let repo = self.open()?;
-        let err = |e| GitError::other("look for the job's commit", e);
+        let err = |e| GitError::other("read the commits", e);
         let mut walk = repo.revwalk().map_err(err)?;
         walk.push(Oid::from_str(tip).map_err(err)?).map_err(err)?;
         if let Some(stop) = stop_at.and_then(|s| Oid::from_str(s).ok())
@@ -111,15 +127,14 @@ impl Mirror {
         {
             walk.hide(stop).map_err(err)?;
         }
+        let mut out = Vec::new();
         for oid in walk.take(limit) {
             let oid = oid.map_err(err)?;
             let commit = repo.find_commit(oid).map_err(err)?;
-            let message = String::from_utf8_lossy(commit.message_bytes());
-            if message.lines().any(|l| l.trim() == trailer) {
-                return Ok(Some(oid.to_string()));
-            }
+            let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
+            out.push((oid.to_string(), message));
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// The job ids named by `Repobox-Job:` trailers of the commits from `tip` back to (not
@@ -131,19 +146,8 @@ impl Mirror {
         stop_at: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, GitError> {
-        let repo = self.open()?;
-        let err = |e| GitError::other("read the commits' trailers", e);
-        let mut walk = repo.revwalk().map_err(err)?;
-        walk.push(Oid::from_str(tip).map_err(err)?).map_err(err)?;
-        if let Some(stop) = stop_at.and_then(|s| Oid::from_str(s).ok())
-            && repo.find_commit(stop).is_ok()
-        {
-            walk.hide(stop).map_err(err)?;
-        }
         let mut ids = Vec::new();
-        for oid in walk.take(limit) {
-            let commit = repo.find_commit(oid.map_err(err)?).map_err(err)?;
-            let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
+        for (_, message) in self.messages(tip, stop_at, limit)? {
             for line in message.lines() {
                 if let Some(id) = line.trim().strip_prefix("Repobox-Job: ")
                     && !ids.iter().any(|i| i == id)

@@ -459,16 +459,16 @@ pub struct SecretForm {
     value: String,
 }
 
-/// An admin's form post: the admin and the session's CSRF token, or the page that
-/// refuses it (404 for anyone else, 403 without the token).
+/// An admin's form post ([`super::posted`]), or the page that refuses it: 403 without
+/// the CSRF token, 404 for anyone but an admin.
 async fn admin_post(
     state: &AppState,
     session: &Session,
     token: &str,
 ) -> Result<(SessionUser, String), Page> {
-    let (user, csrf) = admin_user(state, session).await?;
-    if !session::check_csrf(session, token).await {
-        return Err(super::csrf_refused());
+    let (user, csrf) = super::posted(state, session, token).await?;
+    if !user.admin {
+        return Err(Page::NotFound(pages::not_found(Some(&user), &csrf)));
     }
     Ok((user, csrf))
 }
