@@ -425,6 +425,7 @@ pub fn build_agent(config: &Config) -> anyhow::Result<Arc<dyn Agent>> {
                 model: config.model.clone(),
                 max_turns: config.max_turns,
                 max_tokens: config.max_tokens,
+                context_window: config.context_window,
                 prices: config.price_table()?,
                 ..claude::ClaudeSettings::default()
             };

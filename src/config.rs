@@ -187,6 +187,11 @@ pub struct Config {
         global = true
     )]
     pub max_tokens: u32,
+    /// The model's context window in tokens, when it is not the documented 200,000 (a
+    /// 1M-token beta, a proxy with a smaller limit). Old tool results are elided before
+    /// a request would pass it.
+    #[arg(long, env = "REPOBOX_CONTEXT_WINDOW", global = true)]
+    pub context_window: Option<u64>,
     /// Prices added to or replacing the built-in table, USD per million tokens:
     /// `model=input,output[,cache_write,cache_read];…`.
     #[arg(long, env = "REPOBOX_MODEL_PRICES", default_value = "", global = true)]
@@ -433,6 +438,9 @@ impl Config {
             .is_some_and(|t| t.expose().len() < 24)
         {
             bail!("REPOBOX_API_TOKEN must be at least 24 characters (`repobox keygen` makes one)");
+        }
+        if self.context_window.is_some_and(|w| w < 1024) {
+            bail!("REPOBOX_CONTEXT_WINDOW must be at least 1024 tokens");
         }
         if self.max_tokens == 0 {
             bail!("REPOBOX_MAX_TOKENS must be at least 1");

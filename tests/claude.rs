@@ -26,6 +26,11 @@ const MODEL: &str = "claude-sonnet-4-5";
 
 /// The Claude agent in the test's own process, retrying fast.
 fn claude(fake: &FakeAnthropic, key: &str) -> Arc<dyn Agent> {
+    claude_with(fake, key, None)
+}
+
+/// The same, with `REPOBOX_CONTEXT_WINDOW`.
+fn claude_with(fake: &FakeAnthropic, key: &str, context_window: Option<u64>) -> Arc<dyn Agent> {
     let client = Client::new(
         &fake.url,
         Secret::new(key),
@@ -40,6 +45,7 @@ fn claude(fake: &FakeAnthropic, key: &str) -> Arc<dyn Agent> {
         client,
         ClaudeSettings {
             model: MODEL.into(),
+            context_window,
             ..ClaudeSettings::default()
         },
     ))
@@ -635,4 +641,267 @@ async fn a_monthly_cap_per_requester_stops_jobs_and_usage_reports_the_spend() {
     );
     assert_eq!(usage["requesters"].as_array().unwrap().len(), 1);
     w.app.stop().await;
+}
+
+/// `n` files of about `size` bytes each, `docs/part<k>.md`, each line naming its file.
+fn big_files(n: usize, size: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|k| {
+            let mut text = String::new();
+            let mut i = 0;
+            while text.len() < size {
+                text.push_str(&format!(
+                    "part {k} line {i}: the quick brown fox jumps over the lazy dog\n"
+                ));
+                i += 1;
+            }
+            (format!("docs/part{k}.md"), text)
+        })
+        .collect()
+}
+
+fn view_file(id: &str, path: &str) -> Turn {
+    calls(vec![tool(
+        id,
+        EDIT,
+        json!({"command": "view", "path": path}),
+    )])
+}
+
+/// Input tokens a request carried, as the counting fake reported them.
+fn prompt_tokens(usage: &repobox::agent::Usage) -> u64 {
+    usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+}
+
+/// The text of every `tool_result` in a request's messages, in order.
+fn all_results(body: &Value) -> Vec<String> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().unwrap().iter())
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| b["content"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// SPEC 16: a 30-turn job that reads 30 large files through a 60,000-token window
+/// (`REPOBOX_CONTEXT_WINDOW`) never sends a request over it: the oldest results become
+/// one-line notes, the latest stay whole, the task never changes, and most of what is
+/// sent is still read from the prompt cache.
+#[tokio::test]
+async fn a_thirty_turn_job_reading_large_files_never_sends_a_request_over_the_window() {
+    const WINDOW: u64 = 60_000;
+    let files = big_files(30, 8_000);
+    let mut script: Vec<Turn> = files
+        .iter()
+        .enumerate()
+        .map(|(k, (path, _))| view_file(&format!("toolu_{k:02}"), path))
+        .collect();
+    script.push(done("Read everything\n\nNothing to change."));
+    let fake = FakeAnthropic::with_window(script, WINDOW).await;
+    let w = world(Setup {
+        custom_agent: Some(claude_with(&fake, API_KEY, Some(WINDOW))),
+        files: files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect(),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox read the docs").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
+    assert_eq!(fake.left(), 0);
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 31);
+    for (n, r) in requests.iter().enumerate() {
+        assert_eq!(r.refused, None, "request {n} was refused");
+        assert!(prompt_tokens(&r.usage.unwrap()) <= WINDOW);
+        // The cached prefix: the task is the same bytes in every request.
+        assert_eq!(
+            r.body["messages"][0], requests[0].body["messages"][0],
+            "request {n}"
+        );
+    }
+    // Without trimming, the 30 results alone would be over the window.
+    let whole: usize = files.iter().map(|(_, t)| t.len()).sum();
+    assert!(whole as u64 / 4 > WINDOW);
+    let last = all_results(&requests[30].body);
+    assert_eq!(last.len(), 30);
+    assert!(
+        last[0].starts_with("[Repobox removed this tool result")
+            && last[0].contains("`view docs/part0.md` returned"),
+        "{}",
+        last[0]
+    );
+    for (k, result) in last.iter().enumerate().skip(28) {
+        assert!(
+            result.contains(&format!("part {k} line 99:")),
+            "result {k} is whole"
+        );
+    }
+    let log = w.log(&id).await.join("\n");
+    let trims = log
+        .matches("replaced by notes to stay under the context window")
+        .count();
+    assert!(trims >= 1, "{log}");
+    // Trimming to half the limit keeps trims rare, so the cache stays warm.
+    assert!(trims <= 8, "{trims} trims");
+    let usage: Vec<_> = requests.iter().map(|r| r.usage.unwrap()).collect();
+    let read: u64 = usage.iter().map(|u| u.cache_read_tokens).sum();
+    let sent: u64 = usage.iter().map(prompt_tokens).sum();
+    assert!(
+        read * 10 >= sent * 6,
+        "{read} of {sent} read from the cache"
+    );
+    assert_tokens_match(&job, &fake);
+}
+
+/// SPEC 16: without the window configured (the agent assumes 200,000 tokens), the API's
+/// 400 "prompt is too long" is trimmed and sent again, and a
+/// `model_context_window_exceeded` stop goes on after a trim: the job succeeds, and
+/// neither is a turn.
+#[tokio::test]
+async fn a_prompt_over_the_window_is_trimmed_and_sent_again_not_a_failure() {
+    const WINDOW: u64 = 20_000;
+    let files = big_files(12, 8_000);
+    let mut script: Vec<Turn> = files[..8]
+        .iter()
+        .enumerate()
+        .map(|(k, (path, _))| view_file(&format!("toolu_{k:02}"), path))
+        .collect();
+    script.push(Turn::Message {
+        blocks: vec![fake::text("Reading on")],
+        stop_reason: "model_context_window_exceeded",
+    });
+    script.extend(
+        files[8..]
+            .iter()
+            .enumerate()
+            .map(|(k, (path, _))| view_file(&format!("toolu_{:02}", k + 8), path)),
+    );
+    script.push(done("Read everything\n\nNothing to change."));
+    let turns = script.len();
+    let fake = FakeAnthropic::with_window(script, WINDOW).await;
+    let w = world(Setup {
+        custom_agent: Some(claude(&fake, API_KEY)),
+        files: files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect(),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox read the docs").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
+    assert_eq!(fake.left(), 0);
+    let requests = fake.requests();
+    let refused: Vec<usize> = (0..requests.len())
+        .filter(|&n| requests[n].refused.is_some())
+        .collect();
+    assert!(!refused.is_empty());
+    for &n in &refused {
+        let why = requests[n].refused.as_deref().unwrap();
+        assert!(why.starts_with("prompt is too long:"), "{why}");
+        // The resend is answered, with fewer results whole.
+        let resent = &requests[n + 1];
+        assert_eq!(resent.refused, None);
+        let whole = |body: &Value| {
+            all_results(body)
+                .iter()
+                .filter(|r| !r.starts_with("[Repobox removed"))
+                .count()
+        };
+        assert!(whole(&resent.body) < whole(&requests[n].body));
+    }
+    assert_eq!(requests.len(), turns + refused.len());
+    assert_eq!(job.agent_turns as usize, turns, "refusals are not turns");
+    // After the stop at the window: the note, and a trim.
+    let after_stop = requests
+        .iter()
+        .find(|r| r.body.to_string().contains("stopped at the context window"))
+        .expect("the note after the stop");
+    assert_eq!(after_stop.refused, None);
+    let log = w.log(&id).await.join("\n");
+    assert!(log.contains("the prompt is too long"), "{log}");
+    let stop_at = log
+        .find("The response stopped at the context window")
+        .unwrap();
+    assert!(
+        log[stop_at..].contains("replaced by notes"),
+        "a trim follows the stop: {log}"
+    );
+}
+
+/// The README's cost report (SPEC 16): a typical job — reads five files, three edits,
+/// four commands, a summary — on the counting fake, priced with and without the prompt
+/// cache. Run `cargo test --features failpoints --test claude typical_job -- --nocapture`
+/// to print the figures.
+#[tokio::test]
+async fn typical_job_cost_with_and_without_prompt_caching() {
+    let files = big_files(5, 4_000);
+    let mut script: Vec<Turn> = files
+        .iter()
+        .enumerate()
+        .map(|(k, (path, _))| view_file(&format!("toolu_v{k}"), path))
+        .collect();
+    for k in 0..3 {
+        script.push(calls(vec![tool(
+            &format!("toolu_e{k}"),
+            EDIT,
+            json!({"command": "str_replace", "path": format!("docs/part{k}.md"),
+                   "old_str": format!("part {k} line 7:"), "new_str": format!("part {k} line seven:")}),
+        )]));
+    }
+    for k in 0..4 {
+        script.push(calls(vec![tool(
+            &format!("toolu_b{k}"),
+            "bash",
+            json!({"command": format!("grep -c 'line' docs/part{k}.md; seq 1 300")}),
+        )]));
+    }
+    script.push(done("Renumber line seven\n\nSpelled out in three files."));
+    let fake = FakeAnthropic::with_window(script, 200_000).await;
+    let w = world(Setup {
+        custom_agent: Some(claude(&fake, API_KEY)),
+        files: files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect(),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox spell out line seven").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+    assert_tokens_match(&job, &fake);
+    let billed = fake.billed();
+    let prices = PriceTable::default();
+    let cached = prices.cost(MODEL, &billed).unwrap();
+    let uncached = prices
+        .cost(
+            MODEL,
+            &repobox::agent::Usage {
+                input_tokens: prompt_tokens(&billed),
+                output_tokens: billed.output_tokens,
+                cache_write_tokens: 0,
+                cache_read_tokens: 0,
+            },
+        )
+        .unwrap();
+    println!(
+        "typical job ({} requests, {MODEL}): input {} + cache write {} + cache read {} + output {} tokens",
+        fake.requests().len(),
+        billed.input_tokens,
+        billed.cache_write_tokens,
+        billed.cache_read_tokens,
+        billed.output_tokens
+    );
+    println!(
+        "with prompt caching ${cached:.4}, without ${uncached:.4} ({:.0}% saved)",
+        100.0 * (1.0 - cached / uncached)
+    );
+    assert!(cached < uncached * 0.6, "{cached} vs {uncached}");
 }

@@ -9,8 +9,16 @@
 //! `tool_use` is not answered by a `tool_result` in the very next user message, roles
 //! that do not alternate, or more than 4 cache breakpoints; and 401s a wrong key. The
 //! model's turns are scripted; every request and every token it billed is recorded.
+//!
+//! Usage is synthetic by default (figures that differ per answer). Started with
+//! [`FakeAnthropic::with_window`], the fake counts tokens instead — one per 4 bytes of
+//! each block's JSON, `cache_control` left out — models the prompt cache (a breakpoint
+//! caches the prefix up to it; a later request reads the longest cached prefix, writes
+//! up to its last breakpoint, and pays full price after it), and refuses a request over
+//! the window with the API's 400 `prompt is too long: N tokens > M maximum`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -74,6 +82,8 @@ pub struct Recorded {
     pub body: Value,
     /// Why the fake refused it, if it did (as the real API would).
     pub refused: Option<String>,
+    /// The usage it reported for this request, when it answered one.
+    pub usage: Option<Usage>,
 }
 
 #[derive(Default)]
@@ -82,6 +92,9 @@ struct Inner {
     requests: Vec<Recorded>,
     billed: Usage,
     served: u64,
+    /// Counting mode: the window in tokens, and the cached prefixes (hashes).
+    window: Option<u64>,
+    cached: HashSet<u64>,
 }
 
 #[derive(Clone)]
@@ -92,10 +105,25 @@ pub struct FakeAnthropic {
 
 impl FakeAnthropic {
     pub async fn start(script: Vec<Turn>) -> FakeAnthropic {
-        let inner = Arc::new(Mutex::new(Inner {
+        FakeAnthropic::serve(Inner {
             script: script.into(),
             ..Inner::default()
-        }));
+        })
+        .await
+    }
+
+    /// A fake that counts tokens, models the cache and refuses prompts over `window`.
+    pub async fn with_window(script: Vec<Turn>, window: u64) -> FakeAnthropic {
+        FakeAnthropic::serve(Inner {
+            script: script.into(),
+            window: Some(window),
+            ..Inner::default()
+        })
+        .await
+    }
+
+    async fn serve(inner: Inner) -> FakeAnthropic {
+        let inner = Arc::new(Mutex::new(inner));
         let app = axum::Router::new()
             .route("/v1/messages", post(messages))
             .with_state(inner.clone());
@@ -257,6 +285,7 @@ async fn messages(
         version: header("anthropic-version"),
         body: body.clone(),
         refused: None,
+        usage: None,
     };
     let mut inner = inner.lock().unwrap();
     if recorded.api_key != API_KEY {
@@ -274,6 +303,16 @@ async fn messages(
         inner.requests.push(recorded);
         return error_response(400, "invalid_request_error", &message, None);
     }
+    let counted = inner.window.map(|window| (window, prompt_blocks(&body)));
+    if let Some((window, blocks)) = &counted {
+        let tokens: u64 = blocks.iter().map(|(t, _)| t).sum();
+        if tokens > *window {
+            let message = format!("prompt is too long: {tokens} tokens > {window} maximum");
+            recorded.refused = Some(message.clone());
+            inner.requests.push(recorded);
+            return error_response(400, "invalid_request_error", &message, None);
+        }
+    }
     inner.requests.push(recorded);
     let Some(turn) = inner.script.pop_front() else {
         return error_response(
@@ -285,13 +324,22 @@ async fn messages(
     };
     inner.served += 1;
     let n = inner.served;
-    // Figures that differ per answer, so sums are meaningful.
-    let usage = Usage {
+    // Figures that differ per answer, so sums are meaningful; or counted.
+    let mut usage = Usage {
         input_tokens: 1000 + 37 * n,
         output_tokens: 40 + 3 * n,
         cache_write_tokens: 500 + n,
         cache_read_tokens: 900 * (n - 1),
     };
+    if let Some((_, blocks)) = &counted {
+        usage = inner.cache_usage(blocks);
+        if let Turn::Message { blocks, .. } = &turn {
+            usage.output_tokens = blocks.iter().map(tokens_of).sum::<u64>().max(1);
+        }
+    }
+    if matches!(turn, Turn::Message { .. }) {
+        inner.requests.last_mut().unwrap().usage = Some(usage);
+    }
     match turn {
         Turn::Error {
             status,
@@ -319,6 +367,60 @@ async fn messages(
         } => {
             inner.billed.add(usage);
             stream(&body, n, &blocks, stop_reason, &usage)
+        }
+    }
+}
+
+/// Tokens of one block in counting mode: a quarter of its JSON, `cache_control` left out.
+fn tokens_of(block: &Value) -> u64 {
+    (without_mark(block).to_string().len() as u64).div_ceil(4)
+}
+
+fn without_mark(block: &Value) -> Value {
+    let mut block = block.clone();
+    if let Some(o) = block.as_object_mut() {
+        o.remove("cache_control");
+    }
+    block
+}
+
+/// The prompt as the cache sees it, in order (tools, system, messages): each block's
+/// tokens and whether it carries a breakpoint.
+fn prompt_blocks(body: &Value) -> Vec<(u64, Value)> {
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let mut blocks = list(&body["tools"]);
+    blocks.extend(list(&body["system"]));
+    for m in list(&body["messages"]) {
+        blocks.extend(list(&m["content"]));
+    }
+    blocks.into_iter().map(|b| (tokens_of(&b), b)).collect()
+}
+
+impl Inner {
+    /// Cache read, cache write and fresh input of one prompt; remembers its breakpoints.
+    fn cache_usage(&mut self, blocks: &[(u64, Value)]) -> Usage {
+        let mut hasher = DefaultHasher::new();
+        let (mut total, mut read, mut last_mark) = (0, 0, 0);
+        let mut marks = Vec::new();
+        for (tokens, block) in blocks {
+            without_mark(block).to_string().hash(&mut hasher);
+            total += tokens;
+            let prefix = hasher.finish();
+            if self.cached.contains(&prefix) {
+                read = total;
+            }
+            if block.get("cache_control").is_some() {
+                last_mark = total;
+                marks.push(prefix);
+            }
+        }
+        self.cached.extend(marks);
+        let read = read.min(last_mark);
+        Usage {
+            input_tokens: total - last_mark.max(read),
+            output_tokens: 0,
+            cache_write_tokens: last_mark - read,
+            cache_read_tokens: read,
         }
     }
 }

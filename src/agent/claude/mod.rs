@@ -23,6 +23,7 @@
 //! pushed, and its tokens are recorded like any other job's.
 
 pub mod api;
+pub mod context;
 pub mod pricing;
 pub mod tools;
 
@@ -33,6 +34,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use self::api::{Block, Message, Progress, Request, Role};
+use self::context::ContextWindow;
 use self::pricing::PriceTable;
 use self::tools::ToolOutput;
 use self::tools::bash::BashSession;
@@ -59,6 +61,9 @@ pub struct ClaudeSettings {
     /// Limit of one `bash` call.
     pub command_timeout: Duration,
     pub prices: PriceTable,
+    /// The model's context window in tokens (`REPOBOX_CONTEXT_WINDOW`; default
+    /// [`context::DEFAULT_WINDOW`]).
+    pub context_window: Option<u64>,
 }
 
 impl Default for ClaudeSettings {
@@ -69,6 +74,7 @@ impl Default for ClaudeSettings {
             max_tokens: 16_000,
             command_timeout: Duration::from_secs(600),
             prices: PriceTable::default(),
+            context_window: None,
         }
     }
 }
@@ -164,6 +170,26 @@ fn cut_off_note(max_tokens: u32) -> String {
          unfinished tool call in it was dropped. Go on, in smaller steps (for a big file, \
          create it in parts)."
     )
+}
+
+const WINDOW_NOTE: &str = "Your last response stopped at the context window, so any unfinished tool call in it was dropped. Earlier tool results were shortened to make room; go on.";
+
+/// Bytes of a request's JSON body, what [`ContextWindow`] estimates tokens from.
+fn request_bytes(
+    model: &str,
+    max_tokens: u32,
+    system: &[Block],
+    tools: &[Value],
+    messages: &[Message],
+) -> usize {
+    let request = Request {
+        model,
+        max_tokens,
+        system,
+        tools,
+        messages,
+    };
+    serde_json::to_vec(&request).map(|v| v.len()).unwrap_or(0)
 }
 
 fn summary_of(content: &[Block]) -> String {
@@ -323,6 +349,15 @@ impl ClaudeAgent {
         let mut billed = Usage::default();
         let mut turns = 0;
         let mut goes = 0;
+        let mut window = ContextWindow::new(
+            self.settings
+                .context_window
+                .unwrap_or(context::DEFAULT_WINDOW),
+            self.settings.max_tokens,
+        );
+        // A trim is due whatever the estimate says (the API said the window was hit).
+        let mut must_trim = false;
+        let mut refusals = 0;
         loop {
             if turns >= max_turns {
                 let _ = log.send(format!(
@@ -345,6 +380,21 @@ impl ClaudeAgent {
                 )));
             }
             mark_cache(&mut messages);
+            let size = |m: &[Message]| {
+                request_bytes(model, self.settings.max_tokens, &system, &definitions, m)
+            };
+            let mut bytes = size(&messages);
+            if let Some(t) = window.fit(&mut messages, bytes, std::mem::take(&mut must_trim)) {
+                let _ = log.send(format!(
+                    "Context: {} earlier tool result{} ({} KB) replaced by notes to stay under the context window ({} tokens, now about {})",
+                    t.results,
+                    if t.results == 1 { "" } else { "s" },
+                    t.bytes.div_ceil(1024),
+                    window.limit(),
+                    t.estimate,
+                ));
+                bytes = size(&messages);
+            }
             let request = Request {
                 model,
                 max_tokens: self.settings.max_tokens,
@@ -381,8 +431,30 @@ impl ClaudeAgent {
             let response = match sent {
                 Ok(r) => r,
                 Err(api::ApiError::Stopped) => return Err(AgentError::Stopped),
+                // SPEC 16: over the window is trimmed and sent again, not a failure.
+                Err(api::ApiError::Refused {
+                    status: 400,
+                    ref message,
+                    ..
+                }) if refusals < 3 && context::too_long(message).is_some() => {
+                    let (tokens, maximum) = context::too_long(message).unwrap_or_default();
+                    let _ = log.send(format!(
+                        "Messages API: the prompt is too long ({tokens} tokens > {maximum}); trimming and sending again"
+                    ));
+                    window.refused(bytes, tokens, maximum);
+                    must_trim = true;
+                    refusals += 1;
+                    turns -= 1;
+                    continue;
+                }
                 Err(e) => return Err(AgentError::Failed(e.to_string())),
             };
+            refusals = 0;
+            let u = response.usage;
+            window.observe(
+                bytes,
+                u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+            );
             let stop_reason = response.stop_reason.clone();
             let content = response.content;
             let mut results = Vec::new();
@@ -418,11 +490,20 @@ impl ClaudeAgent {
                     content,
                 });
             }
+            let overflowed = stop_reason == "model_context_window_exceeded";
+            if overflowed {
+                let _ = log.send("The response stopped at the context window".to_owned());
+                window.overflowed();
+                must_trim = true;
+            }
             match stop_reason.as_str() {
-                _ if !results.is_empty() || stop_reason == "max_tokens" => {
+                _ if !results.is_empty() || stop_reason == "max_tokens" || overflowed => {
                     if stop_reason == "max_tokens" {
                         let _ = log.send("The response was cut off at max_tokens".to_owned());
                         results.push(Block::text(cut_off_note(self.settings.max_tokens)));
+                    }
+                    if overflowed {
+                        results.push(Block::text(WINDOW_NOTE));
                     }
                     match messages.last_mut() {
                         // An empty cut-off response was not kept: the note joins the
