@@ -31,7 +31,7 @@ use crate::job::{Job, JobId, JobStatus, TriggerKind};
 use crate::model::Reaction;
 use crate::progress;
 use crate::settings::SettingsSource;
-use crate::store::{CancelOutcome, Dispatch, Store, TaskEntry};
+use crate::store::{CancelOutcome, Dispatch, Steer, Steered, Store, TaskEntry};
 use crate::task::{Actor, Origin, ReplyKind, Task};
 use crate::telemetry::Metrics;
 
@@ -280,6 +280,9 @@ impl Acknowledger {
                     .await?;
                 return Ok(Outcome::Done("rejected"));
             }
+            if let Some(outcome) = self.steer_running(forge, &job).await? {
+                return Ok(outcome);
+            }
             if let Some(comment) = job.trigger_comment {
                 self.best_effort(forge.react(&job.repo, job.thread, comment, Reaction::Eyes))
                     .await;
@@ -340,6 +343,50 @@ impl Acknowledger {
         }
         .instrument(span)
         .await
+    }
+
+    /// SPEC 16: a writer's plain `/repobox …` while the thread's job runs with an agent
+    /// that takes instructions goes to that agent, and the provisional job is discarded
+    /// (`/repobox queue …`, labels, the dashboard and empty commands never steer).
+    /// `None`: nothing to steer; the job goes on as usual.
+    async fn steer_running(
+        &self,
+        forge: &Arc<dyn Forge>,
+        job: &Job,
+    ) -> Result<Option<Outcome>, Failure> {
+        if job.queue_only || job.trigger != TriggerKind::Comment || job.instructions.is_empty() {
+            return Ok(None);
+        }
+        let mut running = None;
+        for id in self.store.thread_jobs(&job.repo, job.thread, 50).await? {
+            if id == job.id {
+                continue;
+            }
+            if let Some(other) = self.store.get_job(id).await?
+                && other.status == JobStatus::Running
+            {
+                running = Some(other);
+                break;
+            }
+        }
+        let Some(running) = running else {
+            return Ok(None);
+        };
+        let steer = Steer {
+            from_job: job.id,
+            login: job.requester.login.clone(),
+            text: job.instructions.clone(),
+        };
+        if self.store.steer(running.id, &steer).await? == Steered::NotSteerable {
+            return Ok(None);
+        }
+        if let Some(comment) = job.trigger_comment {
+            self.best_effort(forge.react(&job.repo, job.thread, comment, Reaction::Eyes))
+                .await;
+        }
+        self.store.discard_job(job).await?;
+        info!(into = %running.id, "command given to the thread's running job");
+        Ok(Some(Outcome::Done("steered")))
     }
 
     /// Ends a job that is still queued (a final job is never touched).

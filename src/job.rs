@@ -167,6 +167,9 @@ pub struct Job {
     pub delivery_id: Option<String>,
     /// A cancel was requested (the runner checks this while it works).
     pub cancel_requested: bool,
+    /// `/repobox queue …`: a job of its own even while another runs on the thread,
+    /// never given to the running agent (SPEC 16).
+    pub queue_only: bool,
     /// The commit the runner pushed (set after the push, so a re-delivered job skips
     /// straight to the pull/merge request).
     pub pushed_sha: Option<String>,
@@ -231,6 +234,7 @@ impl Job {
             cost_usd: None,
             delivery_id: None,
             cancel_requested: false,
+            queue_only: false,
             pushed_sha: None,
             summary: None,
             attempt: 0,
@@ -282,6 +286,7 @@ impl Job {
                 f.push((k, v));
             }
         };
+        opt("queue_only", self.queue_only.then(|| "1".to_owned()));
         opt("repo_id", self.repo.id.map(|v| v.to_string()));
         opt("cost_usd", self.cost_usd.map(cost_field));
         opt("model", self.model.clone());
@@ -415,6 +420,7 @@ impl Job {
                 .transpose()?,
             delivery_id: get("delivery_id").map(str::to_owned),
             cancel_requested: get("cancel_requested") == Some("1"),
+            queue_only: get("queue_only") == Some("1"),
             pushed_sha: get("pushed_sha").map(str::to_owned),
             summary: get("summary").map(str::to_owned),
             attempt: opt_num("attempt")?.unwrap_or(0),

@@ -111,6 +111,8 @@ pub struct Checklist {
     pub refused: Vec<String>,
     /// The last round of the repository's checks, when they ran (SPEC section 16).
     pub checks: Vec<crate::agent::CheckResult>,
+    /// Who added instructions to the running agent (SPEC 16), once each, in order.
+    pub steered_by: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -156,7 +158,8 @@ fn checklist_lines(job: &Job, c: &Checklist) -> String {
             Some(detail) => format!("- [ ] Agent working… {detail}"),
             None => "- [ ] Agent working…".to_owned(),
         },
-        StepState::Done => "- [x] Agent finished".to_owned(),
+        StepState::Done if c.steered_by.is_empty() => "- [x] Agent finished".to_owned(),
+        StepState::Done => format!("- [x] Agent finished · {}", steered_text(&c.steered_by)),
     };
     let push = match &c.branch {
         Some(b) => format!("- {} Push branch `{b}`", mark(c.pushed)),
@@ -253,7 +256,22 @@ pub fn activity_text(a: &crate::agent::Activity) -> Option<String> {
     if let Some(cost) = a.cost_usd {
         parts.push(dollars(cost));
     }
+    if !a.steered_by.is_empty() {
+        parts.push(steered_text(&a.steered_by));
+    }
     Some(format!("· {}", parts.join(" · ")))
+}
+
+/// `steered by @alice, @bob`: each login once, in order.
+fn steered_text(logins: &[String]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for login in logins {
+        if !seen.contains(&login.as_str()) {
+            seen.push(login);
+        }
+    }
+    let named: Vec<String> = seen.iter().map(|l| format!("@{l}")).collect();
+    format!("steered by {}", named.join(", "))
 }
 
 /// Tokens and cost, or a plain statement that this agent reports none.
@@ -446,11 +464,12 @@ mod tests {
             },
             cost_usd: Some(0.1234),
             last_action: Some("$ echo `@admin` [x](http://evil)\nsecond line".into()),
+            steered_by: vec!["alice".into(), "bob".into(), "alice".into()],
         };
         let detail = activity_text(&activity).unwrap();
         assert_eq!(
             detail,
-            "· turn 4 · 7 tool calls · last: `$ echo '@admin' [x](http://evil)` · 52.1k tokens · $0.12"
+            "· turn 4 · 7 tool calls · last: `$ echo '@admin' [x](http://evil)` · 52.1k tokens · $0.12 · steered by @alice, @bob"
         );
         let c = Checklist {
             agent: StepState::Active,

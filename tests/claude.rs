@@ -905,3 +905,102 @@ async fn typical_job_cost_with_and_without_prompt_caching() {
     );
     assert!(cached < uncached * 0.6, "{cached} vs {uncached}");
 }
+
+/// SPEC 16: a writer's `/repobox …` while the thread's Claude job works reaches that
+/// job's next request — no second job, 👀 on the comment, "steered by" on the progress
+/// comment — while `/repobox queue …` becomes a job of its own that runs after it.
+#[tokio::test]
+async fn a_command_while_the_job_works_steers_it_and_queue_starts_a_job_of_its_own() {
+    let fake = FakeAnthropic::start(vec![
+        calls(vec![tool("toolu_1", EDIT, json!({"command": "view", "path": "README.md"}))]),
+        calls(vec![tool("toolu_2", EDIT, json!({"command": "view", "path": "src/lib.rs"}))]),
+        calls(vec![tool(
+            "toolu_3",
+            EDIT,
+            json!({"command": "str_replace", "path": "README.md", "old_str": "Wrold", "new_str": "World"}),
+        )]),
+        done("Fix the README heading\n\nAlso as steered."),
+        // The queued job's own conversation.
+        done("Nothing else to do"),
+    ])
+    .await;
+    // The second request waits until the steering comment is in.
+    fake.hold(1);
+    let w = in_process(&fake, API_KEY, None).await;
+    let first = w.comment("/repobox fix the spelling").await;
+    fake.held().await;
+    let steered = w
+        .comment("/repobox and mention STEER-MARKER-42 in the summary")
+        .await;
+    let queued = w.comment("/repobox queue write QUEUE-MARKER-7 docs").await;
+    // The steering job is given to the running one and discarded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while w
+        .app
+        .store
+        .get_job(steered.parse().unwrap())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never steered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.release();
+    let job = w.finished(&first).await;
+    assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
+
+    let requests = fake.requests();
+    let text = |n: usize| requests[n].body["messages"].to_string();
+    assert!(!text(1).contains("STEER-MARKER-42"));
+    // Taken before the next request, after the tool result it answers.
+    let last = requests[2].body["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["content"][0]["type"], "tool_result");
+    let added = last["content"][1]["text"].as_str().unwrap();
+    assert!(
+        added.contains("@Codertocat") && added.contains("STEER-MARKER-42"),
+        "{added}"
+    );
+    assert!(!text(3).contains("QUEUE-MARKER-7"), "queue never steers");
+
+    // No second job for the steering comment; the queued one runs after the first.
+    let queued_job = w.finished(&queued).await;
+    assert_eq!(queued_job.instructions, "write QUEUE-MARKER-7 docs");
+    assert!(queued_job.started_at.unwrap() >= job.finished_at.unwrap());
+    let thread = w
+        .app
+        .store
+        .thread_jobs(&job.repo, job.thread, 10)
+        .await
+        .unwrap();
+    assert_eq!(thread.len(), 2, "{thread:?}");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 5);
+    assert!(task(&fake).contains("fix the spelling"));
+    assert!(
+        requests[4].body["messages"]
+            .to_string()
+            .contains("QUEUE-MARKER-7")
+    );
+    assert_eq!(w.github.created_pulls().await.len(), 1);
+    let eyes = w
+        .github
+        .reactions()
+        .await
+        .into_iter()
+        .filter(|(_, r)| r == "eyes")
+        .count();
+    assert_eq!(eyes, 3, "each command's comment gets 👀");
+    let log = w.log(&first).await.join("\n");
+    assert!(
+        log.contains("Steered by @Codertocat: and mention STEER-MARKER-42"),
+        "{log}"
+    );
+    let comment = w.final_comment(&job).await;
+    assert!(comment.contains("steered by @Codertocat"), "{comment}");
+}

@@ -508,3 +508,108 @@ async fn a_task_heartbeat_holds_only_for_its_owner() {
     assert!(app.store.touch_task("serve-b", &entry).await.unwrap());
     app.stop().await;
 }
+
+/// SPEC 16 steering: a running job takes instructions only while its run keeps steering
+/// open; each provisional job is given once; closing returns what the agent has not
+/// read (and stays open), else closes in the same step; a lost lease can do neither.
+#[tokio::test]
+async fn steering_is_given_once_only_while_open_and_closes_atomically() {
+    use repobox::store::{Steer, Steered};
+    let app = app().await;
+    let running = job(7, 70);
+    let e = deliver(&app, &running).await;
+    let steer = |from: &Job, text: &str| Steer {
+        from_job: from.id,
+        login: "alice".into(),
+        text: text.into(),
+    };
+    let (p1, p2, p3) = (job(7, 70), job(7, 70), job(7, 70));
+    // Queued, not running: nothing to steer.
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p1, "one"))
+            .await
+            .unwrap(),
+        Steered::NotSteerable
+    );
+    let lease = leased(&app, &e, &running, "runner-a").await;
+    // Running, but its agent has not opened steering (a `command` agent).
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p1, "one"))
+            .await
+            .unwrap(),
+        Steered::NotSteerable
+    );
+    app.store.open_steering(&lease).await.unwrap();
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p1, "one"))
+            .await
+            .unwrap(),
+        Steered::Now
+    );
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p1, "one"))
+            .await
+            .unwrap(),
+        Steered::Already,
+        "a redelivered acknowledgement adds nothing"
+    );
+    assert_eq!(
+        app.store.steering(running.id, 0).await.unwrap(),
+        vec![steer(&p1, "one")]
+    );
+    // Closing while an entry is unread hands it over and stays open.
+    assert_eq!(
+        app.store.close_steering(&lease, 0).await.unwrap(),
+        vec![steer(&p1, "one")]
+    );
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p2, "two"))
+            .await
+            .unwrap(),
+        Steered::Now
+    );
+    assert_eq!(
+        app.store.steering(running.id, 1).await.unwrap(),
+        vec![steer(&p2, "two")]
+    );
+    // All read: it closes, and later commands are jobs of their own.
+    assert_eq!(app.store.close_steering(&lease, 2).await.unwrap(), vec![]);
+    assert_eq!(
+        app.store
+            .steer(running.id, &steer(&p3, "three"))
+            .await
+            .unwrap(),
+        Steered::NotSteerable
+    );
+    // A run that lost its lease can neither open nor close.
+    let stale = Lease {
+        attempt: lease.attempt + 1,
+        ..lease.clone()
+    };
+    assert!(matches!(
+        app.store.open_steering(&stale).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        app.store.close_steering(&stale, 0).await,
+        Err(StoreError::LeaseLost)
+    ));
+    // A steered provisional job leaves no trace in the indices.
+    app.store
+        .accept(None, Some(&p3), &Task::Acknowledge { job: p3.id })
+        .await
+        .unwrap();
+    app.store.discard_job(&p3).await.unwrap();
+    assert!(app.store.get_job(p3.id).await.unwrap().is_none());
+    let thread = app
+        .store
+        .thread_jobs(&p3.repo, p3.thread, 10)
+        .await
+        .unwrap();
+    assert!(!thread.contains(&p3.id), "{thread:?}");
+}

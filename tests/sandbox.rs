@@ -415,6 +415,7 @@ fn agent_request(dirs: &Dirs, kind: SandboxKind, prompt: &str) -> AgentRun {
         budget_usd: None,
         activity: tokio::sync::watch::channel(Default::default()).0,
         checks: None,
+        steering: None,
     };
     AgentRun {
         request,

@@ -12,6 +12,10 @@
 //! runs them whenever it thinks it is done and, while they fail and extra goes are
 //! left, takes their output as its next input (SPEC section 16). The runner owns how
 //! checks run (in the sandbox, with the check phase's network) and what they report.
+//!
+//! An agent that can take more instructions while it works ([`Agent::steerable`]: the
+//! built-in `claude`) gets [`Steering`]: a writer's `/repobox …` on the thread reaches it
+//! before its next request, and when it would end it asks once more (SPEC 16).
 
 pub mod claude;
 pub mod command;
@@ -49,6 +53,18 @@ pub struct AgentRequest {
     pub activity: ActivitySink,
     /// The repository's checks, when it has any.
     pub checks: Option<std::sync::Arc<dyn Checks>>,
+    /// Instructions added while the agent works, for a steerable agent.
+    pub steering: Option<std::sync::Arc<dyn Steering>>,
+}
+
+/// Instructions a writer adds to the running job (`/repobox …` on its thread).
+#[async_trait::async_trait]
+pub trait Steering: Send + Sync {
+    /// New instructions since the last call; none when the store cannot be reached.
+    async fn take(&self) -> Vec<crate::store::Steer>;
+    /// The agent would end: new instructions (it goes on with them) or none, and then
+    /// the job takes no more (later commands become jobs of their own).
+    async fn close(&self) -> Vec<crate::store::Steer>;
 }
 
 /// The repository's `check` commands, run by the runner.
@@ -134,6 +150,8 @@ pub struct Activity {
     /// The latest tool call, for the progress comment (`$ cargo test`, `str_replace
     /// src/lib.rs`).
     pub last_action: Option<String>,
+    /// Who added instructions while it worked, in order (SPEC 16: "steered by @login").
+    pub steered_by: Vec<String>,
 }
 
 pub type ActivitySink = tokio::sync::watch::Sender<Activity>;
@@ -151,4 +169,9 @@ pub enum AgentError {
 #[async_trait::async_trait]
 pub trait Agent: Send + Sync + 'static {
     async fn run(&self, request: AgentRequest) -> Result<AgentOutcome, AgentError>;
+
+    /// Whether it takes [`AgentRequest::steering`] (else commands wait as jobs).
+    fn steerable(&self) -> bool {
+        false
+    }
 }

@@ -76,6 +76,12 @@ pub enum Command {
         /// through [`crate::commands::sanitize_untrusted`] before use.
         instructions: String,
     },
+    /// Start a new job even while one runs on this thread (SPEC 16): a plain
+    /// [`Command::Run`] is given to a running `claude` job instead.
+    Queue {
+        /// The text after `queue`, trimmed; not yet sanitized.
+        instructions: String,
+    },
     /// Cancel the job running for this thread.
     Cancel,
     /// Re-run the thread's last job.
@@ -90,6 +96,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Run { .. } => "run",
+            Command::Queue { .. } => "queue",
             Command::Cancel => "cancel",
             Command::Retry => "retry",
             Command::Help => "help",
@@ -101,7 +108,9 @@ impl Command {
     fn keyword(&self) -> Option<&'static str> {
         match self {
             Command::Run { .. } => None,
-            Command::Cancel | Command::Retry | Command::Help => Some(self.name()),
+            Command::Queue { .. } | Command::Cancel | Command::Retry | Command::Help => {
+                Some(self.name())
+            }
         }
     }
 }
@@ -229,7 +238,11 @@ command_help! {
         "[instructions]",
         "start a job on this issue or pull request. Everything after the trigger, \
          including the following lines, is passed on as instructions; \
-         with no instructions I work on the issue as written.";
+         with no instructions I work on the issue as written. While my job on this \
+         thread is still working, the instructions are given to it instead.";
+    Command::Queue { .. } => Command::Queue { instructions: String::new() },
+        "queue [instructions]",
+        "start a new job after the one running on this thread, instead of adding to it.";
     Command::Cancel => Command::Cancel,
         "cancel",
         "cancel the job running for this thread.";
@@ -252,6 +265,16 @@ fn keyword_commands() -> impl Iterator<Item = (&'static str, Command)> {
 /// body.
 fn classify(rest: &str) -> Result<Command, ParseError> {
     let first_line = rest.split(['\n', '\r']).next().unwrap_or_default();
+    // `queue` is the one keyword that takes instructions after it.
+    let trimmed = rest.trim_start();
+    if let Some(word) = trimmed.split_whitespace().next()
+        && word.eq_ignore_ascii_case("queue")
+        && trimmed.len() > word.len()
+    {
+        return Ok(Command::Queue {
+            instructions: normalize_newlines(trimmed[word.len()..].trim()),
+        });
+    }
     let mut words = first_line.split_whitespace();
     if let (Some(word), None) = (words.next(), words.next()) {
         let lower = word.to_lowercase();
@@ -782,9 +805,32 @@ mod tests {
     #[test]
     fn help_table_is_consistent() {
         let names: Vec<_> = help_examples().iter().map(Command::name).collect();
-        assert_eq!(names, ["run", "cancel", "retry", "help"]);
+        assert_eq!(names, ["run", "queue", "cancel", "retry", "help"]);
         let keywords: Vec<_> = keyword_commands().map(|(kw, _)| kw).collect();
-        assert_eq!(keywords, ["cancel", "retry", "help"]);
+        assert_eq!(keywords, ["queue", "cancel", "retry", "help"]);
+    }
+
+    #[test]
+    fn queue_takes_the_instructions_after_it() {
+        let queue = |text: &str| {
+            Some(Ok(Command::Queue {
+                instructions: text.to_owned(),
+            }))
+        };
+        assert_eq!(
+            parse_command("/repobox queue also bump the MSRV\nand the docs", T),
+            queue("also bump the MSRV\nand the docs")
+        );
+        assert_eq!(parse_command("/repobox QUEUE  fix it", T), queue("fix it"));
+        assert_eq!(parse_command("/repobox queue", T), queue(""));
+        assert_eq!(parse_command("/repobox queu", T), near("queu", "queue"));
+        // Only as the first word.
+        assert_eq!(
+            parse_command("/repobox fix the queue", T),
+            Some(Ok(Command::Run {
+                instructions: "fix the queue".into()
+            }))
+        );
     }
 
     #[test]

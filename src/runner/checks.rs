@@ -88,6 +88,7 @@ impl Checks for SandboxChecks {
                 cancel: self.cancel.clone(),
                 activity: watch::channel(Activity::default()).0,
                 checks: None,
+                steering: None,
             };
             let (passed, output) = match check.run(request).await {
                 Ok(_) => (true, String::new()),

@@ -19,7 +19,8 @@
 //! Modules: [`pipeline`] (one job, step by step), [`reporter`] (the progress comment),
 //! [`joblog`] (the job log), [`repo_config`] (`.repobox.yml`), [`context`] (the prompt,
 //! and whose words reach it), [`protected`] (paths a job may not change),
-//! [`neutralize`] (the agent's text made harmless before it is posted).
+//! [`neutralize`] (the agent's text made harmless before it is posted), [`steering`]
+//! (instructions added to the running agent).
 
 pub mod checks;
 pub mod context;
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod protected;
 pub mod repo_config;
 pub mod reporter;
+pub mod steering;
 pub mod tree_size;
 
 use std::collections::HashMap;

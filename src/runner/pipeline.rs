@@ -47,6 +47,7 @@ use super::neutralize::{OwnIssue, neutralize};
 use super::protected::{self, Protected};
 use super::repo_config::{self, RepoConfig};
 use super::reporter::Reporter;
+use super::steering::JobSteering;
 use crate::agent::command::CommandAgent;
 use crate::agent::{Activity, Agent, AgentError, AgentOutcome, AgentRequest};
 use crate::failpoint;
@@ -923,6 +924,24 @@ impl Pipeline {
         let budget = config.budget.map_or(budget, |b| b.min(budget));
         request.budget_usd = Some(month_left.map_or(budget, |left| left.min(budget)));
         let agent = self.runner.agent.clone();
+        // SPEC 16: a steerable agent takes the thread's new commands while it works.
+        let steering = match agent.steerable() {
+            true => {
+                let store = self.runner.store.clone();
+                match JobSteering::open(store, self.lease.clone(), log.sink()).await {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(StoreError::LeaseLost) => {
+                        self.stop.stop(StopReason::LeaseLost);
+                        return Err(Failure(StoreError::LeaseLost.to_string()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            false => None,
+        };
+        request.steering = steering
+            .clone()
+            .map(|s| s as Arc<dyn crate::agent::Steering>);
         let run = agent.run(request);
         tokio::pin!(run);
         // The agent's progress goes to the comment (throttled there) while it works.
@@ -936,6 +955,9 @@ impl Pipeline {
                 }
             }
         };
+        if let Some(steering) = &steering {
+            steering.shut().await;
+        }
         self.note_refused(egress);
         self.note_refused(check_egress);
         if let Some(round) = checks.as_ref().and_then(|c| c.last()) {
@@ -945,6 +967,7 @@ impl Pipeline {
         let activity = activity_rx.borrow().clone();
         self.record_activity(&activity).await?;
         self.checklist.agent_detail = None;
+        self.checklist.steered_by = activity.steered_by.clone();
         let outcome: AgentOutcome = match outcome {
             Ok(o) => o,
             Err(AgentError::Stopped) => return Err(self.stop_failure()),
@@ -1242,6 +1265,7 @@ impl Pipeline {
             budget_usd: None,
             activity: watch::channel(Activity::default()).0,
             checks: None,
+            steering: None,
             sandbox: sandbox.clone(),
             scratch_dir: scratch.to_owned(),
             log: log.sink(),

@@ -11,6 +11,7 @@
 //! - [`sessions::Sessions`]: dashboard sessions.
 //! - [`accounts::Accounts`]: dashboard users and their personal providers.
 //! - [`settings::SettingsStore`]: admin settings, the GitHub App stored by `/setup`.
+//! - [`steering::SteeringStore`]: instructions added to a running job (SPEC 16).
 //! - [`recovery::Recovery`]: what the webhook redelivery reconciler keeps (dedupe
 //!   look-ups, its cursor, a cluster-wide lock).
 //!
@@ -26,6 +27,7 @@ pub mod redis;
 pub mod redis_budget;
 pub mod sessions;
 pub mod settings;
+pub mod steering;
 pub mod usage;
 
 use std::time::Duration;
@@ -43,6 +45,7 @@ pub use self::recovery::Recovery;
 pub use self::redis::RedisStore;
 pub use self::sessions::Sessions;
 pub use self::settings::SettingsStore;
+pub use self::steering::{Steer, Steered, SteeringStore};
 pub use self::usage::UsageStore;
 
 /// How long a webhook delivery id is remembered (SPEC section 13: 72 h, GitHub's manual
@@ -80,6 +83,7 @@ pub trait Store:
     + SettingsStore
     + Recovery
     + UsageStore
+    + SteeringStore
     + Send
     + Sync
     + 'static

@@ -104,21 +104,35 @@ fn decide_comment(c: &CommentEvent, settings: &IntakeSettings, now: OffsetDateTi
         Some(Ok(Command::Cancel)) => Task::Cancel { origin: origin() },
         Some(Ok(Command::Retry)) => Task::Retry { origin: origin() },
         Some(Ok(Command::Run { instructions })) => {
-            let mut job = Job::new(
-                c.repo.clone(),
-                c.thread,
-                c.thread_title.clone(),
-                TriggerKind::Comment,
-                c.author.clone(),
-                sanitize_untrusted(&instructions).trim().to_owned(),
-                now,
-            );
-            job.trigger_comment = Some(c.comment);
-            job.review = c.review.clone();
-            return Decision::Job(Box::new(job));
+            return comment_job(c, &instructions, false, now);
+        }
+        Some(Ok(Command::Queue { instructions })) => {
+            return comment_job(c, &instructions, true, now);
         }
     };
     Decision::Task(Box::new(task))
+}
+
+/// The job a `/repobox …` comment starts; `queue_only` for `/repobox queue …`.
+fn comment_job(
+    c: &CommentEvent,
+    instructions: &str,
+    queue_only: bool,
+    now: OffsetDateTime,
+) -> Decision {
+    let mut job = Job::new(
+        c.repo.clone(),
+        c.thread,
+        c.thread_title.clone(),
+        TriggerKind::Comment,
+        c.author.clone(),
+        sanitize_untrusted(instructions).trim().to_owned(),
+        now,
+    );
+    job.trigger_comment = Some(c.comment);
+    job.review = c.review.clone();
+    job.queue_only = queue_only;
+    Decision::Job(Box::new(job))
 }
 
 fn decide_label(l: &LabelEvent, settings: &IntakeSettings, now: OffsetDateTime) -> Decision {

@@ -95,6 +95,10 @@ struct Inner {
     /// Counting mode: the window in tokens, and the cached prefixes (hashes).
     window: Option<u64>,
     cached: HashSet<u64>,
+    /// The request (0-based) held until [`FakeAnthropic::release`].
+    hold: Option<usize>,
+    gate: Arc<tokio::sync::Notify>,
+    arrived: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Clone)]
@@ -140,6 +144,21 @@ impl FakeAnthropic {
     /// Every token the fake reported in `usage`, over all answers (failed streams too).
     pub fn billed(&self) -> Usage {
         self.inner.lock().unwrap().billed
+    }
+
+    /// Request `index` (0-based) waits, before it is answered, until [`Self::release`].
+    pub fn hold(&self, index: usize) {
+        self.inner.lock().unwrap().hold = Some(index);
+    }
+
+    /// Resolves once the held request has arrived (and is waiting).
+    pub async fn held(&self) {
+        let arrived = self.inner.lock().unwrap().arrived.clone();
+        arrived.notified().await;
+    }
+
+    pub fn release(&self) {
+        self.inner.lock().unwrap().gate.notify_one();
     }
 
     /// Scripted turns not yet used.
@@ -274,6 +293,14 @@ async fn messages(
             .unwrap_or("")
             .to_owned()
     };
+    let held = {
+        let i = inner.lock().unwrap();
+        (i.hold == Some(i.requests.len())).then(|| (i.gate.clone(), i.arrived.clone()))
+    };
+    if let Some((gate, arrived)) = held {
+        arrived.notify_one();
+        gate.notified().await;
+    }
     let body: Value = match serde_json::from_str(&body) {
         Ok(v) => v,
         Err(e) => {

@@ -39,7 +39,9 @@ use self::pricing::PriceTable;
 use self::tools::ToolOutput;
 use self::tools::bash::BashSession;
 use self::tools::edit::EditTool;
-use super::{Activity, ActivitySink, Agent, AgentError, AgentOutcome, AgentRequest, LogSink};
+use super::{
+    Activity, ActivitySink, Agent, AgentError, AgentOutcome, AgentRequest, LogSink, Steering,
+};
 use crate::agent::Usage;
 
 pub const EDIT_TOOL: &str = "str_replace_based_edit_tool";
@@ -192,6 +194,31 @@ fn request_bytes(
     serde_json::to_vec(&request).map(|v| v.len()).unwrap_or(0)
 }
 
+/// Gives the model instructions a writer added while it works: a text block after the
+/// last user message's content (tool results stay first), or a user message of its own
+/// after an answer.
+fn steer(messages: &mut Vec<Message>, added: &[crate::store::Steer], activity: &ActivitySink) {
+    if added.is_empty() {
+        return;
+    }
+    let mut text = String::new();
+    for s in added {
+        text.push_str(&format!(
+            "@{} (a maintainer with write access) added to the task while you work:\n\n{}\n\n",
+            s.login, s.text
+        ));
+    }
+    text.push_str("Take this into account as part of the task and go on.");
+    match messages.last_mut() {
+        Some(last) if last.role == Role::User => last.content.push(Block::text(text)),
+        _ => messages.push(Message {
+            role: Role::User,
+            content: vec![Block::text(text)],
+        }),
+    }
+    activity.send_modify(|a| a.steered_by.extend(added.iter().map(|s| s.login.clone())));
+}
+
 fn summary_of(content: &[Block]) -> String {
     let text: Vec<&str> = content
         .iter()
@@ -262,6 +289,10 @@ fn result_line(output: &ToolOutput) -> String {
 
 #[async_trait::async_trait]
 impl Agent for ClaudeAgent {
+    fn steerable(&self) -> bool {
+        true
+    }
+
     async fn run(&self, request: AgentRequest) -> Result<AgentOutcome, AgentError> {
         let AgentRequest {
             prompt,
@@ -273,6 +304,7 @@ impl Agent for ClaudeAgent {
             cancel,
             activity,
             checks,
+            steering,
             ..
         } = request;
         let model = model.unwrap_or_else(|| self.settings.model.clone());
@@ -316,7 +348,7 @@ impl Agent for ClaudeAgent {
                 &mut tools,
                 &log,
                 &cancel,
-                (&activity, checks.as_deref()),
+                (&activity, checks.as_deref(), steering.as_deref()),
             )
             .await;
         tools.bash.close().await;
@@ -335,7 +367,11 @@ impl ClaudeAgent {
         tools: &mut Tools,
         log: &LogSink,
         cancel: &CancellationToken,
-        (activity, checks): (&ActivitySink, Option<&dyn crate::agent::Checks>),
+        (activity, checks, steering): (
+            &ActivitySink,
+            Option<&dyn crate::agent::Checks>,
+            Option<&dyn Steering>,
+        ),
     ) -> Result<AgentOutcome, AgentError> {
         let system = [Block::Text {
             text: system.to_owned(),
@@ -378,6 +414,11 @@ impl ClaudeAgent {
                 return Err(AgentError::Failed(format!(
                     "stopped at its budget of ${usd:.2} (${spent:.4} spent in {turns} requests); nothing was pushed"
                 )));
+            }
+            // SPEC 16: instructions a writer added since the last request.
+            if let Some(steering) = steering {
+                let added = steering.take().await;
+                steer(&mut messages, &added, activity);
             }
             mark_cache(&mut messages);
             let size = |m: &[Message]| {
@@ -538,6 +579,14 @@ impl ClaudeAgent {
                                     content: vec![feedback],
                                 }),
                             }
+                            continue;
+                        }
+                    }
+                    // Instructions that came while it finished: it goes on with them.
+                    if let Some(steering) = steering {
+                        let added = steering.close().await;
+                        if !added.is_empty() {
+                            steer(&mut messages, &added, activity);
                             continue;
                         }
                     }

@@ -37,6 +37,7 @@ mod recovery;
 mod server;
 mod sessions;
 mod settings;
+mod steering;
 mod usage;
 
 use std::time::Duration;
@@ -79,6 +80,14 @@ impl Keys {
     }
     pub fn job(&self, id: JobId) -> String {
         format!("{}job:{{{id}}}", self.prefix)
+    }
+    /// Instructions added to a running job (SPEC 16), in order.
+    pub fn job_steer(&self, id: JobId) -> String {
+        format!("{}job:{{{id}}}:steer", self.prefix)
+    }
+    /// The provisional jobs already steered into it (each is steered once).
+    pub fn job_steered_from(&self, id: JobId) -> String {
+        format!("{}job:{{{id}}}:steered-from", self.prefix)
     }
     pub fn job_output(&self, id: JobId) -> String {
         format!("{}job:{{{id}}}:output", self.prefix)

@@ -35,6 +35,9 @@ pub(super) struct Scripts {
     promote_all: Script,
     orphans: Script,
     touch_task: Script,
+    pub(super) steer: Script,
+    pub(super) open_steering: Script,
+    pub(super) close_steering: Script,
 }
 
 impl Scripts {
@@ -51,6 +54,9 @@ impl Scripts {
             finish: with_lib(include_str!("lua/finish.lua")),
             promote_all: with_lib(include_str!("lua/promote_all.lua")),
             orphans: with_lib(include_str!("lua/orphans.lua")),
+            steer: Script::new(include_str!("lua/steer.lua")),
+            open_steering: with_lib(include_str!("lua/open_steering.lua")),
+            close_steering: with_lib(include_str!("lua/close_steering.lua")),
             touch_task: Script::new(
                 "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
                  if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
@@ -67,7 +73,7 @@ fn now() -> String {
 
 impl RedisStore {
     /// An invocation of a queue script with the shared arguments (prefix, group) first.
-    fn queue_script<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+    pub(super) fn queue_script<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
         inv.arg(self.keys.prefix()).arg(RUNNERS_GROUP);
         inv
@@ -84,7 +90,7 @@ impl RedisStore {
             .key(self.keys.job(job.id));
     }
 
-    async fn run<T: redis::FromRedisValue>(
+    pub(super) async fn run<T: redis::FromRedisValue>(
         &self,
         inv: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
