@@ -1,6 +1,7 @@
 //! Follow-ups continue (SPEC section 16): a `/repobox` on the thread of an earlier job,
 //! or on a pull request whose commits an earlier job made, gives the agent the earlier
-//! jobs' instructions and summaries from Repobox's records.
+//! jobs' instructions and summaries from Repobox's records, and on a pull request the
+//! review comments, those since the last job marked as such.
 
 mod common;
 
@@ -63,6 +64,37 @@ async fn a_follow_up_gets_the_earlier_jobs_instructions_and_summaries() {
     assert_eq!(r.status, 202, "{:?}", r.body);
     let on_pr = r.body["job"].as_str().unwrap().to_owned();
     assert_eq!(w.finished(&on_pr).await.status, JobStatus::Succeeded);
+    // A review comment since that job, by a writer; one by a reader is left out.
+    w.github.add_review_comment(
+        7,
+        "Codertocat",
+        "src/lib.rs",
+        1,
+        "REVIEW-MARKER-3: rename hello",
+    );
+    w.github.set_permission("drive-by", Some("read"));
+    w.github
+        .add_review_comment(7, "drive-by", "README.md", 1, "READER-MARKER-9");
+    let mut payload = issue_comment("/repobox now the review", 7, "Codertocat", 21031067);
+    payload["issue"]["pull_request"] =
+        json!({"url": "https://api.github.com/repos/Codertocat/Hello-World/pulls/7"});
+    let r = w.app.github_json("issue_comment", &payload).await;
+    let review = r.body["job"].as_str().unwrap().to_owned();
+    assert_eq!(w.finished(&review).await.status, JobStatus::Succeeded);
+    let log = w.log(&review).await.join("\n");
+    let marked = log
+        .find("(Written since the last Repobox job here:)")
+        .unwrap_or_else(|| panic!("{log}"));
+    let comment = log
+        .find("@Codertocat commented on `src/lib.rs`, line 1 (a review comment):")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(marked < comment, "{log}");
+    assert!(log.contains("> REVIEW-MARKER-3: rename hello"), "{log}");
+    assert!(!log.contains("READER-MARKER-9"), "{log}");
+    assert!(
+        log.contains(&format!("Job {on_pr} by @Codertocat")),
+        "{log}"
+    );
     let log = w.log(&on_pr).await.join("\n");
     assert!(
         log.contains(&format!("Job {first} by @Codertocat")),

@@ -255,7 +255,7 @@ impl LatestComments {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DiscussionComment {
     /// Login (GitHub) or username (GitLab).
     pub author: String,
@@ -264,6 +264,39 @@ pub struct DiscussionComment {
     pub body: String,
     /// Written by Repobox itself (its progress comments and replies).
     pub by_bot: bool,
+    /// When it was written (RFC 3339, as the forge gave it); `None` when not given.
+    pub created_at: Option<String>,
+    /// A review comment on the diff (GitHub review comments, GitLab diff notes): the
+    /// file and the line it sits on.
+    pub review_path: Option<String>,
+    pub review_line: Option<u64>,
+}
+
+impl DiscussionComment {
+    /// When it was written, when the forge said so in a readable form.
+    pub fn written_at(&self) -> Option<time::OffsetDateTime> {
+        let at = self.created_at.as_deref()?;
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+/// Merges review comments into a discussion's comments by the time they were written
+/// (stable: comments without a time keep their place first), keeping the latest
+/// [`DISCUSSION_MAX_COMMENTS`] and counting the rest as omitted.
+pub(crate) fn merge_review_comments(
+    d: &mut Discussion,
+    review: Vec<DiscussionComment>,
+    omitted: usize,
+) {
+    if review.is_empty() && omitted == 0 {
+        return;
+    }
+    let mut all = std::mem::take(&mut d.comments);
+    all.extend(review);
+    all.sort_by_key(|c| c.written_at());
+    let extra = all.len().saturating_sub(DISCUSSION_MAX_COMMENTS);
+    d.comments = all.split_off(extra);
+    d.omitted += extra + omitted;
 }
 
 /// Where a repository is fetched from and what its default branch is.

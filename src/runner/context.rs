@@ -83,12 +83,16 @@ fn login(name: &str) -> String {
         .collect()
 }
 
-/// A file path as it may appear in the prompt: sanitised and on one line (paths may
-/// hold spaces, and are longer than logins).
+/// A file path as it may appear in the prompt: sanitised, on one line (paths may hold
+/// spaces, and are longer than logins), without backticks (it sits in a code span).
 fn path(name: &str) -> String {
     sanitize_untrusted(name)
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
         .take(1000)
         .collect()
 }
@@ -154,7 +158,17 @@ pub fn prompt(
     let noun = thread_noun(job.thread.kind);
     let mut p = String::new();
     let instructions = job.instructions.trim();
-    if instructions.is_empty() {
+    if job.thread.is_none() {
+        // A repo + prompt job (SPEC 18): the prompt is all there is.
+        let from = match job.by_api_token() {
+            true => "the API token".to_owned(),
+            false => format!("@{}", login(&job.requester.login)),
+        };
+        p.push_str(&format!(
+            "Task from {from} for {}:\n{instructions}\n",
+            job.repo.full_name
+        ));
+    } else if instructions.is_empty() {
         p.push_str(&format!("Resolve the {noun} quoted below.\n"));
     } else {
         p.push_str(&format!(
@@ -177,6 +191,9 @@ pub fn prompt(
         for c in &config.check {
             p.push_str(&format!("- `{c}`\n"));
         }
+    }
+    if job.thread.is_none() {
+        return p;
     }
 
     p.push_str(&format!(
@@ -215,7 +232,12 @@ pub fn prompt(
                 quote(&d.body, BODY_MAX_CHARS)
             ));
         }
-        p.push_str(&comments(d));
+        // Follow-ups (SPEC 16): what was said since the last job here is marked.
+        let since = earlier
+            .iter()
+            .map(|e| e.finished_at.unwrap_or(e.created_at))
+            .max();
+        p.push_str(&comments(d, since));
     }
     if let Some(review) = &job.review {
         p.push_str(&format!(
@@ -246,12 +268,19 @@ pub fn prompt(
     p
 }
 
-/// The discussion's comments, newest kept within the budget, oldest first.
-fn comments(d: &Discussion) -> String {
+/// The discussion's comments, newest kept within the budget, oldest first; review
+/// comments name their file and line, and the first one written after `since` (the
+/// last earlier job) is preceded by a line that says so.
+fn comments(d: &Discussion, since: Option<time::OffsetDateTime>) -> String {
     let mut kept = Vec::new();
     let mut budget = COMMENTS_MAX_CHARS;
     let mut left_out = d.omitted;
     let people: Vec<_> = d.comments.iter().filter(|c| !c.by_bot).collect();
+    let first_new = since.and_then(|since| {
+        people
+            .iter()
+            .position(|c| c.written_at().is_some_and(|at| at > since))
+    });
     for (i, c) in people.iter().enumerate().rev() {
         let text = quote(&c.body, COMMENT_MAX_CHARS);
         if text.len() > budget {
@@ -259,7 +288,24 @@ fn comments(d: &Discussion) -> String {
             break;
         }
         budget -= text.len();
-        kept.push(format!("\n@{} wrote:\n{text}", login(&c.author)));
+        let mut entry = match &c.review_path {
+            Some(file) => {
+                let line = c
+                    .review_line
+                    .map(|l| format!(", line {l}"))
+                    .unwrap_or_default();
+                format!(
+                    "\n@{} commented on `{}`{line} (a review comment):\n{text}",
+                    login(&c.author),
+                    path(file)
+                )
+            }
+            None => format!("\n@{} wrote:\n{text}", login(&c.author)),
+        };
+        if first_new == Some(i) {
+            entry.insert_str(0, "\n(Written since the last Repobox job here:)");
+        }
+        kept.push(entry);
     }
     let others = d.others_omitted;
     if kept.is_empty() && left_out == 0 && others == 0 {
@@ -295,6 +341,7 @@ mod tests {
             author_id: 0,
             body: body.into(),
             by_bot,
+            ..DiscussionComment::default()
         }
     }
 
@@ -373,6 +420,48 @@ mod tests {
         assert!(task.contains("Use tabs."));
         assert!(task.contains("- `cargo test`"));
         assert!(p.contains("Title:\n> Login is flaky\n"));
+    }
+
+    #[test]
+    fn review_comments_name_their_place_and_newer_comments_are_marked() {
+        let at = |s: &str| Some(s.to_owned());
+        let d = Discussion {
+            title: "t".into(),
+            comments: vec![
+                DiscussionComment {
+                    created_at: at("2026-12-01T10:00:00Z"),
+                    ..comment("ann", "OLD-ONE", false)
+                },
+                DiscussionComment {
+                    created_at: at("2026-12-01T12:00:00Z"),
+                    review_path: Some("src/a`b.rs".into()),
+                    review_line: Some(9),
+                    ..comment("bob", "NEW-ONE", false)
+                },
+            ],
+            ..Discussion::default()
+        };
+        let mut earlier = job();
+        earlier.finished_at = Some(time::macros::datetime!(2026-12-01 11:00 UTC));
+        let p = prompt(
+            &job(),
+            &RepoConfig::default(),
+            &[],
+            &[earlier],
+            Some(&d),
+            None,
+        );
+        let (old, mark, new) = (
+            p.find("OLD-ONE").unwrap(),
+            p.find("(Written since the last Repobox job here:)")
+                .unwrap(),
+            p.find("@bob commented on `src/a'b.rs`, line 9 (a review comment):\n> NEW-ONE")
+                .unwrap(),
+        );
+        assert!(old < mark && mark < new, "{p}");
+        // Without an earlier job nothing is marked.
+        let p = prompt(&job(), &RepoConfig::default(), &[], &[], Some(&d), None);
+        assert!(!p.contains("Written since"));
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct Thread {
     pub fail: Option<u16>,
     /// `(login, id)` of the thread's opener ([`FakeGitHub::set_issue_author`]).
     pub author: Option<(String, u64)>,
+    /// Review comments of a pull request ([`FakeGitHub::add_review_comment`]).
+    pub review_comments: Vec<Value>,
 }
 
 /// The App's bot user (`octoapp[bot]`, after the App example's slug).
@@ -570,6 +572,24 @@ impl FakeGitHub {
             })
             .mount(&self.server)
             .await;
+        let threads = self.threads.clone();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path_regex(format!(
+                r"^/repos/{}/pulls/\d+/comments$",
+                regex_escape(full_name)
+            )))
+            .and(InstallationAuth)
+            .respond_with(move |req: &Request| {
+                let number = path_number(req, 5);
+                let threads = threads.lock().unwrap();
+                let all = threads
+                    .get(&number)
+                    .map(|t| t.review_comments.clone())
+                    .unwrap_or_default();
+                paginated(req, all)
+            })
+            .mount(&self.server)
+            .await;
         let pulls = self.pulls.clone();
         Mock::given(method("GET"))
             .and(path_regex(r"^/repos/[^/]+/[^/]+/pulls/\d+$"))
@@ -706,6 +726,37 @@ impl FakeGitHub {
         let thread = threads.entry(number).or_default();
         thread.scripted = true;
         thread.comments.push(comment);
+        id
+    }
+
+    /// Adds a review comment on `path` line `line` of pull request `number`, written
+    /// now, in the shape of `pulls/list-review-comments`.
+    pub fn add_review_comment(
+        &self,
+        number: u64,
+        author_login: &str,
+        path: &str,
+        line: u64,
+        body: &str,
+    ) -> u64 {
+        let id = self.scripted_ids.fetch_add(1, Ordering::SeqCst);
+        let mut comment = example("pulls__list-review-comments.response.200.default")[0].clone();
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        comment["id"] = json!(id);
+        comment["body"] = json!(body);
+        comment["path"] = json!(path);
+        comment["line"] = json!(line);
+        comment["created_at"] = json!(now);
+        comment["updated_at"] = json!(now);
+        comment["user"]["login"] = json!(author_login);
+        let mut threads = self.threads.lock().unwrap();
+        threads
+            .entry(number)
+            .or_default()
+            .review_comments
+            .push(comment);
         id
     }
 

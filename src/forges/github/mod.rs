@@ -34,7 +34,8 @@ use super::{
 };
 use crate::git::Credentials;
 use crate::model::{
-    AccessLevel, CommentKind, CommentRef, ForgeKind, Reaction, RepoRef, ThreadRef, UserRef,
+    AccessLevel, CommentKind, CommentRef, ForgeKind, Reaction, RepoRef, ThreadKind, ThreadRef,
+    UserRef,
 };
 use crate::secret::{Secret, redact};
 
@@ -189,6 +190,8 @@ struct IssueComment {
     user: Option<Login>,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -706,9 +709,6 @@ impl Forge for GitHub {
         }
     }
 
-    /// Title and body from the issues API (which serves pull requests too), comments
-    /// from `issues/{n}/comments`, 100 a page; reads at most [`DISCUSSION_MAX_PAGES`]
-    /// pages and skips the full pages that only hold comments older than the ones kept.
     async fn reachable_repositories(&self) -> Result<Vec<String>, ForgeError> {
         #[derive(Deserialize)]
         struct Installation {
@@ -749,6 +749,11 @@ impl Forge for GitHub {
         Ok(out)
     }
 
+    /// Title and body from the issues API (which serves pull requests too), comments
+    /// from `issues/{n}/comments`, 100 a page; reads at most [`DISCUSSION_MAX_PAGES`]
+    /// pages and skips the full pages that only hold comments older than the ones kept.
+    /// On a pull request, its review comments (`pulls/{n}/comments`) join them in the
+    /// order they were written.
     async fn discussion(
         &self,
         repo: &RepoRef,
@@ -787,6 +792,8 @@ impl Forge for GitHub {
                     author,
                     author_id,
                     body: comment.body.unwrap_or_default(),
+                    created_at: comment.created_at,
+                    ..DiscussionComment::default()
                 });
             }
             let Some(next) = next else { break };
@@ -810,11 +817,76 @@ impl Forge for GitHub {
             };
         }
         let (author, author_id) = issue.user.map(|u| (u.login, u.id)).unwrap_or_default();
-        Ok(Discussion {
+        let mut discussion = Discussion {
             author,
             author_id,
             ..latest.into_discussion(issue.title, issue.body.unwrap_or_default())
-        })
+        };
+        if thread.kind == ThreadKind::PullRequest {
+            let (review, omitted) = self.review_comments(&client, repo, thread, &bot).await?;
+            super::merge_review_comments(&mut discussion, review, omitted);
+        }
+        Ok(discussion)
+    }
+}
+
+/// A pull request review comment (`pulls/list-review-comments`), as far as it is read.
+#[derive(Deserialize)]
+struct ReviewComment {
+    #[serde(default)]
+    user: Option<Login>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    /// `null` on an outdated comment; `original_line` then says where it was.
+    #[serde(default)]
+    line: Option<u64>,
+    #[serde(default)]
+    original_line: Option<u64>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl GitHub {
+    /// A pull request's review comments, oldest first: the latest
+    /// [`super::DISCUSSION_MAX_COMMENTS`] of at most [`DISCUSSION_MAX_PAGES`] pages, and
+    /// how many older ones were left out.
+    async fn review_comments(
+        &self,
+        client: &Octocrab,
+        repo: &RepoRef,
+        thread: ThreadRef,
+        bot: &str,
+    ) -> Result<(Vec<DiscussionComment>, usize), ForgeError> {
+        let route = format!("/repos/{}/pulls/{}/comments", repo.full_name, thread.number);
+        let mut all = Vec::new();
+        for page in 1..=DISCUSSION_MAX_PAGES {
+            let query = [
+                ("per_page", COMMENTS_PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let got: octocrab::Page<ReviewComment> =
+                self.call(client.get(&route, Some(&query))).await?;
+            let full = got.items.len() == COMMENTS_PER_PAGE;
+            for c in got.items {
+                let (author, author_id) = c.user.map(|u| (u.login, u.id)).unwrap_or_default();
+                all.push(DiscussionComment {
+                    by_bot: author.eq_ignore_ascii_case(bot),
+                    author,
+                    author_id,
+                    body: c.body.unwrap_or_default(),
+                    created_at: c.created_at,
+                    review_path: c.path,
+                    review_line: c.line.or(c.original_line),
+                });
+            }
+            if got.next.is_none() || !full {
+                break;
+            }
+        }
+        let omitted = all.len().saturating_sub(super::DISCUSSION_MAX_COMMENTS);
+        Ok((all.split_off(omitted), omitted))
     }
 }
 

@@ -197,10 +197,25 @@ struct ThreadNote {
     id: u64,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+    /// A diff note's place (`type: DiffNote`); absent on other notes.
+    #[serde(default)]
+    position: Option<NotePosition>,
     /// Notes GitLab writes itself ("changed the description", "added 1 commit").
     #[serde(default)]
     system: bool,
     author: NoteAuthor,
+}
+
+#[derive(Deserialize)]
+struct NotePosition {
+    #[serde(default)]
+    new_path: Option<String>,
+    #[serde(default)]
+    new_line: Option<u64>,
+    #[serde(default)]
+    old_line: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -877,11 +892,15 @@ impl Forge for GitLab {
             let (notes, headers) = self.notes_page(client, &path, "asc", page).await?;
             let size = notes.len();
             for note in notes.into_iter().filter(|n| !n.system) {
+                let position = note.position;
                 latest.push(DiscussionComment {
                     by_bot: !bot.is_empty() && note.author.username == bot,
                     author: note.author.username,
                     author_id: note.author.id,
                     body: note.body.unwrap_or_default(),
+                    created_at: note.created_at,
+                    review_line: position.as_ref().and_then(|p| p.new_line.or(p.old_line)),
+                    review_path: position.and_then(|p| p.new_path),
                 });
             }
             let next = header_page(&headers, "x-next-page")
