@@ -250,7 +250,15 @@ impl Acknowledger {
                 .await?;
                 return Ok(Outcome::Done("forge_not_configured"));
             };
-            let level = match with_retries(|| forge.access_level(&job.repo, &job.requester)).await {
+            // The admin API token needs no forge account's access (SPEC 18).
+            let level = match with_retries(|| async {
+                if job.by_api_token() {
+                    return Ok(crate::model::AccessLevel::Admin);
+                }
+                forge.access_level(&job.repo, &job.requester).await
+            })
+            .await
+            {
                 Ok(level) => level,
                 Err(e) if e.is_transient() && deliveries < MAX_DELIVERIES => {
                     return Ok(Outcome::RetryLater(e.to_string()));
@@ -289,6 +297,8 @@ impl Acknowledger {
             }
             let body = progress::queued(&job, &self.public_url);
             match job.progress_comment_id {
+                // A repo + prompt job: its progress is on the dashboard only.
+                _ if job.thread.is_none() => {}
                 Some(existing) => {
                     self.best_effort(with_retries(|| {
                         forge.update_comment(&job.repo, job.thread, existing, &body)

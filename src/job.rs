@@ -101,6 +101,8 @@ pub enum TriggerKind {
     Comment,
     Label,
     Dashboard,
+    /// `POST /api/v1/jobs` with the admin API token: no forge requester (SPEC 18).
+    Api,
 }
 
 impl TriggerKind {
@@ -109,6 +111,7 @@ impl TriggerKind {
             TriggerKind::Comment => "comment",
             TriggerKind::Label => "label",
             TriggerKind::Dashboard => "dashboard",
+            TriggerKind::Api => "api",
         }
     }
 }
@@ -120,6 +123,7 @@ impl FromStr for TriggerKind {
             "comment" => TriggerKind::Comment,
             "label" => TriggerKind::Label,
             "dashboard" => TriggerKind::Dashboard,
+            "api" => TriggerKind::Api,
             other => return Err(format!("unknown trigger `{other}`")),
         })
     }
@@ -194,7 +198,25 @@ pub struct Job {
     pub deletions: u64,
 }
 
+/// The requester of a job started with the admin API token (SPEC 18): no forge account.
+/// Its login cannot be a forge username (parentheses), so no text of it mentions anyone.
+pub const API_REQUESTER: &str = "(API token)";
+
 impl Job {
+    /// Started with the admin API token: nobody's access to check, nobody to credit.
+    pub fn by_api_token(&self) -> bool {
+        self.trigger == TriggerKind::Api
+    }
+
+    /// Who asked, for texts: `@login`, or "the API token".
+    pub fn requested_by(&self) -> String {
+        if self.by_api_token() {
+            "the API token".to_owned()
+        } else {
+            format!("@{}", self.requester.login)
+        }
+    }
+
     /// A fresh queued job.
     pub fn new(
         repo: RepoRef,

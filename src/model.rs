@@ -104,10 +104,22 @@ pub struct ThreadRef {
 }
 
 impl ThreadRef {
+    /// No issue or pull/merge request: a repo + prompt job (SPEC 18), stored as issue 0.
+    pub const NONE: ThreadRef = ThreadRef {
+        kind: ThreadKind::Issue,
+        number: 0,
+    };
+
+    /// A repo + prompt job's: nothing on the forge to comment on, read or close.
+    pub fn is_none(&self) -> bool {
+        self.number == 0
+    }
+
     /// How the forge writes a link to it: `#12`, or `!12` for a GitLab merge request
-    /// (GitLab issues are `#12` too).
+    /// (GitLab issues are `#12` too); "the dashboard" for [`ThreadRef::NONE`].
     pub fn reference(&self) -> String {
         match self.kind {
+            _ if self.is_none() => "the dashboard".to_owned(),
             ThreadKind::MergeRequest => format!("!{}", self.number),
             ThreadKind::Issue | ThreadKind::PullRequest => format!("#{}", self.number),
         }

@@ -35,12 +35,12 @@ fn checklist(job: &Job) -> String {
         format!("Update this {}", change_request_name(job))
     };
     format!(
-        "- [x] Queued — requested by @{login}\n\
+        "- [x] Queued — requested by {by}\n\
          - [ ] Clone `{repo}`\n\
          - [ ] Agent working\n\
          - [ ] Push branch\n\
          - [ ] {last}",
-        login = job.requester.login,
+        by = job.requested_by(),
         repo = job.repo.full_name,
     )
 }
@@ -171,8 +171,8 @@ fn checklist_lines(job: &Job, c: &Checklist) -> String {
         None => format!("- [ ] Update this {name}"),
     };
     format!(
-        "- [x] Queued — requested by @{}\n{cloned}\n{agent}\n{push}\n{open}",
-        job.requester.login
+        "- [x] Queued — requested by {}\n{cloned}\n{agent}\n{push}\n{open}",
+        job.requested_by()
     )
 }
 

@@ -556,6 +556,22 @@ async fn the_new_job_form_stores_a_dashboard_job_for_the_acknowledger() {
     let list = get(&app, Some(&a), "/jobs").await.text().await.unwrap();
     assert!(list.contains(&format!("/jobs/{id}")));
 
+    // SPEC 18: the number is optional; without it the job names no thread.
+    let mut no_number = good;
+    no_number[3].1 = "";
+    let r = new_job(&app, &a, &no_number).await;
+    assert_eq!(r.status(), 303);
+    let id = location(&r).trim_start_matches("/jobs/").to_owned();
+    let job = app.job(&id).await;
+    assert!(job.thread.is_none(), "{:?}", job.thread);
+    assert_eq!(job.thread_title, "Fix the flaky login test");
+    let page = get(&app, Some(&a), &format!("/jobs/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("repo + prompt"), "{page}");
+
     // A user without a forge account cannot start jobs.
     let ldap = sign_in(
         &app,
@@ -587,7 +603,7 @@ async fn the_new_job_form_stores_a_dashboard_job_for_the_acknowledger() {
     let r = new_job(&app, &a, &good).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("not enabled"));
-    assert_eq!(intake_tasks(&app).await.len(), tasks_before + 1);
+    assert_eq!(intake_tasks(&app).await.len(), tasks_before + 2);
 }
 
 #[tokio::test]

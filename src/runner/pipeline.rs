@@ -216,6 +216,8 @@ impl Pipeline {
             self.runner.settings.consumer
         ));
         let reporter = match self.progress_comment(forge.as_ref()).await {
+            // A repo + prompt job: progress on the dashboard only (SPEC 18).
+            _ if self.job.thread.is_none() => None,
             Ok(id) => Some(Reporter::start(
                 forge.clone(),
                 self.job.repo.clone(),
@@ -295,6 +297,9 @@ impl Pipeline {
     /// acknowledgement (eyes and the comment) when `serve` never did, after looking for
     /// one an earlier attempt posted.
     async fn progress_comment(&mut self, forge: &dyn Forge) -> Result<u64, Failure> {
+        if self.job.thread.is_none() {
+            return Err(Failure("a repo + prompt job has no thread".into()));
+        }
         let body = progress::running(&self.job, &self.runner.settings.public_url, &self.checklist);
         if let Some(id) = self.job.progress_comment_id {
             self.fence().await?;
@@ -421,8 +426,12 @@ impl Pipeline {
         }
         self.update(reporter);
         let job = self.job.clone();
-        // Re-check: access may have been revoked while the job waited.
-        let level = with_retries(|| forge.access_level(&job.repo, &job.requester)).await?;
+        // Re-check: access may have been revoked while the job waited (the admin API
+        // token has no forge account to check).
+        let level = match job.by_api_token() {
+            true => crate::model::AccessLevel::Admin,
+            false => with_retries(|| forge.access_level(&job.repo, &job.requester)).await?,
+        };
         if !level.may_run_jobs() {
             log.step(format!(
                 "@{} no longer has write access",
@@ -437,9 +446,15 @@ impl Pipeline {
         }
         let info = with_retries(|| forge.repository(&job.repo)).await?;
         // The prompt quotes the thread as it is now; without it the command still stands.
-        match with_retries(|| forge.discussion(&job.repo, job.thread)).await {
-            Ok(d) => self.discussion = Some(d),
-            Err(e) => log.step(format!(
+        // A repo + prompt job has none.
+        let discussion = match job.thread.is_none() {
+            true => None,
+            false => Some(with_retries(|| forge.discussion(&job.repo, job.thread)).await),
+        };
+        match discussion {
+            None => {}
+            Some(Ok(d)) => self.discussion = Some(d),
+            Some(Err(e)) => log.step(format!(
                 "Could not read the {}'s text ({e}); the agent gets the command and the title only",
                 context::thread_noun(job.thread.kind)
             )),
@@ -750,12 +765,28 @@ impl Pipeline {
         mirror: &Arc<Mirror>,
         config: &RepoConfig,
     ) -> Result<String, Failure> {
-        let stem = format!(
-            "{}{}-{}",
-            config.prefix(),
-            self.job.thread.number,
-            crate::git::slug(&self.job.thread_title)
-        );
+        let stem = match self.job.thread.is_none() {
+            // SPEC 18: `repobox/job-<first 8 of the id>-<slug of the prompt>` (its first
+            // line, which is the job's title).
+            true => format!(
+                "{}job-{}-{}",
+                config.prefix(),
+                self.job
+                    .id
+                    .to_string()
+                    .to_lowercase()
+                    .chars()
+                    .take(8)
+                    .collect::<String>(),
+                crate::git::slug(&self.job.thread_title)
+            ),
+            false => format!(
+                "{}{}-{}",
+                config.prefix(),
+                self.job.thread.number,
+                crate::git::slug(&self.job.thread_title)
+            ),
+        };
         let m = mirror.clone();
         blocking(move || {
             for n in 1..100 {
@@ -1135,6 +1166,9 @@ impl Pipeline {
     /// same repository only; at most [`EARLIER_JOBS`]. Lookup errors leave it empty.
     async fn earlier_jobs(&self, mirror: &Arc<Mirror>, head: &str, default: &str) -> Vec<Job> {
         let store = &self.runner.store;
+        if self.job.thread.is_none() {
+            return Vec::new();
+        }
         let mut ids: Vec<crate::job::JobId> = store
             .thread_jobs(&self.job.repo, self.job.thread, 20)
             .await
@@ -1330,15 +1364,20 @@ impl Pipeline {
             m.push_str("\n\n");
         }
         m.push_str(&format!(
-            "Requested by @{} in {}.\nRepobox job {}: {url}/jobs/{}\n\nCo-authored-by: {} <{}>\n{}\n",
-            job.requester.login,
+            "Requested by {} in {}.\nRepobox job {}: {url}/jobs/{}\n\n",
+            job.requested_by(),
             job.thread.reference(),
             job.id,
             job.id,
-            co_author.name,
-            co_author.email,
-            trailer(job),
         ));
+        // The API token is nobody to credit.
+        if !job.by_api_token() {
+            m.push_str(&format!(
+                "Co-authored-by: {} <{}>\n",
+                co_author.name, co_author.email
+            ));
+        }
+        m.push_str(&format!("{}\n", trailer(job)));
         m
     }
 
@@ -1452,6 +1491,7 @@ impl Pipeline {
             text.push_str("\n\n");
         }
         match job.thread.kind {
+            _ if job.thread.is_none() => {}
             ThreadKind::Issue => text.push_str(&format!("Closes #{}\n\n", job.thread.number)),
             _ => text.push_str(&format!(
                 "Builds on {} (Repobox may not push to its branch).\n\n",
@@ -1480,8 +1520,8 @@ impl Pipeline {
             text.push_str("\n\n");
         }
         text.push_str(&format!(
-            "Requested by @{} in {} · Repobox job [`{}`]({url}/jobs/{})\n",
-            job.requester.login,
+            "Requested by {} in {} · Repobox job [`{}`]({url}/jobs/{})\n",
+            job.requested_by(),
             job.thread.reference(),
             job.id,
             job.id
@@ -1664,7 +1704,7 @@ fn short(sha: &str) -> String {
 
 /// The job's own issue, the one its text may close (none on a pull/merge request).
 fn own_issue(job: &Job) -> Option<OwnIssue<'_>> {
-    (job.thread.kind == ThreadKind::Issue).then_some(OwnIssue {
+    (job.thread.kind == ThreadKind::Issue && !job.thread.is_none()).then_some(OwnIssue {
         repo: &job.repo.full_name,
         number: job.thread.number,
     })

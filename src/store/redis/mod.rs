@@ -152,7 +152,12 @@ impl Keys {
             self.prefix, job.repo.forge, job.requester.id
         )
     }
+    /// The thread gate's key suffix; a repo + prompt job (no thread) is a gate of its
+    /// own, so such jobs never wait for each other.
     fn thread_suffix(job: &Job) -> String {
+        if job.thread.is_none() {
+            return format!("{}:{}:job:{}", job.repo.forge, job.repo.full_name, job.id);
+        }
         format!(
             "{}:{}:{}:{}",
             job.repo.forge,

@@ -21,7 +21,7 @@ use crate::app::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/jobs", get(list))
+        .route("/api/v1/jobs", get(list).post(create))
         .route("/api/v1/jobs/{id}", get(show))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/retry", post(retry))
@@ -116,6 +116,95 @@ async fn caller(
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first"))
 }
 
+/// `POST /api/v1/jobs` (SPEC 18): `{"repo":"github:owner/name","prompt":"…"}`, with
+/// an optional `"number"` (or `"issue"`) and `"kind"`. With a session the job runs as
+/// the signed-in forge account (write access checked like a comment's); with the API
+/// token it has no forge requester. `201 {"id","url","status"}`; 400 names what is
+/// wrong.
+#[derive(serde::Deserialize)]
+pub struct CreateJob {
+    #[serde(default)]
+    repo: String,
+    #[serde(default)]
+    prompt: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    number: Option<u64>,
+    #[serde(default)]
+    issue: Option<u64>,
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+    body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use super::new_job::{JobAsk, Starter, job_from, start};
+    let (user, by_token) = match caller(&state, &session, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if !by_token && !session::check_csrf(&session, csrf_header(&headers)).await {
+        return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    if body.provider.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "provider: jobs do not run with personal providers yet",
+        );
+    }
+    let number = body
+        .number
+        .or(body.issue)
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    let ask = JobAsk {
+        repo: &body.repo,
+        kind: &body.kind,
+        number: &number,
+        prompt: &body.prompt,
+    };
+    let starter = match by_token {
+        true => Starter::ApiToken,
+        false => Starter::User(&user),
+    };
+    let job = match job_from(&starter, &ask) {
+        Ok(job) => job,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    match start(&state, job).await {
+        Ok(job) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "id": job.id.to_string(),
+                "url": format!("{}/jobs/{}", state.public_url.trim_end_matches('/'), job.id),
+                "status": job.status.as_str(),
+            })),
+        )
+            .into_response(),
+        Err(Ok(refused)) => error(StatusCode::BAD_REQUEST, &refused),
+        Err(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the job store is unavailable",
+        ),
+    }
+}
+
+fn csrf_header(headers: &HeaderMap) -> &str {
+    headers
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 async fn list(
     State(state): State<AppState>,
     session: Session,
@@ -184,11 +273,7 @@ async fn command(
         Ok(u) => u,
         Err(r) => return r,
     };
-    let token = headers
-        .get("x-csrf-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !by_token && !session::check_csrf(&session, token).await {
+    if !by_token && !session::check_csrf(&session, csrf_header(&headers)).await {
         return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
     }
     let job = match super::visible_job(&state, &user, &id).await {

@@ -277,6 +277,9 @@ async fn jobs_page(
 /// The thread's web address on the configured forge, for the links on the job page.
 pub fn thread_url(setup: &setup::SetupInfo, job: &Job) -> Option<String> {
     use crate::model::{ForgeKind, ThreadKind};
+    if job.thread.is_none() {
+        return None;
+    }
     let (base, path) = match (job.repo.forge, job.thread.kind) {
         (ForgeKind::GitHub, ThreadKind::PullRequest) => (setup.github_web_url.as_str(), "pull"),
         (ForgeKind::GitHub, _) => (setup.github_web_url.as_str(), "issues"),

@@ -1,9 +1,11 @@
 //! `/jobs/new`: start a job from the dashboard (SPEC §8).
 //!
 //! The job is the same as a comment-triggered one, only with trigger `dashboard`: it
-//! names a repository and an issue or pull/merge request (where its progress comment
-//! goes and which its PR/MR closes), the prompt is its instructions (sanitised like a
-//! comment's), and the requester is the forge account the user signed in with. It goes
+//! names a repository and, optionally, an issue or pull/merge request (where its
+//! progress comment goes and which its PR/MR closes; without one it is a repo + prompt
+//! job, SPEC 18: a new branch from the default branch, a PR/MR, progress on the
+//! dashboard only), the prompt is its instructions (sanitised like a comment's), and
+//! the requester is the forge account the user signed in with. It goes
 //! through the acknowledger, which checks that account's write access on the forge
 //! before any runner sees the job. Users who signed in with Google or LDAP have no forge
 //! account and cannot start jobs.
@@ -72,7 +74,7 @@ fn form_page(
                             option value="merge_request" selected[form.kind == "merge_request"] { "merge request" }
                         }
                     }
-                    label { "Number" input name="number" inputmode="numeric" value=(form.number) required; }
+                    label { "Number (optional)" input name="number" inputmode="numeric" placeholder="none: a new branch and PR" value=(form.number); }
                 }
                 label { "What should the agent do?"
                     textarea name="prompt" rows="6" required { (form.prompt) }
@@ -131,23 +133,49 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Page {
     Page::Html(form_page(&user, &csrf, &list, &NewJobForm::default(), None))
 }
 
-/// The job the form describes, or what is wrong with it.
-fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
-    let Some((forge, user_id)) = user.forge_account() else {
-        return Err("Sign in with GitHub or GitLab to start jobs.".into());
+/// Who starts a job from the dashboard or the API.
+pub enum Starter<'a> {
+    /// A signed-in user: the job runs as their forge account.
+    User(&'a SessionUser),
+    /// The admin API token: no forge requester, no access check (SPEC 18).
+    ApiToken,
+}
+
+/// What a dashboard form or an API call asks for.
+pub struct JobAsk<'a> {
+    /// `forge:owner/name` (a signed-in user may leave out the forge).
+    pub repo: &'a str,
+    /// `issue`, `pull_request` or `merge_request`; issue when empty.
+    pub kind: &'a str,
+    /// The issue or pull/merge request; empty: none, a repo + prompt job.
+    pub number: &'a str,
+    pub prompt: &'a str,
+}
+
+/// The job the form or the call describes, or what is wrong with it.
+pub fn job_from(starter: &Starter<'_>, ask: &JobAsk<'_>) -> Result<Job, String> {
+    let account = match starter {
+        Starter::User(user) => match user.forge_account() {
+            Some(account) => Some(account),
+            None => return Err("Sign in with GitHub or GitLab to start jobs.".into()),
+        },
+        Starter::ApiToken => None,
     };
-    let repo = form.repo.trim();
-    let (repo_forge, full_name) = match repo.split_once(':') {
-        Some((f, name)) => (
+    let repo = ask.repo.trim();
+    let (forge, full_name) = match (repo.split_once(':'), account) {
+        (Some((f, name)), _) => (
             f.parse::<ForgeKind>()
                 .map_err(|_| format!("Unknown forge `{f}`."))?,
             name,
         ),
-        None => (forge, repo),
+        (None, Some((forge, _))) => (forge, repo),
+        (None, None) => return Err("Name the repository as forge:owner/name.".into()),
     };
-    if repo_forge != forge {
+    if let Some((signed_in, _)) = account
+        && signed_in != forge
+    {
         return Err(format!(
-            "You signed in with {forge}; jobs on {repo_forge} need a {repo_forge} sign-in."
+            "You signed in with {signed_in}; jobs on {forge} need a {forge} sign-in."
         ));
     }
     let parts: Vec<&str> = full_name.split('/').collect();
@@ -162,7 +190,7 @@ fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
     {
         return Err("Name the repository as owner/name (GitLab: group/…/name).".into());
     }
-    let kind = match (form.kind.as_str(), forge) {
+    let kind = match (ask.kind, forge) {
         ("pull_request", ForgeKind::GitHub) => ThreadKind::PullRequest,
         ("merge_request", ForgeKind::GitLab) => ThreadKind::MergeRequest,
         ("pull_request" | "merge_request", _) => {
@@ -177,15 +205,18 @@ fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
         }
         _ => ThreadKind::Issue,
     };
-    let number: u64 = form
-        .number
-        .trim()
-        .trim_start_matches(['#', '!'])
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or("The issue or pull/merge request number must be a positive number.")?;
-    let prompt = sanitize_untrusted(form.prompt.trim()).trim().to_owned();
+    // SPEC 18: the issue or pull/merge request is optional.
+    let number = ask.number.trim().trim_start_matches(['#', '!']);
+    let thread = match number {
+        "" => ThreadRef::NONE,
+        n => ThreadRef {
+            kind,
+            number: n.parse().ok().filter(|n| *n > 0).ok_or(
+                "The issue or pull/merge request number must be a positive number (or empty).",
+            )?,
+        },
+    };
+    let prompt = sanitize_untrusted(ask.prompt.trim()).trim().to_owned();
     if prompt.is_empty() {
         return Err("Write what the agent should do.".into());
     }
@@ -201,6 +232,24 @@ fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
         .chars()
         .take(80)
         .collect();
+    let (trigger, requester) = match (starter, account) {
+        (Starter::User(user), Some((_, id))) => (
+            TriggerKind::Dashboard,
+            UserRef {
+                id,
+                login: user.login.clone(),
+                is_bot: false,
+            },
+        ),
+        _ => (
+            TriggerKind::Api,
+            UserRef {
+                id: 0,
+                login: crate::job::API_REQUESTER.to_owned(),
+                is_bot: false,
+            },
+        ),
+    };
     Ok(Job::new(
         RepoRef {
             forge,
@@ -208,17 +257,32 @@ fn job_from(user: &SessionUser, form: &NewJobForm) -> Result<Job, String> {
             id: None,
             installation_id: None,
         },
-        ThreadRef { kind, number },
+        thread,
         title,
-        TriggerKind::Dashboard,
-        UserRef {
-            id: user_id,
-            login: user.login.clone(),
-            is_bot: false,
-        },
+        trigger,
+        requester,
         prompt,
         time::OffsetDateTime::now_utc(),
     ))
+}
+
+/// Checks the admin's allow-list and stores the job for the acknowledger.
+pub async fn start(
+    state: &AppState,
+    job: Job,
+) -> Result<Job, Result<String, crate::store::StoreError>> {
+    if !state.settings.current().await.repo_allowed(&job.repo) {
+        return Err(Ok(format!(
+            "Repobox is not enabled for {}:{} (admin settings).",
+            job.repo.forge, job.repo.full_name
+        )));
+    }
+    state
+        .store
+        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
+        .await
+        .map_err(Err)?;
+    Ok(job)
 }
 
 pub async fn create(
@@ -230,29 +294,23 @@ pub async fn create(
         Ok(u) => u,
         Err(p) => return p,
     };
-    let checked = match job_from(&user, &form) {
-        Ok(job) if !state.settings.current().await.repo_allowed(&job.repo) => Err(format!(
-            "Repobox is not enabled for {}:{} (admin settings).",
-            job.repo.forge, job.repo.full_name
-        )),
-        other => other,
+    let ask = JobAsk {
+        repo: &form.repo,
+        kind: &form.kind,
+        number: &form.number,
+        prompt: &form.prompt,
     };
-    let job = match checked {
-        Ok(job) => job,
-        Err(e) => {
-            let list = suggestions(&state, &session, &user).await;
-            return Page::Status(
-                StatusCode::BAD_REQUEST,
-                form_page(&user, &csrf, &list, &form, Some(&e)),
-            );
-        }
+    let refused = match job_from(&Starter::User(&user), &ask) {
+        Ok(job) => match start(&state, job).await {
+            Ok(job) => return Page::Redirect(format!("/jobs/{}", job.id)),
+            Err(Ok(refused)) => refused,
+            Err(Err(e)) => return super::unavailable(e),
+        },
+        Err(refused) => refused,
     };
-    match state
-        .store
-        .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
-        .await
-    {
-        Ok(_) => Page::Redirect(format!("/jobs/{}", job.id)),
-        Err(e) => super::unavailable(e),
-    }
+    let list = suggestions(&state, &session, &user).await;
+    Page::Status(
+        StatusCode::BAD_REQUEST,
+        form_page(&user, &csrf, &list, &form, Some(&refused)),
+    )
 }

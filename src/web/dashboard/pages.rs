@@ -89,6 +89,9 @@ fn when(t: time::OffsetDateTime) -> String {
 }
 
 fn thread_label(job: &Job) -> String {
+    if job.thread.is_none() {
+        return "repo + prompt".to_owned();
+    }
     let noun = match job.thread.kind {
         ThreadKind::Issue => "issue",
         ThreadKind::PullRequest => "PR",
@@ -198,7 +201,7 @@ fn checklist(job: &Job) -> Markup {
     let agent_done = job.summary.is_some() || job.commit_sha.is_some();
     html! {
         ul.checklist {
-            li.done { "Queued — requested by @" (job.requester.login) }
+            li.done { "Queued — requested by " (job.requested_by()) }
             li.done[started] { "Runner started" @if job.attempt > 1 { " (attempt " (job.attempt) ")" } }
             li.done[agent_done] { "Agent" @if job.agent_turns > 0 { " · " (job.agent_turns) " turns · " (job.tool_calls) " tool calls" } }
             li.done[job.pushed_sha.is_some()] { "Push" @if let Some(b) = &job.branch { " " code { (b) } } }
