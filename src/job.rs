@@ -177,6 +177,8 @@ pub struct Job {
     /// The commit the runner pushed (set after the push, so a re-delivered job skips
     /// straight to the pull/merge request).
     pub pushed_sha: Option<String>,
+    /// The GitHub check run showing the job on the commit it pushed (SPEC 17).
+    pub check_run_id: Option<u64>,
     /// The agent's summary of what it changed and why.
     pub summary: Option<String>,
     /// The current run's number: incremented by every claim (more than 1 after a
@@ -258,6 +260,7 @@ impl Job {
             cancel_requested: false,
             queue_only: false,
             pushed_sha: None,
+            check_run_id: None,
             summary: None,
             attempt: 0,
             runner: None,
@@ -347,6 +350,7 @@ impl Job {
         opt("error", self.error.clone());
         opt("delivery_id", self.delivery_id.clone());
         opt("pushed_sha", self.pushed_sha.clone());
+        opt("check_run_id", self.check_run_id.map(|v| v.to_string()));
         opt("summary", self.summary.clone());
         opt("runner", self.runner.clone());
         opt("push_branch", self.push_branch.clone());
@@ -444,6 +448,7 @@ impl Job {
             cancel_requested: get("cancel_requested") == Some("1"),
             queue_only: get("queue_only") == Some("1"),
             pushed_sha: get("pushed_sha").map(str::to_owned),
+            check_run_id: get("check_run_id").and_then(|v| v.parse().ok()),
             summary: get("summary").map(str::to_owned),
             attempt: opt_num("attempt")?.unwrap_or(0),
             runner: get("runner").map(str::to_owned),

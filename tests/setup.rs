@@ -237,6 +237,7 @@ async fn the_manifest_flow_checks_state_stores_the_app_sealed_and_closes() {
         json!(["https://repobox.example.com/auth/github/callback"])
     );
     assert_eq!(manifest["default_permissions"]["contents"], "write");
+    assert_eq!(manifest["default_permissions"]["checks"], "write");
     assert!(manifest["default_permissions"].get("workflows").is_none());
     let first_state = action.split("state=").nth(1).unwrap().to_owned();
 

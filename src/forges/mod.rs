@@ -197,6 +197,44 @@ pub trait Forge: Send + Sync + 'static {
     /// agent's context. Raw forge text: the caller sanitises it.
     async fn discussion(&self, repo: &RepoRef, thread: ThreadRef)
     -> Result<Discussion, ForgeError>;
+
+    /// SPEC 17: the job's status on a commit it pushed — a check run named
+    /// [`HEAD_STATUS_NAME`] (GitHub) or a commit status `repobox` (GitLab) — created or
+    /// moved on to `status.state`. `check_run`: the id an earlier call returned; without
+    /// it GitHub's check run is looked up by the job id (`external_id`) before one is
+    /// created. Returns the id to pass next time (`None` on GitLab, where the status is
+    /// the latest one of its name).
+    async fn head_status(
+        &self,
+        repo: &RepoRef,
+        status: &HeadStatus<'_>,
+        check_run: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError>;
+}
+
+/// The name of Repobox's check run on GitHub (GitLab's commit status is `repobox`).
+pub const HEAD_STATUS_NAME: &str = "Repobox";
+
+/// Where a job stands, for its status on the commit it pushed (SPEC 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadState {
+    InProgress,
+    Success,
+    Failure,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeadStatus<'a> {
+    /// The commit the job pushed.
+    pub sha: &'a str,
+    pub state: HeadState,
+    /// The job page.
+    pub details_url: &'a str,
+    /// The job id (GitHub's `external_id`).
+    pub job: &'a str,
+    /// One line on the forge: what the job is doing or how it ended.
+    pub summary: &'a str,
 }
 
 /// An issue's or pull/merge request's text as the forge has it now.

@@ -55,6 +55,7 @@ use crate::forges::{
     ChangeRequest, Discussion, Forge, ForgeError, NewChangeRequest, find_or_create_comment,
     with_retries,
 };
+use crate::forges::{HeadState, HeadStatus};
 use crate::git::{CommitInfo, Credentials, GitError, Mirror, WorkTree};
 use crate::job::{Job, JobStatus, rfc3339};
 use crate::model::{ForgeKind, Reaction, ThreadKind};
@@ -277,6 +278,16 @@ impl Pipeline {
                 true
             }
             Outcome::Done(final_state) => {
+                let (state, summary) = match &final_state {
+                    Final::Succeeded { .. } | Final::NoChanges => {
+                        (HeadState::Success, "The Repobox job succeeded")
+                    }
+                    Final::Cancelled => (HeadState::Cancelled, "The Repobox job was cancelled"),
+                    Final::Failed { .. } | Final::Rejected { .. } => {
+                        (HeadState::Failure, "The Repobox job failed; see its page")
+                    }
+                };
+                self.head_status(forge.as_ref(), state, summary, &log).await;
                 let (status, error) = self.report_final(&log, reporter, &final_state).await;
                 log.close().await;
                 failpoint::hit("runner:before_final");
@@ -286,6 +297,48 @@ impl Pipeline {
                 info!(status = status.as_str(), "job finished");
                 false
             }
+        }
+    }
+
+    /// SPEC 17: the job's status on the commit it pushed (nothing before a push). Best
+    /// effort: a forge that refuses (an installation that has not granted `checks:
+    /// write`) costs a log line, not the job.
+    async fn head_status(
+        &mut self,
+        forge: &dyn Forge,
+        state: HeadState,
+        summary: &str,
+        log: &JobLog,
+    ) {
+        let Some(sha) = self.job.pushed_sha.clone() else {
+            return;
+        };
+        let id = self.job.id.to_string();
+        let url = format!(
+            "{}/jobs/{id}",
+            self.runner.settings.public_url.trim_end_matches('/')
+        );
+        let status = HeadStatus {
+            sha: &sha,
+            state,
+            details_url: &url,
+            job: &id,
+            summary,
+        };
+        let repo = self.job.repo.clone();
+        let known = self.job.check_run_id;
+        match with_retries(|| forge.head_status(&repo, &status, known)).await {
+            Ok(Some(run)) if known != Some(run) => {
+                self.job.check_run_id = Some(run);
+                if let Err(Failure(e)) = self.record(&[("check_run_id", run.to_string())]).await {
+                    warn!(error = %e, "the check run's id was not recorded");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log.step(format!(
+                "Could not set the job's status on commit {}: {e}",
+                short(&sha)
+            )),
         }
     }
 
@@ -707,6 +760,14 @@ impl Pipeline {
                 }
             }
         }
+        // SPEC 17: the commit shows the job working, until it ends.
+        self.head_status(
+            forge,
+            HeadState::InProgress,
+            "Repobox is working on this commit",
+            log,
+        )
+        .await;
         if let Some(o) = self.stopped() {
             return Ok(o);
         }

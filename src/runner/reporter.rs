@@ -194,6 +194,14 @@ mod tests {
         async fn access_level(&self, _: &RepoRef, _: &UserRef) -> Result<AccessLevel, ForgeError> {
             unreachable!()
         }
+        async fn head_status(
+            &self,
+            _: &RepoRef,
+            _: &crate::forges::HeadStatus<'_>,
+            _: Option<u64>,
+        ) -> Result<Option<u64>, ForgeError> {
+            unreachable!()
+        }
         async fn react(
             &self,
             _: &RepoRef,

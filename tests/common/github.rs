@@ -116,6 +116,8 @@ pub struct FakeGitHub {
     pub deliveries: Arc<Mutex<Vec<Value>>>,
     /// Collaborators' permissions (login → `admin`, `write`, `read`, `none`).
     permissions: Arc<Mutex<HashMap<String, String>>>,
+    /// Check runs created through the API, as GitHub would return them now.
+    pub check_runs: Arc<Mutex<Vec<Value>>>,
 }
 
 /// What [`FakeGitHub::fail_after_creating`] applies to.
@@ -125,12 +127,15 @@ pub enum Creation {
     Comment,
     /// `POST /repos/{o}/{r}/pulls`
     PullRequest,
+    /// `POST /repos/{o}/{r}/check-runs`
+    CheckRun,
 }
 
 #[derive(Default)]
 struct LostAnswers {
     comments: AtomicUsize,
     pulls: AtomicUsize,
+    check_runs: AtomicUsize,
 }
 
 impl LostAnswers {
@@ -138,6 +143,7 @@ impl LostAnswers {
         match what {
             Creation::Comment => &self.comments,
             Creation::PullRequest => &self.pulls,
+            Creation::CheckRun => &self.check_runs,
         }
     }
 
@@ -344,6 +350,8 @@ impl FakeGitHub {
             })
             .mount(&server)
             .await;
+        let check_runs = Arc::new(Mutex::new(Vec::<Value>::new()));
+        mount_check_runs(&server, check_runs.clone(), lost_answers.clone()).await;
         FakeGitHub {
             server,
             pulls: Arc::default(),
@@ -353,6 +361,7 @@ impl FakeGitHub {
             lost_answers,
             deliveries,
             permissions,
+            check_runs,
         }
     }
 
@@ -1027,6 +1036,101 @@ impl Page {
             .append_pair("page", &n.to_string());
         format!("<{url}>; rel=\"{rel}\"")
     }
+}
+
+/// The Checks API (SPEC 17): `POST /repos/{o}/{r}/check-runs` stores a run shaped from
+/// GitHub's example with the fields sent (then may lose the answer, as a proxy would),
+/// `PATCH …/check-runs/{id}` changes it, `GET …/commits/{sha}/check-runs` lists the
+/// commit's runs (`check_name` filters by name). Installation tokens only.
+async fn mount_check_runs(
+    server: &MockServer,
+    runs: Arc<Mutex<Vec<Value>>>,
+    lost: Arc<LostAnswers>,
+) {
+    let merge = |run: &mut Value, sent: &Value| {
+        for key in [
+            "name",
+            "head_sha",
+            "details_url",
+            "external_id",
+            "status",
+            "conclusion",
+            "started_at",
+            "completed_at",
+            "output",
+        ] {
+            if let Some(v) = sent.get(key) {
+                run[key] = v.clone();
+            }
+        }
+    };
+    let (state, gone) = (runs.clone(), lost);
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/repos/[^/]+/[^/]+/check-runs$"))
+        .and(InstallationAuth)
+        .respond_with(move |req: &Request| {
+            let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let mut runs = state.lock().unwrap();
+            let mut run = example("checks__create.response.201.in-progress");
+            run["id"] = json!(7000 + runs.len() as u64);
+            run["conclusion"] = Value::Null;
+            merge(&mut run, &sent);
+            runs.push(run.clone());
+            if gone.take(Creation::CheckRun) {
+                return bad_gateway();
+            }
+            ResponseTemplate::new(201).set_body_json(run)
+        })
+        .mount(server)
+        .await;
+    let state = runs.clone();
+    Mock::given(method("PATCH"))
+        .and(path_regex(r"^/repos/[^/]+/[^/]+/check-runs/\d+$"))
+        .and(InstallationAuth)
+        .respond_with(move |req: &Request| {
+            let id: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
+            let sent: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let mut runs = state.lock().unwrap();
+            match runs.iter_mut().find(|r| r["id"] == json!(id)) {
+                Some(run) => {
+                    merge(run, &sent);
+                    let mut answer = example("checks__update.response.200.default");
+                    merge(&mut answer, run);
+                    answer["id"] = json!(id);
+                    ResponseTemplate::new(200).set_body_json(answer)
+                }
+                None => github_error(404),
+            }
+        })
+        .mount(server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path_regex(
+            r"^/repos/[^/]+/[^/]+/commits/[0-9a-f]+/check-runs$",
+        ))
+        .and(InstallationAuth)
+        .respond_with(move |req: &Request| {
+            let sha = req.url.path().split('/').nth(5).unwrap_or("").to_owned();
+            let name = req
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "check_name")
+                .map(|(_, v)| v.into_owned());
+            let found: Vec<Value> = runs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r["head_sha"] == json!(sha))
+                .filter(|r| name.as_ref().is_none_or(|n| r["name"] == json!(n)))
+                .cloned()
+                .collect();
+            let mut answer = example("checks__list-for-ref.response.200.default");
+            answer["total_count"] = json!(found.len());
+            answer["check_runs"] = json!(found);
+            ResponseTemplate::new(200).set_body_json(answer)
+        })
+        .mount(server)
+        .await;
 }
 
 /// A pull request in GitHub's shape (from the `pulls/get` example).

@@ -37,6 +37,9 @@ pub struct FakeGitLab {
     scripted_ids: AtomicU64,
     /// How many more creations of each kind are stored and then answered 502.
     lost_answers: Arc<LostAnswers>,
+    /// Commit statuses posted (`POST /projects/:id/statuses/:sha`), as GitLab answered
+    /// them, oldest first (SPEC 17).
+    pub statuses: Arc<Mutex<Vec<Value>>>,
 }
 
 /// What [`FakeGitLab::fail_after_creating`] applies to.
@@ -203,7 +206,47 @@ impl FakeGitLab {
             })
             .mount(&server)
             .await;
+        // Commit statuses: GitLab's documented answer (`POST /projects/:id/statuses/:sha`,
+        // "Set the pipeline status of a commit") with the fields sent; the form or JSON
+        // body both read.
+        let statuses: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let state = statuses.clone();
+        Mock::given(method("POST"))
+            .and(path_regex(r"^/api/v4/projects/[^/]+/statuses/[0-9a-f]+$"))
+            .and(header("private-token", TOKEN))
+            .respond_with(move |req: &Request| {
+                let sha = req.url.path().rsplit('/').next().unwrap_or("").to_owned();
+                let sent: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| {
+                    let pairs: serde_json::Map<String, Value> =
+                        url::form_urlencoded::parse(&req.body)
+                            .chain(req.url.query_pairs())
+                            .map(|(k, v)| (k.into_owned(), json!(v)))
+                            .collect();
+                    Value::Object(pairs)
+                });
+                let mut list = state.lock().unwrap();
+                let status = json!({
+                    "id": 90 + list.len() as u64,
+                    "sha": sha,
+                    "ref": Value::Null,
+                    "status": sent["state"],
+                    "name": sent["name"],
+                    "target_url": sent["target_url"],
+                    "description": sent["description"],
+                    "created_at": "2016-01-19T09:05:50.355Z",
+                    "started_at": Value::Null,
+                    "finished_at": Value::Null,
+                    "allow_failure": false,
+                    "coverage": Value::Null,
+                    "author": { "id": 99, "username": BOT_USERNAME, "name": "Repobox", "state": "active" },
+                });
+                list.push(status.clone());
+                ResponseTemplate::new(201).set_body_json(status)
+            })
+            .mount(&server)
+            .await;
         FakeGitLab {
+            statuses,
             server,
             merge_requests: Arc::default(),
             threads,

@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use super::budget::{self, Wait};
 use super::{
     ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, ForgeOptions, GitIdentity,
-    LatestComments, NewChangeRequest, RepoInfo,
+    HEAD_STATUS_NAME, HeadState, HeadStatus, LatestComments, NewChangeRequest, RepoInfo,
 };
 use crate::git::Credentials;
 use crate::model::{
@@ -827,6 +827,109 @@ impl Forge for GitHub {
             super::merge_review_comments(&mut discussion, review, omitted);
         }
         Ok(discussion)
+    }
+
+    /// `POST /repos/{o}/{r}/check-runs` (after looking for this job's by `external_id`
+    /// among the commit's `Repobox` runs), then `PATCH …/check-runs/{id}` to complete it.
+    async fn head_status(
+        &self,
+        repo: &RepoRef,
+        status: &HeadStatus<'_>,
+        check_run: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        let id = match check_run {
+            Some(id) => Some(id),
+            None => self.find_check_run(repo, status).await?,
+        };
+        let conclusion = match status.state {
+            HeadState::InProgress => None,
+            HeadState::Success => Some("success"),
+            HeadState::Failure => Some("failure"),
+            HeadState::Cancelled => Some("cancelled"),
+        };
+        let output = json!({ "title": status.summary, "summary": status.summary });
+        let now = crate::job::rfc3339(OffsetDateTime::now_utc());
+        let (route, body, create) = match (id, conclusion) {
+            // In progress already: nothing to change.
+            (Some(id), None) => return Ok(Some(id)),
+            (Some(id), Some(conclusion)) => (
+                format!("/repos/{}/check-runs/{id}", repo.full_name),
+                json!({
+                    "status": "completed",
+                    "conclusion": conclusion,
+                    "completed_at": now,
+                    "details_url": status.details_url,
+                    "output": output,
+                }),
+                false,
+            ),
+            (None, conclusion) => {
+                let mut body = json!({
+                    "name": HEAD_STATUS_NAME,
+                    "head_sha": status.sha,
+                    "details_url": status.details_url,
+                    "external_id": status.job,
+                    "status": "in_progress",
+                    "started_at": now,
+                    "output": output,
+                });
+                if let Some(conclusion) = conclusion {
+                    body["status"] = json!("completed");
+                    body["conclusion"] = json!(conclusion);
+                    body["completed_at"] = json!(now);
+                }
+                (format!("/repos/{}/check-runs", repo.full_name), body, true)
+            }
+        };
+        let run: CheckRunBody = self
+            .write(repo, Wait::UntilAvailable, |client| async move {
+                match create {
+                    true => client.post(route, Some(&body)).await,
+                    false => client.patch(route, Some(&body)).await,
+                }
+            })
+            .await?
+            .expect("a waiting write always goes out");
+        Ok(Some(run.id))
+    }
+}
+
+#[derive(Deserialize)]
+struct CheckRunBody {
+    id: u64,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CheckRunList {
+    #[serde(default)]
+    check_runs: Vec<CheckRunBody>,
+}
+
+impl GitHub {
+    /// This job's `Repobox` check run on the commit, if an earlier attempt made one.
+    async fn find_check_run(
+        &self,
+        repo: &RepoRef,
+        status: &HeadStatus<'_>,
+    ) -> Result<Option<u64>, ForgeError> {
+        let client = self.client(repo).await?;
+        let route = format!(
+            "/repos/{}/commits/{}/check-runs",
+            repo.full_name, status.sha
+        );
+        let query = [
+            ("check_name", HEAD_STATUS_NAME),
+            ("filter", "all"),
+            ("per_page", "100"),
+        ];
+        let list: CheckRunList = self.call(client.get(&route, Some(&query))).await?;
+        Ok(list
+            .check_runs
+            .into_iter()
+            .find(|r| r.external_id.as_deref() == Some(status.job))
+            .map(|r| r.id))
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::OnceCell;
 use super::budget::{self, Wait};
 use super::{
     ChangeRequest, Discussion, DiscussionComment, Forge, ForgeError, ForgeOptions, GitIdentity,
-    LatestComments, NewChangeRequest, RepoInfo,
+    HeadState, HeadStatus, LatestComments, NewChangeRequest, RepoInfo,
 };
 use crate::git::Credentials;
 use crate::model::{
@@ -932,5 +932,38 @@ impl Forge for GitLab {
             author_id,
             ..latest.into_discussion(text.title, text.description.unwrap_or_default())
         })
+    }
+
+    /// `POST /projects/:id/statuses/:sha` with the name `repobox`: GitLab keeps the
+    /// latest status of a name per commit, so each call moves it on.
+    async fn head_status(
+        &self,
+        repo: &RepoRef,
+        status: &HeadStatus<'_>,
+        _check_run: Option<u64>,
+    ) -> Result<Option<u64>, ForgeError> {
+        use api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
+        let client = self.client().await?;
+        let state = match status.state {
+            HeadState::InProgress => CommitStatusState::Running,
+            HeadState::Success => CommitStatusState::Success,
+            HeadState::Failure => CommitStatusState::Failed,
+            HeadState::Cancelled => CommitStatusState::Canceled,
+        };
+        let create = CreateCommitStatus::builder()
+            .project(Self::project(repo))
+            .commit(status.sha)
+            .state(state)
+            .name("repobox")
+            .target_url(status.details_url)
+            .description(status.summary)
+            .build()
+            .expect("all fields set");
+        self.write(
+            Wait::UntilAvailable,
+            api::ignore(create).query_async(client),
+        )
+        .await?;
+        Ok(None)
     }
 }
