@@ -660,6 +660,29 @@ fn big_files(n: usize, size: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A job that reads `files` (on the default branch) and changes nothing, with the Claude
+/// agent on `fake`: it ends `no_changes` with every scripted turn used.
+async fn read_the_docs(
+    fake: &FakeAnthropic,
+    context_window: Option<u64>,
+    files: &[(String, String)],
+) -> (World, String, Job) {
+    let w = world(Setup {
+        custom_agent: Some(claude_with(fake, API_KEY, context_window)),
+        files: files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect(),
+        ..Setup::default()
+    })
+    .await;
+    let id = w.comment("/repobox read the docs").await;
+    let job = w.finished(&id).await;
+    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
+    assert_eq!(fake.left(), 0);
+    (w, id, job)
+}
+
 fn view_file(id: &str, path: &str) -> Turn {
     calls(vec![tool(
         id,
@@ -700,19 +723,7 @@ async fn a_thirty_turn_job_reading_large_files_never_sends_a_request_over_the_wi
         .collect();
     script.push(done("Read everything\n\nNothing to change."));
     let fake = FakeAnthropic::with_window(script, WINDOW).await;
-    let w = world(Setup {
-        custom_agent: Some(claude_with(&fake, API_KEY, Some(WINDOW))),
-        files: files
-            .iter()
-            .map(|(p, t)| (p.as_str(), t.as_str()))
-            .collect(),
-        ..Setup::default()
-    })
-    .await;
-    let id = w.comment("/repobox read the docs").await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
-    assert_eq!(fake.left(), 0);
+    let (w, id, job) = read_the_docs(&fake, Some(WINDOW), &files).await;
     let requests = fake.requests();
     assert_eq!(requests.len(), 31);
     for (n, r) in requests.iter().enumerate() {
@@ -784,19 +795,7 @@ async fn a_prompt_over_the_window_is_trimmed_and_sent_again_not_a_failure() {
     script.push(done("Read everything\n\nNothing to change."));
     let turns = script.len();
     let fake = FakeAnthropic::with_window(script, WINDOW).await;
-    let w = world(Setup {
-        custom_agent: Some(claude(&fake, API_KEY)),
-        files: files
-            .iter()
-            .map(|(p, t)| (p.as_str(), t.as_str()))
-            .collect(),
-        ..Setup::default()
-    })
-    .await;
-    let id = w.comment("/repobox read the docs").await;
-    let job = w.finished(&id).await;
-    assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
-    assert_eq!(fake.left(), 0);
+    let (w, id, job) = read_the_docs(&fake, None, &files).await;
     let requests = fake.requests();
     let refused: Vec<usize> = (0..requests.len())
         .filter(|&n| requests[n].refused.is_some())

@@ -7,9 +7,9 @@
 
 mod common;
 
+use common::fixture_path;
 use common::github::Creation;
 use common::world::*;
-use common::{fixture_json, fixture_path};
 use repobox::job::JobStatus;
 use serde_json::{Value, json};
 
@@ -144,11 +144,7 @@ async fn a_lost_create_answer_is_found_by_the_job_id_not_doubled() {
 #[tokio::test]
 async fn a_gitlab_job_sets_a_repobox_commit_status_running_then_success() {
     let w = world(Setup::default()).await;
-    let mut note = fixture_json("gitlab/docs/note_hook.issue.json");
-    note["object_attributes"]["note"] = json!("/repobox fix the spelling");
-    let r = w.app.gitlab("Note Hook", &note).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["job"].as_str().unwrap().to_owned();
+    let id = w.gitlab_note("/repobox fix the spelling").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
     let sha = job.pushed_sha.clone().unwrap();

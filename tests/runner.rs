@@ -103,11 +103,7 @@ async fn github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_co
 #[tokio::test]
 async fn gitlab_issue_becomes_a_merge_request() {
     let w = world(Setup::default()).await;
-    let mut note = fixture_json("gitlab/docs/note_hook.issue.json");
-    note["object_attributes"]["note"] = json!("/repobox fix the spelling");
-    let r = w.app.gitlab("Note Hook", &note).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    let id = r.body["job"].as_str().unwrap().to_owned();
+    let id = w.gitlab_note("/repobox fix the spelling").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
 

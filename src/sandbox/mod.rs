@@ -450,27 +450,8 @@ async fn check_bwrap() -> Result<String, String> {
         })?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
 
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let work_tree =
-        std::env::temp_dir().join(format!("repobox-doctor-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&work_tree).map_err(|err| {
-        format!(
-            "cannot create a trial work tree {}: {err}",
-            work_tree.display()
-        )
-    })?;
-    let spec = SandboxSpec {
-        kind: SandboxKind::Bwrap,
-        work_tree: work_tree.clone(),
-        read_only: Vec::new(),
-        writable: Vec::new(),
-        proxy: None,
-        env: Vec::new(),
-        limits: Limits::default(),
-    };
+    let work_tree = trial_dir("repobox-doctor")?;
+    let spec = trial_spec(&work_tree, None);
     let result = tokio::time::timeout(CHECK_TIMEOUT, spec.command("true", &[]).output()).await;
     // Best effort: the directory is empty unless bwrap misbehaved.
     let _ = std::fs::remove_dir(&work_tree);
@@ -506,36 +487,48 @@ async fn check_bwrap() -> Result<String, String> {
     }
 }
 
+/// A fresh empty directory for a doctor's trial sandbox, `<temp>/<stem>-<pid>-<nanos>`.
+fn trial_dir(stem: &str) -> Result<PathBuf, String> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("{stem}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| format!("cannot create a trial directory {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A bubblewrap sandbox on `dir` with default limits and nothing else bound in.
+fn trial_spec(dir: &Path, proxy: Option<ProxyBinding>) -> SandboxSpec {
+    SandboxSpec {
+        kind: SandboxKind::Bwrap,
+        work_tree: dir.to_owned(),
+        read_only: Vec::new(),
+        writable: Vec::new(),
+        proxy,
+        env: Vec::new(),
+        limits: Limits::default(),
+    }
+}
+
 /// For `repobox doctor`: runs a trial sandbox behind an egress proxy in `mode` (with an
 /// empty allowlist) and asks it, through the forwarder, for a host it must refuse.
 /// `Ok` when the proxy's `403` came back: socket, forwarder and proxy all work.
 pub async fn check_network(mode: network::NetworkMode, forwarder: &Path) -> Result<String, String> {
     use network::proxy::{EgressProxy, OnRefusal};
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("repobox-net-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&dir)
-        .map_err(|e| format!("cannot create a trial directory {}: {e}", dir.display()))?;
+    let dir = trial_dir("repobox-net")?;
     let socket = dir.join("p.sock");
     let on_refusal: OnRefusal = std::sync::Arc::new(|_| {});
     let policy = network::Policy::new(mode, network::Allowlist::default());
     let result = match EgressProxy::start(&socket, policy, on_refusal) {
         Err(e) => Err(format!("cannot start the egress proxy: {e}")),
         Ok(proxy) => {
-            let spec = SandboxSpec {
-                kind: SandboxKind::Bwrap,
-                work_tree: dir.clone(),
-                read_only: Vec::new(),
-                writable: Vec::new(),
-                proxy: Some(ProxyBinding {
-                    socket: socket.clone(),
-                    forwarder: forwarder.to_owned(),
-                }),
-                env: Vec::new(),
-                limits: Limits::default(),
+            let binding = ProxyBinding {
+                socket: socket.clone(),
+                forwarder: forwarder.to_owned(),
             };
+            let spec = trial_spec(&dir, Some(binding));
             let probe = format!(
                 "exec 3<>/dev/tcp/127.0.0.1/{} && printf 'CONNECT repobox-doctor.invalid:443 HTTP/1.1\\r\\n\\r\\n' >&3 && head -c 12 <&3",
                 network::forward::PORT

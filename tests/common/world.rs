@@ -159,6 +159,16 @@ impl World {
         self.comment_on(body, 1, "Codertocat", 21031067).await
     }
 
+    /// A GitLab note with `body` on issue #17 of the GitLab fixture project (by `root`);
+    /// returns the job id.
+    pub async fn gitlab_note(&self, body: &str) -> String {
+        let mut note = fixture_json("gitlab/docs/note_hook.issue.json");
+        note["object_attributes"]["note"] = json!(body);
+        let r = self.app.gitlab("Note Hook", &note).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        r.body["job"].as_str().unwrap().to_owned()
+    }
+
     pub async fn comment_on(&self, body: &str, number: u64, login: &str, user_id: u64) -> String {
         let r = self
             .app

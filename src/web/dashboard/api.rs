@@ -144,13 +144,10 @@ async fn create(
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     use super::new_job::{JobAsk, Starter, job_from, start};
-    let (user, by_token) = match caller(&state, &session, &headers).await {
+    let (user, by_token) = match poster(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if !by_token && !session::check_csrf(&session, csrf_header(&headers)).await {
-        return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
-    }
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
@@ -198,11 +195,25 @@ async fn create(
     }
 }
 
-fn csrf_header(headers: &HeaderMap) -> &str {
-    headers
+/// [`caller`] for a post: a session's post must also carry its CSRF token in
+/// `X-CSRF-Token` (403 otherwise); the API token needs none.
+async fn poster(
+    state: &AppState,
+    session: &Session,
+    headers: &HeaderMap,
+) -> Result<(SessionUser, bool), Response> {
+    let (user, by_token) = caller(state, session, headers).await?;
+    let token = headers
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
+        .unwrap_or("");
+    if !by_token && !session::check_csrf(session, token).await {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "X-CSRF-Token is missing or wrong",
+        ));
+    }
+    Ok((user, by_token))
 }
 
 async fn list(
@@ -269,13 +280,10 @@ async fn command(
     headers: HeaderMap,
     retry: bool,
 ) -> Response {
-    let (user, by_token) = match caller(&state, &session, &headers).await {
+    let (user, _) = match poster(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
     };
-    if !by_token && !session::check_csrf(&session, csrf_header(&headers)).await {
-        return error(StatusCode::FORBIDDEN, "X-CSRF-Token is missing or wrong");
-    }
     let job = match super::visible_job(&state, &user, &id).await {
         Ok(Some(job)) => job,
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such job"),
