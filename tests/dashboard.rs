@@ -394,6 +394,27 @@ async fn a_provider_token_is_stored_sealed_listed_masked_and_only_its_owner_remo
     assert!(!page.contains(token));
     let bobs = get(&app, Some(&b), "/settings").await.text().await.unwrap();
     assert!(!bobs.contains("Alice at work"), "providers are personal");
+    // SPEC 18: `GET /api/v1/providers` lists the caller's own, the token masked.
+    let listed: serde_json::Value = get(&app, Some(&a), "/api/v1/providers")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list = listed.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["kind"], "gitlab");
+    assert_eq!(list[0]["url"], "https://gitlab.example.com");
+    assert_eq!(list[0]["label"], "Alice at work");
+    assert_eq!(list[0]["token"], "glpat-****1234");
+    assert!(list[0]["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(!listed.to_string().contains("Secr3tT0ken"));
+    let bobs: serde_json::Value = get(&app, Some(&b), "/api/v1/providers")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs, serde_json::json!([]));
+    assert_eq!(get(&app, None, "/api/v1/providers").await.status(), 401);
 
     // Every Redis value under the test's prefix: no plaintext token anywhere.
     let dump = common::world::redis_text(&app).await;

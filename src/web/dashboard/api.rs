@@ -26,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .route("/api/v1/jobs/{id}/retry", post(retry))
         .route("/api/v1/usage", get(usage))
+        .route("/api/v1/providers", get(providers))
 }
 
 #[derive(serde::Deserialize)]
@@ -74,6 +75,27 @@ async fn usage(
         usage.repositories.clear();
     }
     Json(usage).into_response()
+}
+
+/// `GET /api/v1/providers` (SPEC 18): the caller's own personal providers,
+/// `[{"id","kind","url","label","token"}]` with the token masked. The API token is no
+/// dashboard user and has none.
+async fn providers(
+    State(state): State<AppState>,
+    session: Session,
+    headers: HeaderMap,
+) -> Response {
+    let (user, by_token) = match caller(&state, &session, &headers).await {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    if by_token {
+        return Json(json!([])).into_response();
+    }
+    match super::settings::listed_providers(&state, &user).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

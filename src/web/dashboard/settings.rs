@@ -39,20 +39,30 @@ fn owner(user: &SessionUser) -> String {
     accounts::owner(&user.provider, &user.id)
 }
 
-struct Listed {
+/// A personal provider as it is shown (the settings page, `GET /api/v1/providers`):
+/// the token masked, never whole.
+#[derive(serde::Serialize)]
+pub struct Listed {
     id: String,
     kind: ForgeKind,
     url: String,
     label: String,
+    #[serde(rename = "token")]
     masked: String,
 }
 
 async fn listed(state: &AppState, user: &SessionUser) -> Result<Vec<Listed>, Page> {
-    let providers = state
-        .store
-        .list_providers(&owner(user))
+    listed_providers(state, user)
         .await
-        .map_err(super::unavailable)?;
+        .map_err(super::unavailable)
+}
+
+/// The user's providers, oldest first, tokens masked (`glpat-****1234`).
+pub async fn listed_providers(
+    state: &AppState,
+    user: &SessionUser,
+) -> Result<Vec<Listed>, crate::store::StoreError> {
+    let providers = state.store.list_providers(&owner(user)).await?;
     Ok(providers
         .into_iter()
         .map(|p| {
