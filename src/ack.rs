@@ -251,14 +251,7 @@ impl Acknowledger {
                 return Ok(Outcome::Done("forge_not_configured"));
             };
             // The admin API token needs no forge account's access (SPEC 18).
-            let level = match with_retries(|| async {
-                if job.by_api_token() {
-                    return Ok(crate::model::AccessLevel::Admin);
-                }
-                forge.access_level(&job.repo, &job.requester).await
-            })
-            .await
-            {
+            let level = match crate::forges::requester_access(forge.as_ref(), &job).await {
                 Ok(level) => level,
                 Err(e) if e.is_transient() && deliveries < MAX_DELIVERIES => {
                     return Ok(Outcome::RetryLater(e.to_string()));
@@ -367,18 +360,11 @@ impl Acknowledger {
         if job.queue_only || job.trigger != TriggerKind::Comment || job.instructions.is_empty() {
             return Ok(None);
         }
-        let mut running = None;
-        for id in self.store.thread_jobs(&job.repo, job.thread, 50).await? {
-            if id == job.id {
-                continue;
-            }
-            if let Some(other) = self.store.get_job(id).await?
-                && other.status == JobStatus::Running
-            {
-                running = Some(other);
-                break;
-            }
-        }
+        let running = self
+            .thread_job(&job.repo, job.thread, |j| {
+                j.id != job.id && j.status == JobStatus::Running
+            })
+            .await?;
         let Some(running) = running else {
             return Ok(None);
         };
@@ -442,15 +428,14 @@ impl Acknowledger {
         Ok(Outcome::Done("replied"))
     }
 
+    /// The newest of the thread's latest 50 jobs that `pick` accepts.
     async fn thread_job(
         &self,
-        origin: &Origin,
+        repo: &crate::model::RepoRef,
+        thread: crate::model::ThreadRef,
         pick: impl Fn(&Job) -> bool,
     ) -> Result<Option<Job>, Failure> {
-        let ids = self
-            .store
-            .thread_jobs(&origin.repo, origin.thread, 50)
-            .await?;
+        let ids = self.store.thread_jobs(repo, thread, 50).await?;
         for id in ids {
             if let Some(job) = self.store.get_job(id).await?
                 && pick(&job)
@@ -469,7 +454,7 @@ impl Acknowledger {
             return Ok(Outcome::Done("rejected"));
         }
         let target = self
-            .thread_job(origin, |j| {
+            .thread_job(&origin.repo, origin.thread, |j| {
                 matches!(j.status, JobStatus::Queued | JobStatus::Running)
             })
             .await?;
@@ -586,7 +571,9 @@ impl Acknowledger {
             return Ok(Outcome::Done("rejected"));
         }
         let Some(previous) = self
-            .thread_job(origin, |j| j.status != JobStatus::Rejected)
+            .thread_job(&origin.repo, origin.thread, |j| {
+                j.status != JobStatus::Rejected
+            })
             .await?
         else {
             let body = progress::nothing_to_retry(&self.trigger().await);

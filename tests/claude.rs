@@ -660,6 +660,19 @@ fn big_files(n: usize, size: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A world whose jobs run `agent`, with `files` on the default branch.
+async fn world_with(agent: Arc<dyn Agent>, files: &[(String, String)]) -> World {
+    world(Setup {
+        custom_agent: Some(agent),
+        files: files
+            .iter()
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect(),
+        ..Setup::default()
+    })
+    .await
+}
+
 /// A job that reads `files` (on the default branch) and changes nothing, with the Claude
 /// agent on `fake`: it ends `no_changes` with every scripted turn used.
 async fn read_the_docs(
@@ -667,15 +680,7 @@ async fn read_the_docs(
     context_window: Option<u64>,
     files: &[(String, String)],
 ) -> (World, String, Job) {
-    let w = world(Setup {
-        custom_agent: Some(claude_with(fake, API_KEY, context_window)),
-        files: files
-            .iter()
-            .map(|(p, t)| (p.as_str(), t.as_str()))
-            .collect(),
-        ..Setup::default()
-    })
-    .await;
+    let w = world_with(claude_with(fake, API_KEY, context_window), files).await;
     let id = w.comment("/repobox read the docs").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::NoChanges, "{:?}", job.error);
@@ -863,15 +868,7 @@ async fn typical_job_cost_with_and_without_prompt_caching() {
     }
     script.push(done("Renumber line seven\n\nSpelled out in three files."));
     let fake = FakeAnthropic::with_window(script, 200_000).await;
-    let w = world(Setup {
-        custom_agent: Some(claude(&fake, API_KEY)),
-        files: files
-            .iter()
-            .map(|(p, t)| (p.as_str(), t.as_str()))
-            .collect(),
-        ..Setup::default()
-    })
-    .await;
+    let w = world_with(claude(&fake, API_KEY), &files).await;
     let id = w.comment("/repobox spell out line seven").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);

@@ -524,36 +524,20 @@ async fn steering_is_given_once_only_while_open_and_closes_atomically() {
         text: text.into(),
     };
     let (p1, p2, p3) = (job(7, 70), job(7, 70), job(7, 70));
+    // Steers `from`'s command into the running job.
+    let give = |from: &Job, text: &str| {
+        let (store, entry, id) = (app.store.clone(), steer(from, text), running.id);
+        async move { store.steer(id, &entry).await.unwrap() }
+    };
     // Queued, not running: nothing to steer.
-    assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p1, "one"))
-            .await
-            .unwrap(),
-        Steered::NotSteerable
-    );
+    assert_eq!(give(&p1, "one").await, Steered::NotSteerable);
     let lease = leased(&app, &e, &running, "runner-a").await;
     // Running, but its agent has not opened steering (a `command` agent).
-    assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p1, "one"))
-            .await
-            .unwrap(),
-        Steered::NotSteerable
-    );
+    assert_eq!(give(&p1, "one").await, Steered::NotSteerable);
     app.store.open_steering(&lease).await.unwrap();
+    assert_eq!(give(&p1, "one").await, Steered::Now);
     assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p1, "one"))
-            .await
-            .unwrap(),
-        Steered::Now
-    );
-    assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p1, "one"))
-            .await
-            .unwrap(),
+        give(&p1, "one").await,
         Steered::Already,
         "a redelivered acknowledgement adds nothing"
     );
@@ -566,26 +550,14 @@ async fn steering_is_given_once_only_while_open_and_closes_atomically() {
         app.store.close_steering(&lease, 0).await.unwrap(),
         vec![steer(&p1, "one")]
     );
-    assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p2, "two"))
-            .await
-            .unwrap(),
-        Steered::Now
-    );
+    assert_eq!(give(&p2, "two").await, Steered::Now);
     assert_eq!(
         app.store.steering(running.id, 1).await.unwrap(),
         vec![steer(&p2, "two")]
     );
     // All read: it closes, and later commands are jobs of their own.
     assert_eq!(app.store.close_steering(&lease, 2).await.unwrap(), vec![]);
-    assert_eq!(
-        app.store
-            .steer(running.id, &steer(&p3, "three"))
-            .await
-            .unwrap(),
-        Steered::NotSteerable
-    );
+    assert_eq!(give(&p3, "three").await, Steered::NotSteerable);
     // A run that lost its lease can neither open nor close.
     let stale = Lease {
         attempt: lease.attempt + 1,

@@ -371,6 +371,19 @@ pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 /// First backoff when the forge named no wait; it doubles per attempt, jittered.
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 
+/// What the job's requester may do on its repository now (retried like any call). A
+/// job started with the admin API token has no forge account and needs no check
+/// (SPEC 18): it counts as admin.
+pub async fn requester_access(
+    forge: &dyn Forge,
+    job: &crate::job::Job,
+) -> Result<AccessLevel, ForgeError> {
+    if job.by_api_token() {
+        return Ok(AccessLevel::Admin);
+    }
+    with_retries(|| forge.access_level(&job.repo, &job.requester)).await
+}
+
 /// The one retry layer for forge calls (the client libraries' own retries are off).
 ///
 /// Calls `f` up to [`RETRY_ATTEMPTS`] times while it fails transiently. When the forge

@@ -217,9 +217,8 @@ impl Pipeline {
             self.runner.settings.consumer
         ));
         let reporter = match self.progress_comment(forge.as_ref()).await {
-            // A repo + prompt job: progress on the dashboard only (SPEC 18).
-            _ if self.job.thread.is_none() => None,
-            Ok(id) => Some(Reporter::start(
+            Ok(None) => None,
+            Ok(Some(id)) => Some(Reporter::start(
                 forge.clone(),
                 self.job.repo.clone(),
                 self.job.thread,
@@ -349,9 +348,10 @@ impl Pipeline {
     /// The job's progress comment id, showing the running state; posts the
     /// acknowledgement (eyes and the comment) when `serve` never did, after looking for
     /// one an earlier attempt posted.
-    async fn progress_comment(&mut self, forge: &dyn Forge) -> Result<u64, Failure> {
+    async fn progress_comment(&mut self, forge: &dyn Forge) -> Result<Option<u64>, Failure> {
+        // A repo + prompt job: progress on the dashboard only (SPEC 18).
         if self.job.thread.is_none() {
-            return Err(Failure("a repo + prompt job has no thread".into()));
+            return Ok(None);
         }
         let body = progress::running(&self.job, &self.runner.settings.public_url, &self.checklist);
         if let Some(id) = self.job.progress_comment_id {
@@ -359,7 +359,7 @@ impl Pipeline {
             with_retries(|| forge.update_comment(&self.job.repo, self.job.thread, id, &body))
                 .await?;
             failpoint::hit("runner:after_comment");
-            return Ok(id);
+            return Ok(Some(id));
         }
         if let Some(comment) = self.job.trigger_comment {
             let _ = with_retries(|| {
@@ -375,7 +375,7 @@ impl Pipeline {
         self.job.progress_comment_id = Some(id);
         self.record(&[("progress_comment_id", id.to_string())])
             .await?;
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// Cancel watch (polls the record every second) and the job timeout.
@@ -481,10 +481,7 @@ impl Pipeline {
         let job = self.job.clone();
         // Re-check: access may have been revoked while the job waited (the admin API
         // token has no forge account to check).
-        let level = match job.by_api_token() {
-            true => crate::model::AccessLevel::Admin,
-            false => with_retries(|| forge.access_level(&job.repo, &job.requester)).await?,
-        };
+        let level = crate::forges::requester_access(forge, &job).await?;
         if !level.may_run_jobs() {
             log.step(format!(
                 "@{} no longer has write access",
@@ -500,17 +497,14 @@ impl Pipeline {
         let info = with_retries(|| forge.repository(&job.repo)).await?;
         // The prompt quotes the thread as it is now; without it the command still stands.
         // A repo + prompt job has none.
-        let discussion = match job.thread.is_none() {
-            true => None,
-            false => Some(with_retries(|| forge.discussion(&job.repo, job.thread)).await),
-        };
-        match discussion {
-            None => {}
-            Some(Ok(d)) => self.discussion = Some(d),
-            Some(Err(e)) => log.step(format!(
+        if !job.thread.is_none() {
+            match with_retries(|| forge.discussion(&job.repo, job.thread)).await {
+                Ok(d) => self.discussion = Some(d),
+                Err(e) => log.step(format!(
                 "Could not read the {}'s text ({e}); the agent gets the command and the title only",
                 context::thread_noun(job.thread.kind)
             )),
+            }
         }
         let creds = with_retries(|| forge.git_credentials(&job.repo)).await?;
         self.secrets.lock().unwrap().push(creds.password.clone());

@@ -58,48 +58,36 @@ impl JobSteering {
         }
     }
 
-    fn note(&self, entries: &[Steer]) {
+    /// What a read of the list gave: new entries are counted and logged; a store error
+    /// is logged (`what` failed) and reads as none.
+    fn received(&self, read: Result<Vec<Steer>, StoreError>, what: &str) -> Vec<Steer> {
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(error = %e, "could not {what}");
+                return Vec::new();
+            }
+        };
         self.seen.fetch_add(entries.len(), Ordering::SeqCst);
-        for s in entries {
+        for s in &entries {
             let first = s.text.lines().next().unwrap_or("");
             let _ = self.log.send(format!("Steered by @{}: {first}", s.login));
         }
+        entries
     }
 }
 
 #[async_trait::async_trait]
 impl Steering for JobSteering {
     async fn take(&self) -> Vec<Steer> {
-        match self
-            .store
-            .steering(self.lease.job, self.seen.load(Ordering::SeqCst))
-            .await
-        {
-            Ok(entries) => {
-                self.note(&entries);
-                entries
-            }
-            Err(e) => {
-                warn!(error = %e, "could not read steering; trying again next turn");
-                Vec::new()
-            }
-        }
+        let from = self.seen.load(Ordering::SeqCst);
+        let read = self.store.steering(self.lease.job, from).await;
+        self.received(read, "read steering; trying again next turn")
     }
 
     async fn close(&self) -> Vec<Steer> {
-        match self
-            .store
-            .close_steering(&self.lease, self.seen.load(Ordering::SeqCst))
-            .await
-        {
-            Ok(entries) => {
-                self.note(&entries);
-                entries
-            }
-            Err(e) => {
-                warn!(error = %e, "could not close steering");
-                Vec::new()
-            }
-        }
+        let from = self.seen.load(Ordering::SeqCst);
+        let read = self.store.close_steering(&self.lease, from).await;
+        self.received(read, "close steering")
     }
 }

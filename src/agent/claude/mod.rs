@@ -194,6 +194,19 @@ fn request_bytes(
     serde_json::to_vec(&request).map(|v| v.len()).unwrap_or(0)
 }
 
+/// Adds `blocks` as the user's next words: to the last message when it is the user's
+/// (an answer that was not kept, e.g. an empty cut-off one: the API wants roles to
+/// alternate), else as a user message of their own.
+fn push_user(messages: &mut Vec<Message>, blocks: Vec<Block>) {
+    match messages.last_mut() {
+        Some(last) if last.role == Role::User => last.content.extend(blocks),
+        _ => messages.push(Message {
+            role: Role::User,
+            content: blocks,
+        }),
+    }
+}
+
 /// Gives the model instructions a writer added while it works: a text block after the
 /// last user message's content (tool results stay first), or a user message of its own
 /// after an answer.
@@ -209,13 +222,7 @@ fn steer(messages: &mut Vec<Message>, added: &[crate::store::Steer], activity: &
         ));
     }
     text.push_str("Take this into account as part of the task and go on.");
-    match messages.last_mut() {
-        Some(last) if last.role == Role::User => last.content.push(Block::text(text)),
-        _ => messages.push(Message {
-            role: Role::User,
-            content: vec![Block::text(text)],
-        }),
-    }
+    push_user(messages, vec![Block::text(text)]);
     activity.send_modify(|a| a.steered_by.extend(added.iter().map(|s| s.login.clone())));
 }
 
@@ -546,15 +553,7 @@ impl ClaudeAgent {
                     if overflowed {
                         results.push(Block::text(WINDOW_NOTE));
                     }
-                    match messages.last_mut() {
-                        // An empty cut-off response was not kept: the note joins the
-                        // previous user message (the API wants roles to alternate).
-                        Some(last) if last.role == Role::User => last.content.extend(results),
-                        _ => messages.push(Message {
-                            role: Role::User,
-                            content: results,
-                        }),
-                    }
+                    push_user(&mut messages, results);
                 }
                 // The API paused a long turn: sending the conversation again resumes it.
                 "pause_turn" => {}
@@ -569,16 +568,7 @@ impl ClaudeAgent {
                                 "Checks failed: their output goes to Claude (extra go {goes} of {})",
                                 checks.extra_goes()
                             ));
-                            let feedback = Block::text(round.feedback());
-                            match messages.last_mut() {
-                                Some(last) if last.role == Role::User => {
-                                    last.content.push(feedback)
-                                }
-                                _ => messages.push(Message {
-                                    role: Role::User,
-                                    content: vec![feedback],
-                                }),
-                            }
+                            push_user(&mut messages, vec![Block::text(round.feedback())]);
                             continue;
                         }
                     }

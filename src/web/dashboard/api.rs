@@ -165,7 +165,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    use super::new_job::{JobAsk, Starter, job_from, start};
+    use super::new_job::{JobAsk, NotStarted, Starter, job_from, start};
     let (user, by_token) = match poster(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
@@ -209,8 +209,8 @@ async fn create(
             })),
         )
             .into_response(),
-        Err(Ok(refused)) => error(StatusCode::BAD_REQUEST, &refused),
-        Err(Err(_)) => error(
+        Err(NotStarted::Refused(refused)) => error(StatusCode::BAD_REQUEST, &refused),
+        Err(NotStarted::Store(_)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the job store is unavailable",
         ),

@@ -266,13 +266,17 @@ pub fn job_from(starter: &Starter<'_>, ask: &JobAsk<'_>) -> Result<Job, String> 
     ))
 }
 
+/// Why [`start`] stored nothing.
+pub enum NotStarted {
+    /// The request cannot run (shown to the user as it is).
+    Refused(String),
+    Store(crate::store::StoreError),
+}
+
 /// Checks the admin's allow-list and stores the job for the acknowledger.
-pub async fn start(
-    state: &AppState,
-    job: Job,
-) -> Result<Job, Result<String, crate::store::StoreError>> {
+pub async fn start(state: &AppState, job: Job) -> Result<Job, NotStarted> {
     if !state.settings.current().await.repo_allowed(&job.repo) {
-        return Err(Ok(format!(
+        return Err(NotStarted::Refused(format!(
             "Repobox is not enabled for {}:{} (admin settings).",
             job.repo.forge, job.repo.full_name
         )));
@@ -281,7 +285,7 @@ pub async fn start(
         .store
         .accept(None, Some(&job), &Task::Acknowledge { job: job.id })
         .await
-        .map_err(Err)?;
+        .map_err(NotStarted::Store)?;
     Ok(job)
 }
 
@@ -303,8 +307,8 @@ pub async fn create(
     let refused = match job_from(&Starter::User(&user), &ask) {
         Ok(job) => match start(&state, job).await {
             Ok(job) => return Page::Redirect(format!("/jobs/{}", job.id)),
-            Err(Ok(refused)) => refused,
-            Err(Err(e)) => return super::unavailable(e),
+            Err(NotStarted::Refused(refused)) => refused,
+            Err(NotStarted::Store(e)) => return super::unavailable(e),
         },
         Err(refused) => refused,
     };
