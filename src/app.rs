@@ -24,7 +24,7 @@ use crate::agent::claude;
 use crate::agent::command::CommandAgent;
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::crypto::SecretBox;
-use crate::forges::budget::{GITHUB_LIMITS, GITLAB_LIMITS, RequestBudget};
+use crate::forges::budget::{GITHUB_LIMITS, GITLAB_LIMITS, Limit, RequestBudget};
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
 use crate::forges::{ForgeOptions, Forges};
@@ -32,8 +32,9 @@ use crate::model::ForgeKind;
 use crate::runner::{Runner, RunnerSettings};
 use crate::secret::Secret;
 use crate::settings::{AdminSettings, SettingsSource};
+use crate::store::embedded::EmbeddedBudget;
 use crate::store::redis_budget::RedisBudget;
-use crate::store::{RedisStore, Store, StoreError};
+use crate::store::{self, EmbeddedStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::web;
 use crate::web::auth::Authenticator;
@@ -263,9 +264,15 @@ pub struct BuiltForges {
 pub fn build_forges(config: &Config) -> anyhow::Result<BuiltForges> {
     let mut forges = Forges::default();
     let mut gitlab_bot_username = Arc::new(OnceLock::new());
-    let budget = RedisBudget::new(config.redis_url.expose(), &config.redis_prefix, &[])?;
-    let options = |limits| {
-        let budget: Arc<dyn RequestBudget> = Arc::new(budget.with_limits(limits));
+    let budget = match &config.redis_url {
+        Some(url) => Budgets::Redis(RedisBudget::new(url.expose(), &config.redis_prefix, &[])?),
+        None => Budgets::Embedded(EmbeddedStore::in_dir(&config.data_dir)?),
+    };
+    let options = |limits: &[Limit]| {
+        let budget: Arc<dyn RequestBudget> = match &budget {
+            Budgets::Redis(redis) => Arc::new(redis.with_limits(limits)),
+            Budgets::Embedded(store) => Arc::new(EmbeddedBudget::new(store.clone(), limits)),
+        };
         ForgeOptions {
             timeout: config.forge_timeout,
             budget: Some(budget),
@@ -304,6 +311,12 @@ pub fn build_forges(config: &Config) -> anyhow::Result<BuiltForges> {
     })
 }
 
+/// Where the forge request budgets are kept: with the store.
+enum Budgets {
+    Redis(RedisBudget),
+    Embedded(EmbeddedStore),
+}
+
 /// Builds the store, forges, state and acknowledger from the configuration, as `serve`.
 pub fn build_services(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
     build_services_as(config, metrics, "serve")
@@ -316,11 +329,7 @@ pub fn build_services_as(
     metrics: Arc<Metrics>,
     role: &str,
 ) -> anyhow::Result<Services> {
-    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
-        config.redis_url.expose(),
-        &config.redis_prefix,
-        role,
-    )?);
+    let store = store::open(config, role)?;
     let BuiltForges {
         forges,
         gitlab_bot_username,
@@ -349,7 +358,7 @@ pub fn build_services_as(
         );
     }
     let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
-    let (key, key_source) = config.secret_key_for(role, std::path::Path::new("./data"))?;
+    let (key, key_source) = config.secret_key_for(role, &config.data_dir)?;
     info!(source = %key_source, "secret key loaded");
     // Code exchanges must not follow redirects (the OAuth crates' advice).
     let auth_http = reqwest::Client::builder()
@@ -486,8 +495,8 @@ pub fn build_runner_with_agent(
             sandbox_allow: config.sandbox_allow.clone(),
             // Never generates a key here: only one that is configured or already made.
             secret_box: (config.secret_key.is_some()
-                || std::path::Path::new("./data/secret.key").exists())
-            .then(|| config.secret_key(std::path::Path::new("./data")).ok())
+                || config.data_dir.join("secret.key").exists())
+            .then(|| config.secret_key(&config.data_dir).ok())
             .flatten()
             .map(|(key, _)| SecretBox::new(&key)),
             sandbox_forwarder: match &config.sandbox_forwarder {
@@ -514,9 +523,14 @@ async fn with_stored_github_app(mut config: Config, role: &str) -> anyhow::Resul
     if config.github_app_id.is_some() {
         return Ok(config);
     }
-    let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, role)?;
-    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
-    match web::dashboard::setup::apply_stored_app(&mut config, &store, &SecretBox::new(&key)).await
+    let store = store::open(&config, role)?;
+    let (key, _) = config.secret_key_for(role, &config.data_dir)?;
+    match web::dashboard::setup::apply_stored_app(
+        &mut config,
+        store.as_ref(),
+        &SecretBox::new(&key),
+    )
+    .await
     {
         Ok(true) => info!(
             app_id = config.github_app_id,
@@ -559,12 +573,8 @@ async fn guard_secret_key(
     role: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<anyhow::Result<()>>>> {
-    let (key, _) = config.secret_key_for(role, std::path::Path::new("./data"))?;
-    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
-        config.redis_url.expose(),
-        &config.redis_prefix,
-        role,
-    )?);
+    let (key, _) = config.secret_key_for(role, &config.data_dir)?;
+    let store = store::open(config, role)?;
     match check_key_fingerprint(store.as_ref(), &key).await {
         Ok(()) => Ok(None),
         Err(KeyCheckError::Mismatch) => Err(KeyCheckError::Mismatch.into()),
@@ -612,15 +622,12 @@ async fn key_guard_result(
 /// `repobox runner`: job workers only.
 pub async fn run_runner(config: Config) -> anyhow::Result<()> {
     config.validate()?;
+    needs_redis(&config, "runner")?;
     let shutdown = CancellationToken::new();
     let key_guard = guard_secret_key(&config, "runner", &shutdown).await?;
     let config = with_stored_github_app(config, "runner").await?;
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn Store> = Arc::new(RedisStore::with_role(
-        config.redis_url.expose(),
-        &config.redis_prefix,
-        "runner",
-    )?);
+    let store = store::open(&config, "runner")?;
     let forges = build_forges(&config)?.forges;
     let runner = build_runner(&config, store.clone(), forges, metrics)?;
     if let Err(e) = store.ensure_groups().await {
@@ -668,14 +675,32 @@ pub async fn run_all(config: Config) -> anyhow::Result<()> {
     run_http(config, true).await
 }
 
+/// `serve` and `runner` as processes of their own share their work through Redis; only
+/// `all` can keep it in the embedded store (SPEC section 19).
+fn needs_redis(config: &Config, command: &str) -> anyhow::Result<()> {
+    if config.redis_url.is_none() {
+        anyhow::bail!(
+            "`repobox {command}` needs Redis: set REPOBOX_REDIS_URL (only `repobox all`, one process on one machine, can run on the embedded store in REPOBOX_DATA_DIR)"
+        );
+    }
+    Ok(())
+}
+
 async fn run_http(config: Config, with_runner: bool) -> anyhow::Result<()> {
     config.validate()?;
     let role = if with_runner { "all" } else { "serve" };
+    if !with_runner {
+        needs_redis(&config, "serve")?;
+    }
     let shutdown = CancellationToken::new();
     let key_guard = guard_secret_key(&config, role, &shutdown).await?;
     let config = with_stored_github_app(config, role).await?;
     let metrics = Arc::new(Metrics::new());
     let services = build_services_as(&config, metrics, role)?;
+    if config.redis_url.is_none() {
+        let path = config.data_dir.join(store::embedded::FILE_NAME);
+        info!(path = %path.display(), "REPOBOX_REDIS_URL is not set: keeping everything in the embedded store");
+    }
     if let Err(e) = services.state.store.ensure_groups().await {
         warn!(error = %e, "Redis not reachable at start; intake answers 503 until it is");
     }

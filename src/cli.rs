@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 use crate::job::JobId;
-use crate::store::{JobRecords, RedisStore};
+use crate::store::Store;
 use crate::{app, doctor, telemetry};
 
 #[derive(Debug, Parser)]
@@ -87,7 +87,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn jobs(config: &Config, action: JobsCmd) -> anyhow::Result<()> {
-    let store = RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "cli")?;
+    let store = crate::store::open(config, "cli")?;
+    let store = store.as_ref();
     match action {
         JobsCmd::List { limit } => {
             for id in store.recent_jobs(limit).await? {
@@ -120,7 +121,7 @@ async fn jobs(config: &Config, action: JobsCmd) -> anyhow::Result<()> {
             }
             print!("{}", describe(&job));
             println!("--- log ---");
-            follow_log(&store, id, !no_follow).await?;
+            follow_log(store, id, !no_follow).await?;
         }
         JobsCmd::Cancel { id } => {
             let id = parse_id(&id)?;
@@ -197,7 +198,7 @@ fn describe(job: &crate::job::Job) -> String {
 
 /// Prints the job log; with `follow`, keeps printing until the job is final (waiting
 /// on a log reader of its own, `repobox:cli:log-read:<id>`).
-async fn follow_log(store: &RedisStore, id: JobId, follow: bool) -> anyhow::Result<()> {
+async fn follow_log(store: &dyn Store, id: JobId, follow: bool) -> anyhow::Result<()> {
     let mut after = "0".to_owned();
     let mut reader = match follow {
         true => Some(store.log_reader(id).await?),

@@ -51,15 +51,18 @@ pub struct Config {
         global = true
     )]
     pub public_url: String,
-    /// Redis URL (`rediss://` for TLS).
+    /// Redis URL (`rediss://` for TLS). Unset: `repobox all` keeps everything in the
+    /// embedded store in REPOBOX_DATA_DIR; `serve` and `runner` need Redis.
+    #[arg(long, env = "REPOBOX_REDIS_URL", global = true, hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// Where `repobox all` keeps its embedded store (`repobox.db`) without Redis.
     #[arg(
         long,
-        env = "REPOBOX_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        global = true,
-        hide_env_values = true
+        env = "REPOBOX_DATA_DIR",
+        default_value = "./data",
+        global = true
     )]
-    pub redis_url: Secret,
+    pub data_dir: PathBuf,
     /// Prefix of every Redis key.
     #[arg(
         long,

@@ -10,13 +10,12 @@
 //! persistence` WARNs when neither AOF nor RDB persistence is on.
 
 use std::fmt;
-use std::path::Path;
 
 use crate::config::{AgentKind, Config, SandboxKind};
 use crate::forges::github::GitHub;
 use crate::forges::gitlab::GitLab;
 use crate::store::redis::{Rdb, ReadFrom};
-use crate::store::{RedisStore, Store};
+use crate::store::{EmbeddedStore, RedisStore, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -54,11 +53,11 @@ fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check
 /// Whether the secret key is the one the Redis prefix was first used with (its
 /// fingerprint in `key-fingerprint`). Read only: doctor stores nothing. None when there
 /// is no key to compare yet.
-async fn key_fingerprint_check(config: &Config, store: &RedisStore) -> Option<Check> {
-    if config.secret_key.is_none() && !Path::new("./data/secret.key").exists() {
+async fn key_fingerprint_check(config: &Config, store: &dyn Store) -> Option<Check> {
+    if config.secret_key.is_none() && !config.data_dir.join("secret.key").exists() {
         return None;
     }
-    let key = match config.secret_key(Path::new("./data")) {
+    let key = match config.secret_key(&config.data_dir) {
         Ok((key, _)) => key,
         Err(e) => return Some(check("key fingerprint", Status::Fail, format!("{e:#}"))),
     };
@@ -91,8 +90,12 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
     }
     checks.push(if config.secret_key.is_some() {
         check("secret key", Status::Ok, "from REPOBOX_SECRET_KEY")
-    } else if Path::new("./data/secret.key").exists() {
-        check("secret key", Status::Ok, "from ./data/secret.key")
+    } else if config.data_dir.join("secret.key").exists() {
+        check(
+            "secret key",
+            Status::Ok,
+            format!("from {}", config.data_dir.join("secret.key").display()),
+        )
     } else {
         check(
             "secret key",
@@ -100,19 +103,22 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             "REPOBOX_SECRET_KEY is not set: `serve` and `runner` refuse to start; `all` generates one into ./data/secret.key (or set it from `repobox keygen`)",
         )
     });
-    match RedisStore::with_role(config.redis_url.expose(), &config.redis_prefix, "doctor") {
-        Err(e) => checks.push(check("redis", Status::Fail, format!("{e:#}"))),
-        Ok(store) => match store.ping().await {
-            Ok(()) => {
-                checks.push(check("redis", Status::Ok, "answers PING"));
-                checks.extend(durability_checks(&store).await);
-                checks.extend(key_fingerprint_check(config, &store).await);
-            }
-            Err(_) => checks.push(check(
-                "redis",
-                Status::Fail,
-                "no answer: start redis-server or set REPOBOX_REDIS_URL",
-            )),
+    match &config.redis_url {
+        None => checks.extend(embedded_checks(config).await),
+        Some(url) => match RedisStore::with_role(url.expose(), &config.redis_prefix, "doctor") {
+            Err(e) => checks.push(check("redis", Status::Fail, format!("{e:#}"))),
+            Ok(store) => match store.ping().await {
+                Ok(()) => {
+                    checks.push(check("redis", Status::Ok, "answers PING"));
+                    checks.extend(durability_checks(&store).await);
+                    checks.extend(key_fingerprint_check(config, &store).await);
+                }
+                Err(_) => checks.push(check(
+                    "redis",
+                    Status::Fail,
+                    "no answer: start redis-server or check REPOBOX_REDIS_URL",
+                )),
+            },
         },
     }
     checks.push(match config.github_app() {
@@ -293,6 +299,37 @@ pub async fn run_checks(config: &Config) -> Vec<Check> {
             crate::sandbox::job_limits::SAMPLE_EVERY.as_millis()
         ),
     ));
+    checks
+}
+
+/// Without `REPOBOX_REDIS_URL`: the embedded store (SPEC section 19), which doctor opens
+/// only when it exists (it creates nothing).
+async fn embedded_checks(config: &Config) -> Vec<Check> {
+    let path = config.data_dir.join(crate::store::embedded::FILE_NAME);
+    let only_all = "REPOBOX_REDIS_URL is not set: `repobox all` keeps everything there; `serve` and `runner` need Redis";
+    if !path.exists() {
+        return vec![check(
+            "store",
+            Status::Ok,
+            format!(
+                "embedded store {} (created by the first `repobox all`); {only_all}",
+                path.display()
+            ),
+        )];
+    }
+    let store = match EmbeddedStore::open(&path) {
+        Ok(store) => store,
+        Err(e) => return vec![check("store", Status::Fail, format!("{e:#}"))],
+    };
+    let mut checks = vec![match store.ping().await {
+        Ok(()) => check(
+            "store",
+            Status::Ok,
+            format!("embedded store {}; {only_all}", path.display()),
+        ),
+        Err(e) => check("store", Status::Fail, format!("{}: {e}", path.display())),
+    }];
+    checks.extend(key_fingerprint_check(config, &store).await);
     checks
 }
 

@@ -90,7 +90,7 @@ impl Cluster {
     fn aborts(&self, role: Role) -> usize {
         let slots = match role {
             Role::Serve => &self.serves,
-            Role::Runner => &self.runners,
+            Role::Runner | Role::All => &self.runners,
         };
         slots.iter().map(Slot::aborts).sum()
     }

@@ -417,7 +417,7 @@ async fn a_provider_token_is_stored_sealed_listed_masked_and_only_its_owner_remo
     assert_eq!(get(&app, None, "/api/v1/providers").await.status(), 401);
 
     // Every Redis value under the test's prefix: no plaintext token anywhere.
-    let dump = common::world::redis_text(&app).await;
+    let dump = common::world::stored_text(&app).await;
     assert!(dump.contains("Alice at work"), "the provider was stored");
     assert!(
         !dump.contains(token) && !dump.contains("Secr3tT0ken"),

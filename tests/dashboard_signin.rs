@@ -191,7 +191,7 @@ async fn ldap_sign_in_renews_the_session_records_the_user_and_marks_admins() {
         stored.as_deref().is_some_and(|s| !s.contains(&after)),
         "{stored:?}"
     );
-    let dump = common::world::redis_text(&app).await;
+    let dump = common::world::stored_text(&app).await;
     assert!(!dump.contains(&after), "the cookie value is in Redis");
     let page = b.get("/jobs").await.text().await.unwrap();
     assert!(page.contains("All jobs"), "alice is an admin: {page}");
@@ -378,7 +378,7 @@ async fn the_picker_lists_what_the_user_can_write_to_asked_with_their_own_token(
     assert_eq!(suggestions(&again), vec!["github:octocat/writable"]);
     assert_eq!(fake.list_requests(), 3);
     // The user's token is kept sealed.
-    let dump = common::world::redis_text(&app).await;
+    let dump = common::world::stored_text(&app).await;
     assert!(
         !dump.contains("fake_"),
         "a user token in Redis in plain text"

@@ -1,4 +1,5 @@
-//! The job queue's contract (`store::JobQueue`, SPEC sections 6 and 13) on a real Redis:
+//! The job queue's contract (`store::JobQueue`, SPEC sections 6 and 13) on a real Redis and
+//! on the embedded store:
 //! - admission: the per-user limit and one running job per thread hold across runners,
 //!   excess jobs wait in order in a list outside the stream (so nobody else is blocked
 //!   behind them), and come back to `jobs:stream` when a slot frees up, when a dead
@@ -7,13 +8,14 @@
 //!   nothing (heartbeat, record, finish, hand back), and a final job never changes;
 //! - dispatch puts a job in the stream at most once, whoever dispatches how often;
 //! - the orphan reconciler re-queues a job whose entry was lost, once.
+//!
+//! Every test runs against both backends (SPEC 19): `on_redis::…` and `on_embedded::…`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Options, TestApp};
-use redis::AsyncCommands;
+use common::{Backend, Options, TestApp};
 use repobox::job::JobStatus;
 use repobox::job::{Job, TriggerKind};
 use repobox::model::{ForgeKind, RepoRef, ThreadKind, ThreadRef, UserRef};
@@ -46,8 +48,9 @@ fn job(user: u64, thread: u64) -> Job {
     )
 }
 
-async fn app() -> TestApp {
+async fn app(backend: Backend) -> TestApp {
     TestApp::start(Options {
+        backend,
         acknowledger: false,
         ..Options::default()
     })
@@ -82,10 +85,7 @@ async fn stream_len(app: &TestApp) -> usize {
 }
 
 async fn waiting(app: &TestApp, key: &str) -> Vec<String> {
-    let mut conn = app.conn().await;
-    conn.lrange(format!("{}{key}", app.prefix), 0, -1)
-        .await
-        .unwrap()
+    app.list(key).await
 }
 
 async fn claim(app: &TestApp, e: &JobEntry, j: &Job, limit: usize, lease: Duration) -> Claim {
@@ -112,9 +112,8 @@ fn done() -> Vec<(&'static str, String)> {
     vec![("status", JobStatus::Succeeded.as_str().to_owned())]
 }
 
-#[tokio::test]
-async fn a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees() {
-    let app = app().await;
+async fn a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees(backend: Backend) {
+    let app = app(backend).await;
     let (a1, a2, a3, b1) = (job(1, 10), job(1, 11), job(1, 12), job(2, 13));
     let e1 = deliver(&app, &a1).await;
     assert_eq!(
@@ -168,9 +167,8 @@ async fn a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn one_job_at_a_time_per_thread_whoever_asks() {
-    let app = app().await;
+async fn one_job_at_a_time_per_thread_whoever_asks(backend: Backend) {
+    let app = app(backend).await;
     let (first, second) = (job(1, 20), job(2, 20));
     let e1 = deliver(&app, &first).await;
     let lease = leased(&app, &e1, &first, "runner-a").await;
@@ -189,9 +187,8 @@ async fn one_job_at_a_time_per_thread_whoever_asks() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn slots_of_a_dead_runner_expire_and_waiting_jobs_are_started() {
-    let app = app().await;
+async fn slots_of_a_dead_runner_expire_and_waiting_jobs_are_started(backend: Backend) {
+    let app = app(backend).await;
     let (a1, a2) = (job(1, 30), job(1, 31));
     let e1 = deliver(&app, &a1).await;
     // A lease of 1 ms: the runner holding it "died" without heartbeats.
@@ -214,9 +211,8 @@ async fn slots_of_a_dead_runner_expire_and_waiting_jobs_are_started() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_handed_back_job_is_in_the_stream_again_at_once() {
-    let app = app().await;
+async fn a_handed_back_job_is_in_the_stream_again_at_once(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 40);
     let e = deliver(&app, &j).await;
     let lease = leased(&app, &e, &j, "runner-a").await;
@@ -237,9 +233,8 @@ async fn a_handed_back_job_is_in_the_stream_again_at_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_final_job_never_changes_state_again() {
-    let app = app().await;
+async fn a_final_job_never_changes_state_again(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 50);
     let e = deliver(&app, &j).await;
     let lease = leased(&app, &e, &j, "runner-a").await;
@@ -275,9 +270,8 @@ async fn a_final_job_never_changes_state_again() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_cancelled_queued_job_is_not_claimed() {
-    let app = app().await;
+async fn a_cancelled_queued_job_is_not_claimed(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 51);
     let e = deliver(&app, &j).await;
     assert_eq!(
@@ -292,9 +286,8 @@ async fn a_cancelled_queued_job_is_not_claimed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_running_job_gets_a_cancel_request_not_a_state_change() {
-    let app = app().await;
+async fn a_running_job_gets_a_cancel_request_not_a_state_change(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 52);
     let e = deliver(&app, &j).await;
     leased(&app, &e, &j, "runner-a").await;
@@ -308,9 +301,8 @@ async fn a_running_job_gets_a_cancel_request_not_a_state_change() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn dispatch_puts_a_job_in_the_stream_once() {
-    let app = app().await;
+async fn dispatch_puts_a_job_in_the_stream_once(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 60);
     app.store
         .accept(None, Some(&j), &Task::Acknowledge { job: j.id })
@@ -326,9 +318,8 @@ async fn dispatch_puts_a_job_in_the_stream_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_runner_that_lost_its_lease_can_write_nothing() {
-    let app = app().await;
+async fn a_runner_that_lost_its_lease_can_write_nothing(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 70);
     let e = deliver(&app, &j).await;
     let first = leased(&app, &e, &j, "runner-a").await;
@@ -371,20 +362,7 @@ async fn a_runner_that_lost_its_lease_can_write_nothing() {
     assert_eq!(job.runner.as_deref(), Some("runner-b"));
     assert_eq!(job.branch.as_deref(), Some("repobox/70-a"));
     // The old runner's heartbeat did not take the entry back: it is still runner-b's.
-    let pending: redis::streams::StreamPendingCountReply = app
-        .conn()
-        .await
-        .xpending_count(
-            format!("{}jobs:stream", app.prefix),
-            "runners",
-            "-",
-            "+",
-            10,
-        )
-        .await
-        .unwrap();
-    assert_eq!(pending.ids.len(), 1);
-    assert_eq!(pending.ids[0].consumer, "runner-b");
+    assert_eq!(app.holders("jobs:stream").await, ["runner-b"]);
     // The new run goes on and ends it.
     assert!(app.store.heartbeat(&second, &j, LEASE).await.unwrap());
     app.store
@@ -398,23 +376,13 @@ async fn a_runner_that_lost_its_lease_can_write_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_duplicate_entry_is_dropped_without_touching_the_job() {
-    let app = app().await;
+async fn a_duplicate_entry_is_dropped_without_touching_the_job(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 80);
     let e = deliver(&app, &j).await;
     let lease = leased(&app, &e, &j, "runner-a").await;
     // An entry that is not the job's current one (left from an older dispatch).
-    let stray: String = app
-        .conn()
-        .await
-        .xadd(
-            format!("{}jobs:stream", app.prefix),
-            "*",
-            &[("job", j.id.to_string())],
-        )
-        .await
-        .unwrap();
+    let stray = app.add_entry("jobs:stream", "job", &j.id.to_string()).await;
     let dup = read_one(&app).await;
     assert_eq!(dup.entry_id, stray);
     assert_eq!(
@@ -431,34 +399,21 @@ async fn a_duplicate_entry_is_dropped_without_touching_the_job() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn the_orphan_reconciler_requeues_a_lost_entry_once() {
-    let app = app().await;
+async fn the_orphan_reconciler_requeues_a_lost_entry_once(backend: Backend) {
+    let app = app(backend).await;
     let (lost, fine) = (job(1, 90), job(2, 91));
     let e = deliver(&app, &lost).await;
     deliver(&app, &fine).await;
     // The entry vanishes (a Redis restart that lost the stream, an XDEL by hand).
-    let _: i64 = app
-        .conn()
-        .await
-        .xdel(format!("{}jobs:stream", app.prefix), &[&e.entry_id])
-        .await
-        .unwrap();
+    app.delete_entry("jobs:stream", &e.entry_id).await;
     assert_eq!(stream_len(&app).await, 1);
     // Not yet: younger than the threshold.
     assert_eq!(app.store.requeue_orphans(LEASE).await.unwrap(), 0);
-    let mut conn = app.conn().await;
-    let _: i64 = conn
-        .del(format!("{}lock:orphans", app.prefix))
-        .await
-        .unwrap();
+    app.delete_value("lock:orphans").await;
     assert_eq!(app.store.requeue_orphans(Duration::ZERO).await.unwrap(), 1);
     // A second pass within the lock's time does nothing; after it, nothing is orphaned.
     assert_eq!(app.store.requeue_orphans(Duration::ZERO).await.unwrap(), 0);
-    let _: i64 = conn
-        .del(format!("{}lock:orphans", app.prefix))
-        .await
-        .unwrap();
+    app.delete_value("lock:orphans").await;
     assert_eq!(app.store.requeue_orphans(Duration::ZERO).await.unwrap(), 0);
     assert_eq!(stream_len(&app).await, 2);
     let again = app
@@ -479,9 +434,8 @@ async fn the_orphan_reconciler_requeues_a_lost_entry_once() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_task_heartbeat_holds_only_for_its_owner() {
-    let app = app().await;
+async fn a_task_heartbeat_holds_only_for_its_owner(backend: Backend) {
+    let app = app(backend).await;
     let j = job(1, 95);
     app.store
         .accept(None, Some(&j), &Task::Acknowledge { job: j.id })
@@ -512,10 +466,9 @@ async fn a_task_heartbeat_holds_only_for_its_owner() {
 /// SPEC 16 steering: a running job takes instructions only while its run keeps steering
 /// open; each provisional job is given once; closing returns what the agent has not
 /// read (and stays open), else closes in the same step; a lost lease can do neither.
-#[tokio::test]
-async fn steering_is_given_once_only_while_open_and_closes_atomically() {
+async fn steering_is_given_once_only_while_open_and_closes_atomically(backend: Backend) {
     use repobox::store::{Steer, Steered};
-    let app = app().await;
+    let app = app(backend).await;
     let running = job(7, 70);
     let e = deliver(&app, &running).await;
     let steer = |from: &Job, text: &str| Steer {
@@ -585,3 +538,37 @@ async fn steering_is_given_once_only_while_open_and_closes_atomically() {
         .unwrap();
     assert!(!thread.contains(&p3.id), "{thread:?}");
 }
+
+/// Each test of this file, once per backend.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Redis).await
+            })*
+        }
+        mod on_embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Embedded(None)).await
+            })*
+        }
+    };
+}
+
+on_each_backend!(
+    a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees,
+    one_job_at_a_time_per_thread_whoever_asks,
+    slots_of_a_dead_runner_expire_and_waiting_jobs_are_started,
+    a_handed_back_job_is_in_the_stream_again_at_once,
+    a_final_job_never_changes_state_again,
+    a_cancelled_queued_job_is_not_claimed,
+    a_running_job_gets_a_cancel_request_not_a_state_change,
+    dispatch_puts_a_job_in_the_stream_once,
+    a_runner_that_lost_its_lease_can_write_nothing,
+    a_duplicate_entry_is_dropped_without_touching_the_job,
+    the_orphan_reconciler_requeues_a_lost_entry_once,
+    a_task_heartbeat_holds_only_for_its_owner,
+    steering_is_given_once_only_while_open_and_closes_atomically,
+);

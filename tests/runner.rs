@@ -3,16 +3,19 @@
 //! remotes served by `git http-backend` (they only accept the forge's token), stateful
 //! HTTP fakes of GitHub and GitLab, the `command` agent in the real bubblewrap sandbox,
 //! and ends by checking that the token leaked nowhere.
+//!
+//! The main scenarios run once per storage backend (`on_redis::…`, `on_embedded::…`;
+//! SPEC 19); the others, and those that restart or look into Redis, on Redis.
 
 mod common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::fixture_json;
 use common::git_server;
 use common::github::{BOT_LOGIN, INSTALLATION_TOKEN};
 use common::gitlab as gl;
+use common::{Backend, fixture_json};
 use redis::AsyncCommands;
 use repobox::agent::{Agent, AgentError, AgentOutcome, AgentRequest};
 use repobox::job::JobStatus;
@@ -20,9 +23,14 @@ use serde_json::json;
 
 use common::world::*;
 
-#[tokio::test]
-async fn github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_comment() {
-    let w = world(Setup::default()).await;
+async fn github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_comment(
+    backend: Backend,
+) {
+    let w = world(Setup {
+        backend,
+        ..Setup::default()
+    })
+    .await;
     let id = w.comment("/repobox fix the spelling").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
@@ -100,9 +108,12 @@ async fn github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_co
     w.app.stop().await;
 }
 
-#[tokio::test]
-async fn gitlab_issue_becomes_a_merge_request() {
-    let w = world(Setup::default()).await;
+async fn gitlab_issue_becomes_a_merge_request(backend: Backend) {
+    let w = world(Setup {
+        backend,
+        ..Setup::default()
+    })
+    .await;
     let id = w.gitlab_note("/repobox fix the spelling").await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
@@ -126,9 +137,14 @@ async fn gitlab_issue_becomes_a_merge_request() {
     w.app.stop().await;
 }
 
-#[tokio::test]
-async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request() {
-    let w = world(Setup::default()).await;
+async fn a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request(
+    backend: Backend,
+) {
+    let w = world(Setup {
+        backend,
+        ..Setup::default()
+    })
+    .await;
     let (head, id) = w.command_on_pull_request(false, false).await;
     let job = w.finished(&id).await;
     assert_eq!(job.status, JobStatus::Succeeded, "{:?}", job.error);
@@ -169,9 +185,9 @@ async fn a_protected_pull_request_head_gets_a_new_pull_request_into_it() {
     w.app.stop().await;
 }
 
-#[tokio::test]
-async fn an_agent_that_changes_nothing_gets_a_no_changes_comment_and_no_branch() {
+async fn an_agent_that_changes_nothing_gets_a_no_changes_comment_and_no_branch(backend: Backend) {
     let w = world(Setup {
+        backend,
         agent: "echo 'Nothing to fix: the README is already right.' > \"$REPOBOX_SUMMARY_FILE\"",
         ..Setup::default()
     })
@@ -214,9 +230,9 @@ async fn a_failing_agent_gets_a_failed_comment_with_the_error_masked() {
     w.app.stop().await;
 }
 
-#[tokio::test]
-async fn cancel_stops_the_agent_and_leaves_a_final_comment() {
+async fn cancel_stops_the_agent_and_leaves_a_final_comment(backend: Backend) {
     let w = world(Setup {
+        backend,
         agent: SLEEPING_AGENT,
         ..Setup::default()
     })
@@ -266,9 +282,12 @@ async fn the_job_timeout_stops_the_agent_and_fails_the_job() {
     w.app.stop().await;
 }
 
-#[tokio::test]
-async fn retry_runs_a_new_job_on_a_suffixed_branch() {
-    let w = world(Setup::default()).await;
+async fn retry_runs_a_new_job_on_a_suffixed_branch(backend: Backend) {
+    let w = world(Setup {
+        backend,
+        ..Setup::default()
+    })
+    .await;
     let first = w.comment("/repobox fix the spelling").await;
     assert_eq!(w.finished(&first).await.status, JobStatus::Succeeded);
     w.comment("/repobox retry").await;
@@ -855,3 +874,30 @@ async fn only_writers_and_the_issue_author_are_quoted_to_the_agent() {
     );
     w.app.stop().await;
 }
+
+/// The main scenarios, once per storage backend.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Redis).await
+            })*
+        }
+        mod on_embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Embedded(None)).await
+            })*
+        }
+    };
+}
+
+on_each_backend!(
+    github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_comment,
+    gitlab_issue_becomes_a_merge_request,
+    a_pull_request_thread_gets_commits_on_its_head_branch_and_no_new_pull_request,
+    an_agent_that_changes_nothing_gets_a_no_changes_comment_and_no_branch,
+    cancel_stops_the_agent_and_leaves_a_final_comment,
+    retry_runs_a_new_job_on_a_suffixed_branch,
+);

@@ -182,7 +182,7 @@ async fn no_key_under_the_prefix_holds_the_plain_token() {
     let p = &providers[0];
 
     // Typed reads of every key.
-    let text = common::world::redis_text(&app).await;
+    let text = common::world::stored_text(&app).await;
     assert!(text.contains(&format!("provider:{}", p.id)), "{text}");
     assert!(!text.contains(TOKEN), "plain token in Redis: {text}");
     assert!(

@@ -309,7 +309,7 @@ async fn the_manifest_flow_checks_state_stores_the_app_sealed_and_closes() {
         .expect("the App is stored");
     assert_eq!(stored["id"], "1");
     assert_eq!(stored["slug"], "octoapp");
-    let dump = common::world::redis_text(&app).await;
+    let dump = common::world::stored_text(&app).await;
     for secret in [
         "BEGIN RSA PRIVATE KEY",
         "MIIEfakeKEY",

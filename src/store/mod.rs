@@ -17,9 +17,14 @@
 //!
 //! [`Store`] is all of them together, plus liveness and the secret key's fingerprint;
 //! the processes hold an `Arc<dyn Store>`.
-//! One module per backend: [`redis`] is the production one (SPEC section 9 layout).
+//! One module per backend, both keeping the key layout of SPEC section 9 ([`keys`]):
+//! [`redis`], for every deployment that runs more than one process, and [`embedded`]
+//! (SQLite), for `repobox all` alone on one machine (SPEC section 19). [`open`] picks
+//! one from the configuration: Redis when `REPOBOX_REDIS_URL` is set.
 
 pub mod accounts;
+pub mod embedded;
+pub mod keys;
 pub mod queue;
 pub mod records;
 pub mod recovery;
@@ -30,6 +35,7 @@ pub mod settings;
 pub mod steering;
 pub mod usage;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +43,8 @@ use async_trait::async_trait;
 use crate::model::ForgeKind;
 
 pub use self::accounts::{Accounts, Provider, User};
+pub use self::embedded::EmbeddedStore;
+pub use self::keys::Keys;
 pub use self::queue::{
     Accepted, CancelOutcome, Claim, Dispatch, JobEntry, JobQueue, Lease, TaskEntry,
 };
@@ -95,4 +103,20 @@ pub trait Store:
     /// with different keys cannot share one store. With `claim`, first stores that
     /// fingerprint if none is stored yet (set once, never overwritten).
     async fn key_fingerprint(&self, claim: Option<&str>) -> Result<Option<String>, StoreError>;
+
+    /// The backend in use, for `/readyz` and `doctor`: `redis` or `embedded store`.
+    fn backend(&self) -> String;
+}
+
+/// The store of the configuration: Redis at `REPOBOX_REDIS_URL` (its connections named
+/// for the process's `role`), or without it the embedded store in `REPOBOX_DATA_DIR`.
+pub fn open(config: &crate::config::Config, role: &str) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(RedisStore::with_role(
+            url.expose(),
+            &config.redis_prefix,
+            role,
+        )?),
+        None => Arc::new(EmbeddedStore::in_dir(&config.data_dir)?),
+    })
 }

@@ -1,4 +1,4 @@
-//! `/healthz` (the process runs), `/readyz` (Redis answers) and `/metrics` (Prometheus).
+//! `/healthz` (the process runs), `/readyz` (the store answers: Redis, or the embedded store) and `/metrics` (Prometheus).
 
 use axum::Router;
 use axum::extract::State;
@@ -21,8 +21,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+        Ok(()) => (StatusCode::OK, format!("ready ({})", state.store.backend())),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unavailable ({})", state.store.backend()),
+        ),
     }
 }
 

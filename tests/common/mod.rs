@@ -1,6 +1,7 @@
 //! Test harness: the real router and acknowledger on `127.0.0.1:0` over a real Redis
-//! (a unique key prefix per test), with HTTP fakes of the forges (`github.rs`,
-//! `gitlab.rs`) and helpers that sign and send real webhook payloads.
+//! (a unique key prefix per test) or the embedded store (a database of its own per
+//! test, [`Backend`]), with HTTP fakes of the forges (`github.rs`, `gitlab.rs`) and
+//! helpers that sign and send real webhook payloads.
 #![allow(dead_code)]
 
 pub mod anthropic;
@@ -132,9 +133,29 @@ pub fn redis_url() -> String {
     std::env::var("REPOBOX_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The storage backend under test: the same test bodies run against each (SPEC 19).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared Redis (`Options::redis_url`), under a prefix of the test's own.
+    Redis,
+    /// The embedded store in this data directory (`REPOBOX_DATA_DIR`); `None`: a fresh
+    /// temporary one.
+    Embedded(Option<PathBuf>),
+}
+
+/// What the harness reads and writes beside the app, to look at what a backend stored.
+enum Raw {
+    Redis(redis::Client),
+    Embedded {
+        db: PathBuf,
+        _dir: Option<Arc<tempfile::TempDir>>,
+    },
+}
+
 /// How the app under test is configured.
 #[derive(Clone)]
 pub struct Options {
+    pub backend: Backend,
     pub github_secret: Option<String>,
     pub gitlab_secret: Option<String>,
     /// Extra `--flag value` pairs (e.g. the fake forges' URLs).
@@ -150,6 +171,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            backend: Backend::Redis,
             github_secret: Some(GITHUB_SECRET.into()),
             gitlab_secret: Some(GITLAB_SECRET.into()),
             args: Vec::new(),
@@ -174,7 +196,7 @@ pub struct TestApp {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub http: reqwest::Client,
-    redis: redis::Client,
+    raw: Raw,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -190,21 +212,50 @@ impl TestApp {
         if std::env::var_os("REPOBOX_LOG").is_some() {
             repobox::telemetry::init_logging(false);
         }
-        let prefix = format!("test:{}:", ulid::Ulid::new());
-        let mut args: Vec<String> = vec![
-            "repobox".into(),
-            "--redis-url".into(),
-            opts.redis_url.clone(),
-            "--redis-prefix".into(),
-            prefix.clone(),
-            "--public-url".into(),
-            "https://repobox.example.com".into(),
-            "--secret-key".into(),
-            TEST_SECRET_KEY.into(),
-            // The runner here is this test binary; sandboxes need the real one inside.
-            "--sandbox-forwarder".into(),
-            env!("CARGO_BIN_EXE_repobox").into(),
-        ];
+        let (prefix, raw, mut args) = match &opts.backend {
+            Backend::Redis => {
+                let prefix = format!("test:{}:", ulid::Ulid::new());
+                let args: Vec<String> = vec![
+                    "repobox".into(),
+                    "--redis-url".into(),
+                    opts.redis_url.clone(),
+                    "--redis-prefix".into(),
+                    prefix.clone(),
+                ];
+                let raw = Raw::Redis(redis::Client::open(opts.redis_url.as_str()).unwrap());
+                (prefix, raw, args)
+            }
+            Backend::Embedded(dir) => {
+                let temp = dir
+                    .is_none()
+                    .then(|| Arc::new(tempfile::tempdir().unwrap()));
+                let dir = dir
+                    .clone()
+                    .unwrap_or_else(|| temp.as_ref().unwrap().path().to_owned());
+                let args: Vec<String> = vec![
+                    "repobox".into(),
+                    "--data-dir".into(),
+                    dir.to_str().unwrap().into(),
+                ];
+                let raw = Raw::Embedded {
+                    db: dir.join(repobox::store::embedded::FILE_NAME),
+                    _dir: temp,
+                };
+                (String::new(), raw, args)
+            }
+        };
+        args.extend(
+            [
+                "--public-url",
+                "https://repobox.example.com",
+                "--secret-key",
+                TEST_SECRET_KEY,
+                // The runner here is this test binary; sandboxes need the real one inside.
+                "--sandbox-forwarder",
+                env!("CARGO_BIN_EXE_repobox"),
+            ]
+            .map(String::from),
+        );
         if let Some(s) = &opts.github_secret {
             args.extend(["--github-webhook-secret".into(), s.clone()]);
         }
@@ -254,7 +305,7 @@ impl TestApp {
             store: services.state.store.clone(),
             metrics,
             http: reqwest::Client::new(),
-            redis: redis::Client::open(opts.redis_url.as_str()).unwrap(),
+            raw,
             shutdown,
             tasks,
         }
@@ -337,8 +388,166 @@ impl TestApp {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
+    /// A connection to the test's Redis (tests of Redis itself; panics on the embedded
+    /// store).
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        self.redis.get_multiplexed_async_connection().await.unwrap()
+        match &self.raw {
+            Raw::Redis(client) => client.get_multiplexed_async_connection().await.unwrap(),
+            Raw::Embedded { .. } => panic!("this test looks at Redis itself"),
+        }
+    }
+
+    /// The embedded store's database, opened beside the app (as `repobox jobs` opens it).
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        match &self.raw {
+            Raw::Embedded { db, .. } => rusqlite::Connection::open(db).unwrap(),
+            Raw::Redis(_) => panic!("this test looks at the embedded store itself"),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match &self.raw {
+            Raw::Redis(_) => Backend::Redis,
+            Raw::Embedded { db, .. } => Backend::Embedded(db.parent().map(PathBuf::from)),
+        }
+    }
+
+    /// The elements of list `key` (a waiting list), in order.
+    pub async fn list(&self, key: &str) -> Vec<String> {
+        match &self.raw {
+            Raw::Redis(_) => self
+                .conn()
+                .await
+                .lrange(format!("{}{key}", self.prefix), 0, -1)
+                .await
+                .unwrap(),
+            Raw::Embedded { .. } => {
+                let db = self.sqlite();
+                let mut stmt = db
+                    .prepare("SELECT value FROM lists WHERE key = ?1 ORDER BY seq")
+                    .unwrap();
+                stmt.query_map([key], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+        }
+    }
+
+    /// The consumers holding `stream`'s entries, oldest entry first.
+    pub async fn holders(&self, stream: &str) -> Vec<String> {
+        match &self.raw {
+            Raw::Redis(_) => {
+                let group = if stream == "intake:stream" {
+                    "acknowledgers"
+                } else {
+                    "runners"
+                };
+                let pending: redis::streams::StreamPendingCountReply = self
+                    .conn()
+                    .await
+                    .xpending_count(format!("{}{stream}", self.prefix), group, "-", "+", 100)
+                    .await
+                    .unwrap();
+                pending.ids.into_iter().map(|p| p.consumer).collect()
+            }
+            Raw::Embedded { .. } => {
+                let db = self.sqlite();
+                let mut stmt = db
+                    .prepare(
+                        "SELECT consumer FROM streams WHERE key = ?1 AND consumer IS NOT NULL
+                         ORDER BY ms, seq",
+                    )
+                    .unwrap();
+                stmt.query_map([stream], |r| r.get(0))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect()
+            }
+        }
+    }
+
+    /// Appends an entry to `stream` behind the app's back (a stray or duplicate entry),
+    /// with one field `field` = `value`; returns its id.
+    pub async fn add_entry(&self, stream: &str, field: &str, value: &str) -> String {
+        match &self.raw {
+            Raw::Redis(_) => self
+                .conn()
+                .await
+                .xadd(format!("{}{stream}", self.prefix), "*", &[(field, value)])
+                .await
+                .unwrap(),
+            Raw::Embedded { .. } => {
+                let db = self.sqlite();
+                let last_key = format!("stream-last:{stream}");
+                let last: String = db
+                    .query_row("SELECT value FROM kv WHERE key = ?1", [&last_key], |r| {
+                        r.get(0)
+                    })
+                    .unwrap_or_else(|_| "0-0".into());
+                let ms: i64 = last.split('-').next().unwrap().parse().unwrap();
+                let id = format!("{}-0", ms + 1);
+                db.execute(
+                    "INSERT INTO streams (key, ms, seq, value) VALUES (?1, ?2, 0, ?3)",
+                    rusqlite::params![stream, ms + 1, value],
+                )
+                .unwrap();
+                db.execute(
+                    "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
+                    rusqlite::params![last_key, id],
+                )
+                .unwrap();
+                id
+            }
+        }
+    }
+
+    /// Deletes entry `id` of `stream` behind the app's back (a lost entry).
+    pub async fn delete_entry(&self, stream: &str, id: &str) {
+        match &self.raw {
+            Raw::Redis(_) => {
+                let _: i64 = self
+                    .conn()
+                    .await
+                    .xdel(format!("{}{stream}", self.prefix), &[id])
+                    .await
+                    .unwrap();
+            }
+            Raw::Embedded { .. } => {
+                let (ms, seq) = id.split_once('-').unwrap();
+                let n = self
+                    .sqlite()
+                    .execute(
+                        "DELETE FROM streams WHERE key = ?1 AND ms = ?2 AND seq = ?3",
+                        rusqlite::params![
+                            stream,
+                            ms.parse::<i64>().unwrap(),
+                            seq.parse::<i64>().unwrap()
+                        ],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1, "entry {id} was there");
+            }
+        }
+    }
+
+    /// Deletes the single value `key` (a lock) behind the app's back.
+    pub async fn delete_value(&self, key: &str) {
+        match &self.raw {
+            Raw::Redis(_) => {
+                let _: i64 = self
+                    .conn()
+                    .await
+                    .del(format!("{}{key}", self.prefix))
+                    .await
+                    .unwrap();
+            }
+            Raw::Embedded { .. } => {
+                self.sqlite()
+                    .execute("DELETE FROM kv WHERE key = ?1", [key])
+                    .unwrap();
+            }
+        }
     }
 
     /// Every key under this test's prefix, sorted, without the prefix.
@@ -355,8 +564,20 @@ impl TestApp {
     }
 
     pub async fn xlen(&self, stream: &str) -> usize {
-        let mut conn = self.conn().await;
-        conn.xlen(format!("{}{stream}", self.prefix)).await.unwrap()
+        match &self.raw {
+            Raw::Redis(_) => {
+                let mut conn = self.conn().await;
+                conn.xlen(format!("{}{stream}", self.prefix)).await.unwrap()
+            }
+            Raw::Embedded { .. } => self
+                .sqlite()
+                .query_row(
+                    "SELECT COUNT(*) FROM streams WHERE key = ?1",
+                    [stream],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap() as usize,
+        }
     }
 
     /// A queued job on `acme/api` issue `number`, requested by GitHub user `requester`
@@ -428,10 +649,22 @@ impl TestApp {
 
     /// Raw fields of a job hash (to check fields the `Job` type does not carry).
     pub async fn job_field(&self, id: &str, field: &str) -> Option<String> {
-        let mut conn = self.conn().await;
-        conn.hget(format!("{}job:{{{id}}}", self.prefix), field)
-            .await
-            .unwrap()
+        match &self.raw {
+            Raw::Redis(_) => {
+                let mut conn = self.conn().await;
+                conn.hget(format!("{}job:{{{id}}}", self.prefix), field)
+                    .await
+                    .unwrap()
+            }
+            Raw::Embedded { .. } => self
+                .sqlite()
+                .query_row(
+                    "SELECT value FROM hashes WHERE key = ?1 AND field = ?2",
+                    [format!("job:{{{id}}}"), field.to_owned()],
+                    |r| r.get(0),
+                )
+                .ok(),
+        }
     }
 
     /// Waits until `check` holds, polling; panics with `what` after 10 s.
@@ -456,7 +689,10 @@ impl TestApp {
         for t in self.tasks {
             let _ = t.await;
         }
-        let Ok(mut conn) = self.redis.get_multiplexed_async_connection().await else {
+        let Raw::Redis(client) = &self.raw else {
+            return;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
             return;
         };
         let keys = scan(&mut conn, &self.prefix).await;

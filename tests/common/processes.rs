@@ -2,6 +2,8 @@
 //! over one world's Redis prefix and forge fakes, each in a slot that starts it again
 //! when it exits (as systemd or Kubernetes would), without its crash points the second
 //! time. Every exit is recorded, so a test can tell that a crash point really fired.
+//! Also `repobox all` on the embedded store ([`Role::All`]), started in its directory
+//! with no `REPOBOX_REDIS_URL`, as a new user starts it.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use super::{GITHUB_SECRET, GITLAB_SECRET, TEST_SECRET_KEY, free_port};
 pub enum Role {
     Serve,
     Runner,
+    /// `repobox all` without Redis: the embedded store in `./data` of its directory.
+    All,
 }
 
 impl Role {
@@ -41,6 +45,8 @@ pub struct Slot {
     pub log: PathBuf,
     /// How each run ended, in order (a SIGABRT shows as signal 6).
     exits: Arc<Mutex<Vec<std::process::ExitStatus>>>,
+    /// The running process's pid.
+    pid: Arc<Mutex<Option<u32>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,6 +60,23 @@ impl Slot {
             .iter()
             .filter(|s| s.signal() == Some(libc_sigabrt()))
             .count()
+    }
+
+    /// Runs that ended by SIGKILL ([`Slot::kill`]).
+    pub fn kills(&self) -> usize {
+        self.exits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.signal() == Some(rustix::process::Signal::KILL.as_raw()))
+            .count()
+    }
+
+    /// SIGKILLs the running process (no cleanup at all); the slot starts it again.
+    pub fn kill(&self) {
+        let pid = self.pid.lock().unwrap().expect("a process runs");
+        let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     }
 
     pub async fn stop(self) {
@@ -133,18 +156,36 @@ impl World {
                 args.push("runner".into());
                 None
             }
+            Role::All => {
+                let port = free_port();
+                args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+                args.push("all".into());
+                Some(format!("http://127.0.0.1:{port}"))
+            }
         };
         let armed = launch.failpoints.filter(|p| Role::of_point(p) == role);
         let failpoints = armed.map(|p| format!("{p}=abort"));
         let exits: Arc<Mutex<Vec<std::process::ExitStatus>>> = Arc::default();
+        let pid: Arc<Mutex<Option<u32>>> = Arc::default();
         let stop = CancellationToken::new();
         let task = {
-            let (exits, stop, log) = (exits.clone(), stop.clone(), log.clone());
-            let redis = launch.redis_url.clone().unwrap_or_else(super::redis_url);
+            let (exits, pid, stop, log) = (exits.clone(), pid.clone(), stop.clone(), log.clone());
+            let redis = match role {
+                Role::All => None,
+                _ => Some(launch.redis_url.clone().unwrap_or_else(super::redis_url)),
+            };
+            let cwd = dir.to_owned();
             tokio::spawn(async move {
                 let mut failpoints = failpoints;
                 loop {
-                    let mut child = start(&args, &redis, failpoints.take().as_deref(), &log);
+                    let mut child = start(
+                        &args,
+                        redis.as_deref(),
+                        failpoints.take().as_deref(),
+                        &log,
+                        &cwd,
+                    );
+                    *pid.lock().unwrap() = child.id();
                     tokio::select! {
                         status = child.wait() => {
                             exits.lock().unwrap().push(status.unwrap());
@@ -163,6 +204,7 @@ impl World {
             url,
             log,
             exits,
+            pid,
             stop,
             task,
         };
@@ -173,7 +215,13 @@ impl World {
     }
 }
 
-fn start(args: &[String], redis: &str, failpoints: Option<&str>, log: &Path) -> Child {
+fn start(
+    args: &[String],
+    redis: Option<&str>,
+    failpoints: Option<&str>,
+    log: &Path,
+    cwd: &Path,
+) -> Child {
     let out = std::fs::File::options()
         .create(true)
         .append(true)
@@ -181,7 +229,9 @@ fn start(args: &[String], redis: &str, failpoints: Option<&str>, log: &Path) -> 
         .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_repobox"));
     cmd.args(args)
-        .env("REPOBOX_REDIS_URL", redis)
+        .current_dir(cwd)
+        .env_remove("REPOBOX_REDIS_URL")
+        .env_remove("REPOBOX_DATA_DIR")
         .env("REPOBOX_LOG", "debug")
         .env_remove("REPOBOX_FAILPOINTS")
         .stdout(out.try_clone().unwrap())
@@ -189,6 +239,9 @@ fn start(args: &[String], redis: &str, failpoints: Option<&str>, log: &Path) -> 
         .kill_on_drop(true);
     if let Some(points) = failpoints {
         cmd.env("REPOBOX_FAILPOINTS", points);
+    }
+    if let Some(url) = redis {
+        cmd.env("REPOBOX_REDIS_URL", url);
     }
     cmd.spawn().expect("the repobox binary starts")
 }

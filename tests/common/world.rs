@@ -57,6 +57,8 @@ pub struct Setup<'a> {
     pub redis_url: Option<String>,
     /// Runs the acknowledger in the test process (off when `serve` processes do it).
     pub acknowledger: bool,
+    /// The storage backend (Redis unless a test says otherwise).
+    pub backend: super::Backend,
 }
 
 impl Default for Setup<'_> {
@@ -70,6 +72,7 @@ impl Default for Setup<'_> {
             files: Vec::new(),
             redis_url: None,
             acknowledger: true,
+            backend: super::Backend::Redis,
         }
     }
 }
@@ -125,6 +128,7 @@ pub async fn world(setup: Setup<'_>) -> World {
         agent: setup.custom_agent,
         redis_url: setup.redis_url.unwrap_or_else(super::redis_url),
         acknowledger: setup.acknowledger,
+        backend: setup.backend,
         ..Options::default()
     })
     .await;
@@ -300,7 +304,7 @@ impl World {
             assert!(!logs.contains(t), "a token is in the log");
         }
         assert_no_token_in_dir(self.workdir.path(), tokens);
-        let dump = redis_text(&self.app).await;
+        let dump = stored_text(&self.app).await;
         for t in tokens {
             assert!(!dump.contains(t), "a token is stored in Redis");
         }
@@ -338,8 +342,31 @@ pub fn assert_no_token_in_dir(dir: &Path, tokens: &[&str]) {
     }
 }
 
-/// Every value of every key under the test's prefix, as text.
-pub async fn redis_text(app: &TestApp) -> String {
+/// Everything the test's store holds, as text: on Redis every value of every key under
+/// the test's prefix; on the embedded store every row of every table, and the bytes of
+/// the database files themselves (a token must not be in a page SQLite freed either).
+pub async fn stored_text(app: &TestApp) -> String {
+    if let super::Backend::Embedded(Some(dir)) = app.backend() {
+        let db = app.sqlite();
+        let mut out = String::new();
+        for table in ["kv", "hashes", "zsets", "lists", "streams"] {
+            let mut stmt = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
+            let columns = stmt.column_count();
+            let mut rows = stmt.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                for i in 0..columns {
+                    let value: rusqlite::types::Value = row.get(i).unwrap();
+                    out.push_str(&format!("{value:?} "));
+                }
+                out.push('\n');
+            }
+        }
+        for file in ["repobox.db", "repobox.db-wal"] {
+            let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
+        return out;
+    }
     let mut conn = app.conn().await;
     let mut out = String::new();
     for key in super::scan(&mut conn, &app.prefix).await {
@@ -408,9 +435,9 @@ impl World {
 impl World {
     /// Sets an admin switch in the `settings` hash (`allow_forks`, `allow_workflow_changes`…).
     pub async fn set_admin(&self, field: &str, value: &str) {
-        let mut conn = self.app.conn().await;
-        let _: () = conn
-            .hset(format!("{}settings", self.app.prefix), field, value)
+        self.app
+            .store
+            .set_settings(&[(field, value.to_owned())])
             .await
             .unwrap();
     }
