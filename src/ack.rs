@@ -241,7 +241,15 @@ impl Acknowledger {
             if job.status != JobStatus::Queued {
                 return Ok(Outcome::Done("already_final"));
             }
-            let Some(forge) = self.forge(job.repo.forge) else {
+            let job_forge = match self.forges.for_job(&job, self.store.as_ref()).await {
+                Ok(forge) => forge,
+                Err(e) if e.is_transient() => return Ok(Outcome::RetryLater(e.to_string())),
+                Err(e) => {
+                    self.finish(&job, JobStatus::Failed, &e.to_string()).await?;
+                    return Ok(Outcome::Done("provider_unusable"));
+                }
+            };
+            let Some(forge) = job_forge.as_ref().map(|f| &f.forge) else {
                 self.finish(
                     &job,
                     JobStatus::Failed,
@@ -257,12 +265,12 @@ impl Acknowledger {
                     return Ok(Outcome::RetryLater(e.to_string()));
                 }
                 Err(e) => {
-                    self.finish(
-                        &job,
-                        JobStatus::Failed,
-                        &format!("could not check permissions: {e}"),
-                    )
-                    .await?;
+                    let error = format!("could not check permissions: {e}");
+                    let shown = job_forge
+                        .as_ref()
+                        .map(|f| f.explain(&error))
+                        .unwrap_or(error);
+                    self.finish(&job, JobStatus::Failed, &shown).await?;
                     return Ok(Outcome::Done("permission_check_failed"));
                 }
             };

@@ -304,6 +304,12 @@ pub fn build_forges(config: &Config) -> anyhow::Result<BuiltForges> {
         });
         forges.gitlab = Some(gitlab);
     }
+    // Jobs naming a personal provider (SPEC 18); the key is given by each process.
+    forges.personal = Some(Arc::new(crate::forges::personal::Personal {
+        github: options(GITHUB_LIMITS),
+        gitlab: options(GITLAB_LIMITS),
+        secret_box: None,
+    }));
     Ok(BuiltForges {
         forges,
         gitlab_bot_username,
@@ -360,6 +366,7 @@ pub fn build_services_as(
     let settings = SettingsSource::new(store.clone(), AdminSettings::defaults(config));
     let (key, key_source) = config.secret_key_for(role, &config.data_dir)?;
     info!(source = %key_source, "secret key loaded");
+    let forges = forges.with_secret_box(Some(SecretBox::new(&key)));
     // Code exchanges must not follow redirects (the OAuth crates' advice).
     let auth_http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -475,9 +482,14 @@ pub fn build_runner_with_agent(
         .workdir
         .canonicalize()
         .with_context(|| format!("REPOBOX_WORKDIR: {}", config.workdir.display()))?;
+    // Never generates a key here: only one that is configured or already made.
+    let secret_box = (config.secret_key.is_some() || config.data_dir.join("secret.key").exists())
+        .then(|| config.secret_key(&config.data_dir).ok())
+        .flatten()
+        .map(|(key, _)| SecretBox::new(&key));
     Ok(Arc::new(Runner::new(
         store,
-        forges,
+        forges.with_secret_box(secret_box.clone()),
         agent,
         metrics,
         RunnerSettings {
@@ -493,12 +505,7 @@ pub fn build_runner_with_agent(
             job_budget_usd: config.job_budget,
             sandbox_modes: config.sandbox_modes,
             sandbox_allow: config.sandbox_allow.clone(),
-            // Never generates a key here: only one that is configured or already made.
-            secret_box: (config.secret_key.is_some()
-                || config.data_dir.join("secret.key").exists())
-            .then(|| config.secret_key(&config.data_dir).ok())
-            .flatten()
-            .map(|(key, _)| SecretBox::new(&key)),
+            secret_box: secret_box.clone(),
             sandbox_forwarder: match &config.sandbox_forwarder {
                 Some(path) => path.clone(),
                 None => std::env::current_exe()

@@ -179,6 +179,9 @@ pub struct Job {
     pub pushed_sha: Option<String>,
     /// The GitHub check run showing the job on the commit it pushed (SPEC 17).
     pub check_run_id: Option<u64>,
+    /// The personal provider whose token the job's forge calls and pushes use
+    /// (SPEC 18); `None`: the App / the bot.
+    pub provider: Option<ulid::Ulid>,
     /// The agent's summary of what it changed and why.
     pub summary: Option<String>,
     /// The current run's number: incremented by every claim (more than 1 after a
@@ -261,6 +264,7 @@ impl Job {
             queue_only: false,
             pushed_sha: None,
             check_run_id: None,
+            provider: None,
             summary: None,
             attempt: 0,
             runner: None,
@@ -351,6 +355,7 @@ impl Job {
         opt("delivery_id", self.delivery_id.clone());
         opt("pushed_sha", self.pushed_sha.clone());
         opt("check_run_id", self.check_run_id.map(|v| v.to_string()));
+        opt("provider", self.provider.map(|v| v.to_string()));
         opt("summary", self.summary.clone());
         opt("runner", self.runner.clone());
         opt("push_branch", self.push_branch.clone());
@@ -449,6 +454,7 @@ impl Job {
             queue_only: get("queue_only") == Some("1"),
             pushed_sha: get("pushed_sha").map(str::to_owned),
             check_run_id: get("check_run_id").and_then(|v| v.parse().ok()),
+            provider: get("provider").map(|v| parse("provider", v)).transpose()?,
             summary: get("summary").map(str::to_owned),
             attempt: opt_num("attempt")?.unwrap_or(0),
             runner: get("runner").map(str::to_owned),

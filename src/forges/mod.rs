@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod github;
 pub mod gitlab;
+pub mod personal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -524,11 +525,13 @@ pub struct GitIdentity {
     pub email: String,
 }
 
-/// The configured forges.
+/// The configured forges, and how a job naming a personal provider gets its own.
 #[derive(Clone, Default)]
 pub struct Forges {
     pub github: Option<Arc<dyn Forge>>,
     pub gitlab: Option<Arc<dyn Forge>>,
+    /// Adapters of personal providers (SPEC 18); `None`: jobs naming one fail.
+    pub personal: Option<Arc<personal::Personal>>,
 }
 
 impl Forges {
@@ -537,6 +540,38 @@ impl Forges {
             ForgeKind::GitHub => self.github.as_ref(),
             ForgeKind::GitLab => self.gitlab.as_ref(),
         }
+    }
+
+    /// The adapter of `job`'s forge calls: its personal provider's when it names one
+    /// (with that provider, which errors name), else the configured forge's
+    /// (`Ok(None)`: that forge is not configured here).
+    pub async fn for_job(
+        &self,
+        job: &crate::job::Job,
+        store: &dyn crate::store::Store,
+    ) -> Result<Option<personal::JobForge>, personal::ProviderError> {
+        if job.provider.is_none() {
+            return Ok(self.get(job.repo.forge).map(|forge| personal::JobForge {
+                provider: None,
+                forge: forge.clone(),
+            }));
+        }
+        let personal = self
+            .personal
+            .as_ref()
+            .ok_or(personal::ProviderError::NoKey)?;
+        Ok(Some(personal.forge_for(job, store).await?))
+    }
+
+    /// The same forges, opening personal providers with `secret_box`.
+    pub fn with_secret_box(mut self, secret_box: Option<crate::crypto::SecretBox>) -> Self {
+        if let Some(personal) = &self.personal {
+            self.personal = Some(Arc::new(personal::Personal {
+                secret_box,
+                ..(**personal).clone()
+            }));
+        }
+        self
     }
 }
 

@@ -385,11 +385,17 @@ impl Runner {
         let _ = tokio::fs::remove_dir_all(scratch).await;
         // Only while the run still holds the job: after a takeover it is the new run's.
         let current = self.store.record(lease, &[]).await.is_ok();
-        if let (true, Some(forge), Some(comment)) = (
-            current,
-            self.forges.get(job.repo.forge),
-            job.progress_comment_id,
-        ) {
+        // The job's own adapter (its personal provider's, if it names one).
+        let forge = match current {
+            true => self
+                .forges
+                .for_job(job, self.store.as_ref())
+                .await
+                .ok()
+                .flatten(),
+            false => None,
+        };
+        if let (Some(forge), Some(comment)) = (forge.map(|f| f.forge), job.progress_comment_id) {
             let trigger = self.admin_settings().await.trigger;
             let body = crate::progress::finished(
                 job,

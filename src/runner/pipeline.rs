@@ -158,6 +158,11 @@ pub struct Pipeline {
     /// Earlier jobs of this thread, or whose commits are on this pull/merge request,
     /// oldest first (SPEC 16, follow-ups).
     earlier: Vec<Job>,
+    /// The personal provider the job runs with (SPEC 18), once opened.
+    provider: Option<crate::store::Provider>,
+    /// The adapter of the job's forge calls (the provider's or the configured forge's),
+    /// from the start of [`Pipeline::run`].
+    forge: Option<Arc<dyn Forge>>,
 }
 
 impl Pipeline {
@@ -176,8 +181,44 @@ impl Pipeline {
             admin: runner.settings.admin_defaults.clone(),
             guidance: Vec::new(),
             earlier: Vec::new(),
+            provider: None,
+            forge: None,
             runner,
         }
+    }
+
+    /// The adapter of the job's forge calls and pushes: its personal provider's (kept
+    /// in `provider`, so errors can name it), or the configured forge's; why not, as
+    /// the job's error.
+    async fn job_forge(&mut self) -> Result<Arc<dyn Forge>, String> {
+        let forge = self.open_forge().await?;
+        self.forge = Some(forge.clone());
+        Ok(forge)
+    }
+
+    async fn open_forge(&mut self) -> Result<Arc<dyn Forge>, String> {
+        if self.job.provider.is_none() {
+            return self
+                .runner
+                .forges
+                .get(self.job.repo.forge)
+                .cloned()
+                .ok_or_else(|| {
+                    format!("{} is not configured on this runner", self.job.repo.forge)
+                });
+        }
+        let personal = self
+            .runner
+            .forges
+            .personal
+            .clone()
+            .ok_or_else(|| crate::forges::personal::ProviderError::NoKey.to_string())?;
+        let opened = personal
+            .forge_for(&self.job, self.runner.store.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.provider = opened.provider;
+        Ok(opened.forge)
     }
 
     /// Runs the job to a final state; `true` when it was handed back instead (shutdown).
@@ -191,22 +232,14 @@ impl Pipeline {
             self.secrets.clone(),
             self.runner.settings.log_lines_per_second,
         );
-        let Some(forge) = self.runner.forges.get(self.job.repo.forge).cloned() else {
-            log.step(format!(
-                "{} is not configured on this runner",
-                self.job.repo.forge
-            ));
-            log.close().await;
-            let _ = self
-                .record_final(
-                    JobStatus::Failed,
-                    Some(format!(
-                        "{} is not configured on this runner",
-                        self.job.repo.forge
-                    )),
-                )
-                .await;
-            return false;
+        let forge = match self.job_forge().await {
+            Ok(forge) => forge,
+            Err(error) => {
+                log.step(error.clone());
+                log.close().await;
+                let _ = self.record_final(JobStatus::Failed, Some(error)).await;
+                return false;
+            }
         };
         if self.job.cancel_requested {
             self.stop.stop(StopReason::Cancelled);
@@ -1086,12 +1119,7 @@ impl Pipeline {
         log.step(format!("{} file(s) changed", changed.len()));
         self.check_tree_size().await?;
         let identity = {
-            let forge = self
-                .runner
-                .forges
-                .get(self.job.repo.forge)
-                .expect("checked in run")
-                .clone();
+            let forge = self.forge.clone().expect("set in run");
             with_retries(|| forge.bot_identity(&self.job.repo))
                 .await
                 .map(|id| (id, forge.co_author(&self.job.requester)))?
@@ -1657,7 +1685,13 @@ impl Pipeline {
         let (status, error) = match state {
             Final::Succeeded { .. } => (JobStatus::Succeeded, None),
             Final::NoChanges => (JobStatus::NoChanges, None),
-            Final::Failed { error } => (JobStatus::Failed, Some(error.clone())),
+            Final::Failed { error } => (
+                JobStatus::Failed,
+                Some(match &self.provider {
+                    Some(p) => crate::forges::personal::explain(p, error),
+                    None => error.clone(),
+                }),
+            ),
             Final::Cancelled => (JobStatus::Cancelled, None),
             Final::Rejected { reason } => (JobStatus::Rejected, Some(reason.clone())),
         };

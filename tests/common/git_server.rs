@@ -39,13 +39,16 @@ pub struct GitRequest {
     pub method: String,
     /// Path and query, exactly as requested.
     pub uri: String,
-    /// Whether the Basic credentials carried the expected token.
+    /// Whether the Basic credentials carried an accepted token.
     pub authorized: bool,
+    /// The Basic password sent, if any (which token a push was made with).
+    pub password: Option<String>,
 }
 
 struct Inner {
     root: PathBuf,
-    token: String,
+    /// The tokens let through: the forge's, and any a test adds ([`GitServer::accept`]).
+    tokens: Mutex<Vec<String>>,
     requests: Mutex<Vec<GitRequest>>,
 }
 
@@ -62,7 +65,7 @@ impl GitServer {
     pub async fn start(root: PathBuf, token: &str) -> GitServer {
         let inner = Arc::new(Inner {
             root,
-            token: token.to_owned(),
+            tokens: Mutex::new(vec![token.to_owned()]),
             requests: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
@@ -86,6 +89,11 @@ impl GitServer {
         format!("http://{}/{}", self.addr, repo.trim_start_matches('/'))
     }
 
+    /// Lets `token` through too (a user's personal token, SPEC 18).
+    pub fn accept(&self, token: &str) {
+        self.inner.tokens.lock().unwrap().push(token.to_owned());
+    }
+
     /// Every request seen so far, in order.
     pub fn requests(&self) -> Vec<GitRequest> {
         self.inner
@@ -103,7 +111,10 @@ impl Drop for GitServer {
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
-    let authorized = basic_password(req.headers()).is_some_and(|p| p == inner.token);
+    let password = basic_password(req.headers());
+    let authorized = password
+        .as_ref()
+        .is_some_and(|p| inner.tokens.lock().unwrap().iter().any(|t| t == p));
     let uri = req
         .uri()
         .path_and_query()
@@ -114,6 +125,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             method: req.method().to_string(),
             uri,
             authorized,
+            password: password.clone(),
         });
     }
     if !authorized {

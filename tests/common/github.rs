@@ -85,18 +85,46 @@ impl Match for AppJwt {
     }
 }
 
-/// Accepts only the minted installation token.
+/// A user's personal access token (a provider's, SPEC 18), let through wherever the
+/// installation token is, once a test calls [`FakeGitHub::serve_personal_user`].
+pub const PERSONAL_TOKEN: &str = "ghp_R3p0b0xPers0nalT0kenF0rTheTests0abcd";
+/// The user [`PERSONAL_TOKEN`] belongs to (a collaborator with write access).
+pub const PERSONAL_LOGIN: &str = "Octo2";
+pub const PERSONAL_USER_ID: u64 = 2222;
+
+/// The token of a request (`Bearer …` or `token …`).
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers.get("authorization")?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("token "))
+}
+
+/// Accepts only the minted installation token, or the personal token.
 struct InstallationAuth;
 
 impl Match for InstallationAuth {
     fn matches(&self, req: &Request) -> bool {
-        req.headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v == format!("Bearer {INSTALLATION_TOKEN}")
-                    || v == format!("token {INSTALLATION_TOKEN}")
-            })
+        bearer(req).is_some_and(|t| t == INSTALLATION_TOKEN || t == PERSONAL_TOKEN)
+    }
+}
+
+/// Only the personal token.
+struct PersonalAuth;
+
+impl Match for PersonalAuth {
+    fn matches(&self, req: &Request) -> bool {
+        bearer(req) == Some(PERSONAL_TOKEN)
+    }
+}
+
+/// A personal-looking token GitHub does not know (revoked, expired): 401, as GitHub
+/// answers.
+struct UnknownPersonalToken;
+
+impl Match for UnknownPersonalToken {
+    fn matches(&self, req: &Request) -> bool {
+        bearer(req).is_some_and(|t| t.starts_with("ghp_") && t != PERSONAL_TOKEN)
     }
 }
 
@@ -782,6 +810,63 @@ impl FakeGitHub {
             .into_iter()
             .map(|(_, b)| b)
             .collect()
+    }
+
+    /// The token each `http_method` request to a path containing `part` carried.
+    pub async fn tokens_of(&self, http_method: &str, part: &str) -> Vec<String> {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| r.method.as_str() == http_method && r.url.path().contains(part))
+            .map(|r| bearer(r).unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// Serves [`PERSONAL_TOKEN`]'s user: `GET /user`, `GET /users/{login}`, and
+    /// `GET /user/repos` with `repos` pushable and `readonly` not (GitHub's
+    /// `repos/list-for-authenticated-user` example, renamed); a `ghp_` token it does
+    /// not know gets 401 "Bad credentials" everywhere.
+    pub async fn serve_personal_user(&self, repos: &[&str], readonly: &[&str]) {
+        let user = json!({
+            "login": PERSONAL_LOGIN, "id": PERSONAL_USER_ID, "type": "User", "site_admin": false
+        });
+        for route in ["/user".to_owned(), format!("/users/{PERSONAL_LOGIN}")] {
+            Mock::given(method("GET"))
+                .and(wiremock::matchers::path(route))
+                .and(PersonalAuth)
+                .respond_with(ResponseTemplate::new(200).set_body_json(user.clone()))
+                .mount(&self.server)
+                .await;
+        }
+        let example = example("repos__list-for-authenticated-user.response.200.default");
+        let template = example[0].clone();
+        let listed: Vec<Value> = repos
+            .iter()
+            .map(|r| (r, true))
+            .chain(readonly.iter().map(|r| (r, false)))
+            .map(|(name, push)| {
+                let mut repo = template.clone();
+                repo["full_name"] = json!(name);
+                repo["permissions"] = json!({"admin": false, "push": push, "pull": true});
+                repo
+            })
+            .collect();
+        Mock::given(method("GET"))
+            .and(wiremock::matchers::path("/user/repos"))
+            .and(PersonalAuth)
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!(listed)))
+            .mount(&self.server)
+            .await;
+        Mock::given(wiremock::matchers::any())
+            .and(UnknownPersonalToken)
+            .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+                "message": "Bad credentials",
+                "documentation_url": "https://docs.github.com/rest",
+                "status": "401"
+            })))
+            .with_priority(1)
+            .mount(&self.server)
+            .await;
     }
 
     /// Every body the progress comment `id` was edited to, in order.

@@ -1,6 +1,7 @@
 //! An HTTP fake of the GitLab REST API v4 (wiremock) for the calls Repobox makes:
 //! the current user, project members (inherited included), notes and award emoji.
-//! Every endpoint only answers the bot's `PRIVATE-TOKEN`.
+//! Every endpoint only answers the bot's `PRIVATE-TOKEN`, or a user's personal one
+//! ([`PERSONAL_TOKEN`], SPEC 18: `GET /user` then names that user).
 //!
 //! Threads are stateful, keyed by kind and iid (one project per fake): any issue iid
 //! answers `GET issues/:iid` (the issue of GitLab's documented Note Hook example), the
@@ -22,9 +23,26 @@ use std::sync::{Arc, Mutex};
 use repobox::model::ThreadKind;
 use serde_json::{Value, json};
 use wiremock::matchers::{header, method, path, path_regex};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 pub const TOKEN: &str = "glpat-testtoken0123456789";
+/// A user's personal access token (a personal provider's).
+pub const PERSONAL_TOKEN: &str = "glpat-personal-of-root-0123abcd";
+/// The user [`PERSONAL_TOKEN`] belongs to (a project maintainer in the world).
+pub const PERSONAL_USER_ID: u64 = 1;
+pub const PERSONAL_USERNAME: &str = "root";
+
+/// The bot's token or the personal one.
+struct Token;
+
+impl Match for Token {
+    fn matches(&self, req: &Request) -> bool {
+        req.headers
+            .get("private-token")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t == TOKEN || t == PERSONAL_TOKEN)
+    }
+}
 pub const BOT_USERNAME: &str = "repobox-bot";
 
 pub struct FakeGitLab {
@@ -119,10 +137,19 @@ impl FakeGitLab {
             })))
             .mount(&server)
             .await;
+        Mock::given(method("GET"))
+            .and(path("/api/v4/user"))
+            .and(header("private-token", PERSONAL_TOKEN))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "id": PERSONAL_USER_ID, "username": PERSONAL_USERNAME, "name": "Administrator",
+                "state": "active", "bot": false, "web_url": "http://gitlab.example/root"
+            })))
+            .mount(&server)
+            .await;
         let levels: HashMap<u64, u64> = members.iter().copied().collect();
         Mock::given(method("GET"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/members/all/\d+$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let id: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
                 match levels.get(&id) {
@@ -141,7 +168,7 @@ impl FakeGitLab {
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes/\d+/award_emoji$",
             ))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(ResponseTemplate::new(201).set_body_json(json!({
                 "id": 1, "name": "eyes", "user": { "id": 99, "username": BOT_USERNAME },
                 "awardable_type": "Note"
@@ -157,7 +184,7 @@ impl FakeGitLab {
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes$",
             ))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let sent = form_or_json(req);
                 let key = request_thread(req);
@@ -187,7 +214,7 @@ impl FakeGitLab {
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes/\d+$",
             ))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let sent = form_or_json(req);
                 let id: u64 = req.url.path().rsplit('/').next().unwrap().parse().unwrap();
@@ -213,7 +240,7 @@ impl FakeGitLab {
         let state = statuses.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/statuses/[0-9a-f]+$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let sha = req.url.path().rsplit('/').next().unwrap_or("").to_owned();
                 let sent: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| {
@@ -315,7 +342,7 @@ impl FakeGitLab {
             .and(path("/api/v4/projects"))
             .and(wiremock::matchers::query_param("membership", "true"))
             .and(wiremock::matchers::query_param("min_access_level", "30"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(ResponseTemplate::new(200).set_body_json(json!([project.clone()])))
             .mount(&self.server)
             .await;
@@ -325,7 +352,7 @@ impl FakeGitLab {
         ] {
             Mock::given(method("GET"))
                 .and(path(p))
-                .and(header("private-token", TOKEN))
+                .and(Token)
                 .respond_with(ResponseTemplate::new(200).set_body_json(project.clone()))
                 .mount(&self.server)
                 .await;
@@ -333,7 +360,7 @@ impl FakeGitLab {
         let (mrs, threads) = (self.merge_requests.clone(), self.threads.clone());
         Mock::given(method("GET"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests/\d+$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let key = request_thread(req);
                 let threads = threads.lock().unwrap();
@@ -364,7 +391,7 @@ impl FakeGitLab {
         let web_base = format!("http://gitlab.example/{path_str}");
         Mock::given(method("GET"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/issues/\d+$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let key = request_thread(req);
                 let threads = threads.lock().unwrap();
@@ -390,7 +417,7 @@ impl FakeGitLab {
             .and(path_regex(
                 r"^/api/v4/projects/[^/]+/(issues|merge_requests)/\d+/notes$",
             ))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let key = request_thread(req);
                 let threads = threads.lock().unwrap();
@@ -414,7 +441,7 @@ impl FakeGitLab {
         let mrs = self.merge_requests.clone();
         Mock::given(method("GET"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let q = form_or_json(req);
                 let found: Vec<Value> = mrs
@@ -437,7 +464,7 @@ impl FakeGitLab {
         let lost = self.lost_answers.clone();
         Mock::given(method("POST"))
             .and(path_regex(r"^/api/v4/projects/[^/]+/merge_requests$"))
-            .and(header("private-token", TOKEN))
+            .and(Token)
             .respond_with(move |req: &Request| {
                 let sent = form_or_json(req);
                 let (Some(source), Some(target), Some(title)) = (

@@ -5,6 +5,11 @@
 //! caller names (`repositories` + `permissions` in the access-token request), cached
 //! until five minutes before they expire, and used through a per-token octocrab client.
 //!
+//! With a personal token instead ([`GitHub::with_personal_token`], a user's provider
+//! running a job, SPEC 18) every call, git included, is made as that user with that one
+//! token: nothing is minted, the "bot" is the token's user, and the request budget is
+//! the provider's.
+//!
 //! Every request has a deadline (connect, socket and whole-request timeouts from
 //! [`ForgeOptions::timeout`]); octocrab's own retries are off, so each call is sent once
 //! and [`super::with_retries`] is the one retry layer. Content writes take a write from
@@ -83,7 +88,9 @@ type TokenKey = (u64, String, &'static [(&'static str, &'static str)]);
 
 pub struct GitHub {
     api_url: String,
+    /// The App's JWT client, or the personal token's client ([`Auth::Personal`]).
     app: Octocrab,
+    auth: Auth,
     /// Installation id per repository, for events whose payload does not name it.
     installations: Mutex<HashMap<String, u64>>,
     tokens: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
@@ -91,6 +98,18 @@ pub struct GitHub {
     /// The App's slug (`GET /app`), which makes its bot login `<slug>[bot]`.
     slug: tokio::sync::OnceCell<String>,
     options: ForgeOptions,
+}
+
+/// Who the adapter acts as.
+enum Auth {
+    /// The App: its JWT for `/app` calls, installation tokens for everything else.
+    App,
+    /// One user, with their personal token, for every call.
+    Personal {
+        token: Secret,
+        /// The request budget's key (the provider's).
+        budget_key: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -124,6 +143,11 @@ struct PullBody {
 #[derive(Deserialize)]
 struct UserBody {
     id: u64,
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    login: String,
 }
 
 impl PullBody {
@@ -261,6 +285,31 @@ impl GitHub {
         Ok(GitHub {
             api_url: api_url.to_owned(),
             app,
+            auth: Auth::App,
+            installations: Mutex::default(),
+            tokens: Mutex::default(),
+            bot: tokio::sync::OnceCell::new(),
+            slug: tokio::sync::OnceCell::new(),
+            options,
+        })
+    }
+
+    /// The adapter of one user's personal token (`ghp_…`, `github_pat_…`): every call
+    /// and every push as that user; `budget_key` names its request budget.
+    pub fn with_personal_token(
+        api_url: &str,
+        token: Secret,
+        budget_key: String,
+        options: ForgeOptions,
+    ) -> anyhow::Result<Self> {
+        let client = client_builder(api_url, options.timeout)?
+            .personal_token(token.expose().to_owned())
+            .build()
+            .map_err(|e| anyhow::anyhow!(redact(&e.to_string(), &[&token])))?;
+        Ok(GitHub {
+            api_url: api_url.to_owned(),
+            app: client,
+            auth: Auth::Personal { token, budget_key },
             installations: Mutex::default(),
             tokens: Mutex::default(),
             bot: tokio::sync::OnceCell::new(),
@@ -297,6 +346,9 @@ impl GitHub {
 
     /// The request budget key of the repository's installation.
     async fn budget_key(&self, repo: &RepoRef) -> Result<String, ForgeError> {
+        if let Auth::Personal { budget_key, .. } = &self.auth {
+            return Ok(budget_key.clone());
+        }
         Ok(format!("github:{}", self.installation_id(repo).await?))
     }
 
@@ -352,6 +404,14 @@ impl GitHub {
         repo: &RepoRef,
         permissions: &'static [(&'static str, &'static str)],
     ) -> Result<CachedToken, ForgeError> {
+        if let Auth::Personal { token, .. } = &self.auth {
+            return Ok(CachedToken {
+                token: token.clone(),
+                // A personal token lives until its user revokes it.
+                expires_at: OffsetDateTime::now_utc() + time::Duration::days(365),
+                client: self.app.clone(),
+            });
+        }
         let installation = self.installation_id(repo).await?;
         let slot = self
             .tokens
@@ -411,10 +471,58 @@ impl GitHub {
         self.token(repo, ACK_PERMISSIONS).await.map(|t| t.client)
     }
 
-    /// The App's bot user, `<slug>[bot]`.
+    /// The App's bot user, `<slug>[bot]`; with a personal token, its user's login.
     async fn bot_login(&self) -> Result<String, ForgeError> {
+        if let Auth::Personal { .. } = &self.auth {
+            return self
+                .slug
+                .get_or_try_init(|| async {
+                    let user: LoginBody = self.call(self.app.get("/user", None::<&()>)).await?;
+                    Ok(user.login)
+                })
+                .await
+                .cloned();
+        }
         let slug = self.slug.get_or_try_init(|| self.app_name()).await?;
         Ok(format!("{slug}[bot]"))
+    }
+
+    /// With a personal token: its user's repositories with push access (`GET
+    /// /user/repos`, 100 a page, at most [`MAX_LISTED_INSTALLATIONS`] pages).
+    async fn personal_repositories(&self) -> Result<Vec<String>, ForgeError> {
+        #[derive(Deserialize)]
+        struct Repo {
+            full_name: String,
+            #[serde(default)]
+            permissions: Option<Permissions>,
+        }
+        #[derive(Deserialize)]
+        struct Permissions {
+            #[serde(default)]
+            push: bool,
+        }
+        let mut out = Vec::new();
+        for page in 1..=MAX_LISTED_INSTALLATIONS {
+            let page = page.to_string();
+            let repos: Vec<Repo> = self
+                .call(
+                    self.app
+                        .get("/user/repos", Some(&[("per_page", "100"), ("page", &page)])),
+                )
+                .await?;
+            let full = repos.len() == 100;
+            out.extend(
+                repos
+                    .into_iter()
+                    .filter(|r| r.permissions.as_ref().is_some_and(|p| p.push))
+                    .map(|r| r.full_name),
+            );
+            if !full {
+                break;
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
 
@@ -721,6 +829,9 @@ impl Forge for GitHub {
         #[derive(Deserialize)]
         struct FullName {
             full_name: String,
+        }
+        if let Auth::Personal { .. } = &self.auth {
+            return self.personal_repositories().await;
         }
         let installations: Vec<Installation> = self
             .call(

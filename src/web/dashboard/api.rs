@@ -139,7 +139,8 @@ async fn caller(
 }
 
 /// `POST /api/v1/jobs` (SPEC 18): `{"repo":"github:owner/name","prompt":"…"}`, with
-/// an optional `"number"` (or `"issue"`) and `"kind"`. With a session the job runs as
+/// an optional `"number"` (or `"issue"`), `"kind"` and `"provider"` (one of the
+/// caller's personal providers, whose token the job then runs with). With a session the job runs as
 /// the signed-in forge account (write access checked like a comment's); with the API
 /// token it has no forge requester. `201 {"id","url","status"}`; 400 names what is
 /// wrong.
@@ -165,7 +166,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Json<CreateJob>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    use super::new_job::{JobAsk, NotStarted, Starter, job_from, start};
+    use super::new_job::{JobAsk, NotStarted, Starter, job_from, start, with_provider};
     let (user, by_token) = match poster(&state, &session, &headers).await {
         Ok(u) => u,
         Err(r) => return r,
@@ -174,12 +175,6 @@ async fn create(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e.body_text()),
     };
-    if body.provider.is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "provider: jobs do not run with personal providers yet",
-        );
-    }
     let number = body
         .number
         .or(body.issue)
@@ -199,7 +194,11 @@ async fn create(
         Ok(job) => job,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    match start(&state, job).await {
+    let started = match with_provider(&state, &starter, job, body.provider.as_deref()).await {
+        Ok(job) => start(&state, job).await,
+        Err(refused) => Err(refused),
+    };
+    match started {
         Ok(job) => (
             StatusCode::CREATED,
             Json(json!({

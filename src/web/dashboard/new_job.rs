@@ -44,15 +44,25 @@ pub struct NewJobForm {
     number: String,
     #[serde(default)]
     prompt: String,
+    /// One of the user's personal providers to run with; empty: the bot.
+    #[serde(default)]
+    provider: String,
+}
+
+/// What the form offers: repositories to suggest, and the user's providers.
+struct Choices {
+    suggestions: Vec<String>,
+    providers: Vec<crate::store::Provider>,
 }
 
 fn form_page(
     user: &SessionUser,
     csrf: &str,
-    suggestions: &[String],
+    choices: &Choices,
     form: &NewJobForm,
     error: Option<&str>,
 ) -> Markup {
+    let suggestions = &choices.suggestions;
     let body = html! {
         h1 { "New job" }
         div.card {
@@ -75,6 +85,19 @@ fn form_page(
                         }
                     }
                     label { "Number (optional)" input name="number" inputmode="numeric" placeholder="none: a new branch and PR" value=(form.number); }
+                    @if !choices.providers.is_empty() {
+                        label { "Run with"
+                            select name="provider" {
+                                option value="" selected[form.provider.is_empty()] { "Repobox" }
+                                @for p in &choices.providers {
+                                    @let id = p.id.to_string();
+                                    option value=(id) selected[form.provider == id] {
+                                        (p.label) " (" (p.kind) ", your token)"
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
                 label { "What should the agent do?"
                     textarea name="prompt" rows="6" required { (form.prompt) }
@@ -87,10 +110,54 @@ fn form_page(
 }
 
 /// Repositories to suggest: those the user can write to, asked with their own token
-/// ([`super::picker`]); for admins also those the bot reaches. All within the
-/// allow-list.
-async fn suggestions(state: &AppState, session: &Session, user: &SessionUser) -> Vec<String> {
+/// ([`super::picker`]), and with each of their personal providers' tokens; for admins
+/// also those the bot reaches. All within the allow-list. And the user's providers.
+async fn choices(state: &AppState, session: &Session, user: &SessionUser) -> Choices {
+    let providers = match state
+        .store
+        .list_providers(&super::settings::owner(user))
+        .await
+    {
+        Ok(providers) => providers,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the user's providers");
+            Vec::new()
+        }
+    };
+    let mut found = suggestions(state, session, user).await;
+    for provider in &providers {
+        found.extend(state.picker.personal(state, provider).await);
+    }
     let settings = state.settings.current().await;
+    let suggestions: BTreeSet<String> = found
+        .into_iter()
+        .filter(|entry| allowed(&settings, entry))
+        .collect();
+    Choices {
+        suggestions: suggestions.into_iter().collect(),
+        providers,
+    }
+}
+
+/// `forge:owner/name` is a repository the admin's allow-list lets in.
+fn allowed(settings: &crate::settings::AdminSettings, entry: &str) -> bool {
+    let Some((forge, name)) = entry.split_once(':') else {
+        return false;
+    };
+    let Ok(forge) = forge.parse::<ForgeKind>() else {
+        return false;
+    };
+    settings.repo_allowed(&RepoRef {
+        forge,
+        full_name: name.to_owned(),
+        id: None,
+        installation_id: None,
+    })
+}
+
+/// What the user's sign-in token reaches ([`super::picker`]), and for admins what the
+/// bot reaches.
+async fn suggestions(state: &AppState, session: &Session, user: &SessionUser) -> Vec<String> {
     let mut out: BTreeSet<String> = state
         .picker
         .writable(state, session, user)
@@ -106,22 +173,7 @@ async fn suggestions(state: &AppState, session: &Session, user: &SessionUser) ->
             Err(e) => tracing::warn!(error = %e, "cannot list the repositories the bot reaches"),
         }
     }
-    out.into_iter()
-        .filter(|entry| {
-            let Some((forge, name)) = entry.split_once(':') else {
-                return false;
-            };
-            let Ok(forge) = forge.parse::<ForgeKind>() else {
-                return false;
-            };
-            settings.repo_allowed(&RepoRef {
-                forge,
-                full_name: name.to_owned(),
-                id: None,
-                installation_id: None,
-            })
-        })
-        .collect()
+    out.into_iter().collect()
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> Page {
@@ -129,8 +181,14 @@ pub async fn page(State(state): State<AppState>, session: Session) -> Page {
         Ok(u) => u,
         Err(p) => return p,
     };
-    let list = suggestions(&state, &session, &user).await;
-    Page::Html(form_page(&user, &csrf, &list, &NewJobForm::default(), None))
+    let choices = choices(&state, &session, &user).await;
+    Page::Html(form_page(
+        &user,
+        &csrf,
+        &choices,
+        &NewJobForm::default(),
+        None,
+    ))
 }
 
 /// Who starts a job from the dashboard or the API.
@@ -266,6 +324,41 @@ pub fn job_from(starter: &Starter<'_>, ask: &JobAsk<'_>) -> Result<Job, String> 
     ))
 }
 
+/// Makes `job` run with the personal provider `provider` names (its id), when it names
+/// one (SPEC 18): a signed-in user may name only their own providers, the admin API
+/// token any; the provider must be on the job's forge.
+pub async fn with_provider(
+    state: &AppState,
+    starter: &Starter<'_>,
+    mut job: Job,
+    provider: Option<&str>,
+) -> Result<Job, NotStarted> {
+    let Some(text) = provider.map(str::trim).filter(|p| !p.is_empty()) else {
+        return Ok(job);
+    };
+    let refused = || NotStarted::Refused("provider: no such provider of yours.".into());
+    let id: ulid::Ulid = text.parse().map_err(|_| refused())?;
+    let found = state
+        .store
+        .get_provider(id)
+        .await
+        .map_err(NotStarted::Store)?
+        .ok_or_else(refused)?;
+    if let Starter::User(user) = starter
+        && found.owner != super::settings::owner(user)
+    {
+        return Err(refused());
+    }
+    if found.kind != job.repo.forge {
+        return Err(NotStarted::Refused(format!(
+            "provider: “{}” is a {} provider; the repository is on {}.",
+            found.label, found.kind, job.repo.forge
+        )));
+    }
+    job.provider = Some(id);
+    Ok(job)
+}
+
 /// Why [`start`] stored nothing.
 pub enum NotStarted {
     /// The request cannot run (shown to the user as it is).
@@ -304,17 +397,24 @@ pub async fn create(
         number: &form.number,
         prompt: &form.prompt,
     };
-    let refused = match job_from(&Starter::User(&user), &ask) {
-        Ok(job) => match start(&state, job).await {
-            Ok(job) => return Page::Redirect(format!("/jobs/{}", job.id)),
-            Err(NotStarted::Refused(refused)) => refused,
-            Err(NotStarted::Store(e)) => return super::unavailable(e),
-        },
+    let starter = Starter::User(&user);
+    let refused = match job_from(&starter, &ask) {
+        Ok(job) => {
+            let started = match with_provider(&state, &starter, job, Some(&form.provider)).await {
+                Ok(job) => start(&state, job).await,
+                Err(refused) => Err(refused),
+            };
+            match started {
+                Ok(job) => return Page::Redirect(format!("/jobs/{}", job.id)),
+                Err(NotStarted::Refused(refused)) => refused,
+                Err(NotStarted::Store(e)) => return super::unavailable(e),
+            }
+        }
         Err(refused) => refused,
     };
-    let list = suggestions(&state, &session, &user).await;
+    let choices = choices(&state, &session, &user).await;
     Page::Status(
         StatusCode::BAD_REQUEST,
-        form_page(&user, &csrf, &list, &form, Some(&refused)),
+        form_page(&user, &csrf, &choices, &form, Some(&refused)),
     )
 }

@@ -8,6 +8,11 @@
 //!   `permissions` grant `push` (or `maintain`, `admin`);
 //! - GitLab: `GET /api/v4/projects?min_access_level=30` (Developer and above).
 //!
+//! A user's personal providers (SPEC 18) add their own lists: each provider's
+//! repositories with push access, asked with its token through the provider's adapter
+//! (`GET /user/repos`, GitLab's `GET /projects?min_access_level=30`), cached per
+//! provider for [`TTL`] ([`Picker::personal`]).
+//!
 //! The token comes from the sign-in and is kept in the session sealed with the secret
 //! key ([`keep_token`]). The answer is cached per user for [`TTL`], so a page view makes
 //! no API call within it. Users without a forge token (LDAP, Google, sessions from
@@ -106,6 +111,48 @@ impl Picker {
             }
             Err(e) => {
                 tracing::warn!(%forge, error = %e, "cannot list the user's repositories");
+                Vec::new()
+            }
+        }
+    }
+
+    /// `forge:owner/name` of every repository `provider`'s token can push to, from the
+    /// cache when it is younger than [`TTL`]; empty (logged, naming the provider) when
+    /// the forge refuses.
+    pub async fn personal(
+        &self,
+        state: &AppState,
+        provider: &crate::store::Provider,
+    ) -> Vec<String> {
+        let key = format!("provider:{}", provider.id);
+        if let Some((at, list)) = self.cache.lock().expect("picker lock").get(&key)
+            && at.elapsed() < TTL
+        {
+            return list.clone();
+        }
+        let Some(personal) = state.forges.personal.as_ref() else {
+            return Vec::new();
+        };
+        let listed = match personal.open(provider) {
+            Ok(forge) => forge
+                .reachable_repositories()
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match listed {
+            Ok(names) => {
+                let list: Vec<String> = names
+                    .into_iter()
+                    .map(|n| format!("{}:{n}", provider.kind))
+                    .collect();
+                let mut cache = self.cache.lock().expect("picker lock");
+                cache.retain(|_, (at, _)| at.elapsed() < TTL);
+                cache.insert(key, (Instant::now(), list.clone()));
+                list
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.label, error = %e, "cannot list the provider's repositories");
                 Vec::new()
             }
         }

@@ -35,7 +35,7 @@ pub struct ProviderForm {
     token: String,
 }
 
-fn owner(user: &SessionUser) -> String {
+pub(super) fn owner(user: &SessionUser) -> String {
     accounts::owner(&user.provider, &user.id)
 }
 
