@@ -14,6 +14,11 @@
 //!    requests queued behind it (no coordinated omission). Target: p99 under 20 ms.
 //! 3. Verification: `ZCARD <prefix>jobs:all` must equal the number of 202 answers, i.e.
 //!    every accepted delivery really stored a job.
+//! 4. Memory: `serve`'s resident set (`VmRSS`) when idle before the load, after each
+//!    phase, and idle again `BENCH_IDLE_SECONDS` (default 5) after the last, and its peak
+//!    (`VmHWM`) over the run. Targets (SPEC 20): peak under 40 MB, idle under 15 MB.
+//!    `BENCH_SERVE_ENV="NAME=value …"` passes variables to `serve` (allocator trials,
+//!    e.g. `MALLOC_ARENA_MAX=2`).
 //!
 //! Every delivery carries a fresh `X-GitHub-Delivery` id, so each one stores a job. No
 //! GitHub App is configured, so the acknowledger marks each job failed ("github is not
@@ -36,7 +41,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use support::{env_or, process_cpu_seconds, redis_cpu_seconds};
+use support::{env_or, mb, process_cpu_seconds, process_rss_bytes, redis_cpu_seconds};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -56,6 +61,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 const TARGET_THROUGHPUT: f64 = 5_000.0;
 const TARGET_P99: Duration = Duration::from_millis(20);
+const TARGET_PEAK_RSS: u64 = 40_000_000;
+const TARGET_IDLE_RSS: u64 = 15_000_000;
 
 /// Settings read from the environment.
 struct Settings {
@@ -63,6 +70,8 @@ struct Settings {
     seconds: u64,
     rate: u64,
     redis_url: String,
+    idle_seconds: u64,
+    serve_env: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -72,6 +81,12 @@ impl Settings {
             seconds: env_or("BENCH_SECONDS", 10)?,
             rate: env_or("BENCH_RATE", 1_000)?,
             redis_url: env_or("REPOBOX_BENCH_REDIS_URL", DEFAULT_REDIS_URL.to_owned())?,
+            idle_seconds: env_or("BENCH_IDLE_SECONDS", 5)?,
+            serve_env: env_or("BENCH_SERVE_ENV", String::new())?
+                .split_whitespace()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
         };
         if settings.concurrency == 0 || settings.seconds == 0 || settings.rate == 0 {
             bail!("BENCH_CONCURRENCY, BENCH_SECONDS and BENCH_RATE must be at least 1");
@@ -89,7 +104,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(redis_url: &str, prefix: &str) -> anyhow::Result<Self> {
+    fn start(redis_url: &str, prefix: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("serve.log");
         let port = free_port()?;
@@ -105,6 +120,7 @@ impl Server {
             .env("REPOBOX_GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
             .env("REPOBOX_SECRET_KEY", secret_key)
             .env("REPOBOX_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -519,6 +535,10 @@ async fn delete_keys(redis: &mut MultiplexedConnection, prefix: &str) -> anyhow:
 /// What the summary needs from a complete run.
 struct Results {
     rate: u64,
+    /// `serve`'s resident set idle before the load and after it, and its peak.
+    idle_before: u64,
+    idle_after: u64,
+    peak: u64,
     throughput: Stats,
     fixed_rate: Stats,
     queued_total: u64,
@@ -539,6 +559,13 @@ async fn run_phases(
         .timeout(REQUEST_TIMEOUT)
         .build()?;
     server.wait_ready(&client).await?;
+    let pid = server.pid().to_string();
+    let rss = || process_rss_bytes(&pid).unwrap_or_default();
+    let idle_before = rss().0;
+    println!(
+        "== memory: serve's RSS idle before the load: {} ==",
+        mb(idle_before)
+    );
     let target = Arc::new(Target::new(&server.base_url)?);
     let seconds = Duration::from_secs(settings.seconds);
 
@@ -561,6 +588,8 @@ async fn run_phases(
     println!("{}", after.usage_since(&before));
     let (backlog, took) = drain_acknowledger(redis, keys).await?;
     println!("  acknowledger backlog at the end: {backlog} tasks, drained in {took:.2?}");
+    let (now, peak) = rss();
+    println!("  serve RSS {} now, {} peak so far", mb(now), mb(peak));
 
     println!(
         "== latency at a fixed rate: open loop, {}/s for {} s ==",
@@ -580,12 +609,26 @@ async fn run_phases(
     let (backlog, took) = drain_acknowledger(redis, keys).await?;
     println!("  acknowledger backlog at the end: {backlog} tasks, drained in {took:.2?}");
 
+    let (now, peak) = rss();
+    println!("  serve RSS {} now, {} peak so far", mb(now), mb(peak));
+    tokio::time::sleep(Duration::from_secs(settings.idle_seconds)).await;
+    let (idle_after, peak) = rss();
+    println!(
+        "== memory: serve's RSS idle {} s after the load: {}, peak {} ==",
+        settings.idle_seconds,
+        mb(idle_after),
+        mb(peak)
+    );
+
     let stored_jobs: u64 = redis::cmd("ZCARD")
         .arg(keys.jobs_all())
         .query_async(redis)
         .await?;
     Ok(Results {
         rate: settings.rate,
+        idle_before,
+        idle_after,
+        peak,
         throughput,
         fixed_rate,
         queued_total: target.queued_total.load(Ordering::Relaxed),
@@ -620,6 +663,21 @@ fn print_summary(results: &Results) -> bool {
         ),
     );
     summary_row(
+        "peak RSS",
+        mb(results.peak),
+        format!("target < {}", mb(TARGET_PEAK_RSS)),
+        verdict(results.peak < TARGET_PEAK_RSS, "MISS"),
+    );
+    summary_row(
+        "idle RSS",
+        format!("{} / {}", mb(results.idle_before), mb(results.idle_after)),
+        format!("before / after, target < {}", mb(TARGET_IDLE_RSS)),
+        verdict(
+            results.idle_before.max(results.idle_after) < TARGET_IDLE_RSS,
+            "MISS",
+        ),
+    );
+    summary_row(
         "stored jobs",
         format!("{} of {}", results.stored_jobs, results.queued_total),
         "ZCARD jobs:all = 202 answers".to_owned(),
@@ -649,7 +707,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("Redis is not reachable at {}", settings.redis_url))?;
-    let mut server = Server::start(&settings.redis_url, &keys.prefix)?;
+    let mut server = Server::start(&settings.redis_url, &keys.prefix, &settings.serve_env)?;
     println!(
         "repobox serve pid {} at {}, Redis keys under {}",
         server.pid(),

@@ -47,3 +47,21 @@ pub async fn redis_cpu_seconds(redis: &mut redis::aio::MultiplexedConnection) ->
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
+
+/// Resident memory of a process from `/proc/<pid>/status`, in bytes: now (`VmRSS`) and
+/// its peak so far (`VmHWM`, the high-water mark the kernel keeps).
+pub fn process_rss_bytes(pid: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            let kib = l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim();
+            kib.parse::<u64>().ok().map(|k| k * 1024)
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Bytes as MB (10^6), one decimal.
+pub fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
