@@ -14,12 +14,24 @@ use common::world::*;
 use repobox::job::JobStatus;
 use serde_json::{Value, json};
 
-/// Adds a personal GitHub provider through the settings form (the route seals it).
+/// Adds a personal GitHub provider (at the fake's URL) through the settings form.
 async fn add_provider(w: &World, who: &SignedIn, label: &str, token: &str) -> String {
+    add_provider_of(w, who, "github", &w.github.server.uri(), label, token).await
+}
+
+/// Adds a personal provider through the settings form (the route seals it); its id.
+async fn add_provider_of(
+    w: &World,
+    who: &SignedIn,
+    kind: &str,
+    url: &str,
+    label: &str,
+    token: &str,
+) -> String {
     let form = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("csrf", &who.csrf)
-        .append_pair("kind", "github")
-        .append_pair("url", &w.github.server.uri())
+        .append_pair("kind", kind)
+        .append_pair("url", url)
         .append_pair("label", label)
         .append_pair("token", token)
         .finish();
@@ -261,27 +273,15 @@ async fn a_job_naming_a_personal_gitlab_provider_opens_the_merge_request_with_it
         })
         .await;
     // A GitLab provider stores its own URL (a self-hosted GitLab): the fake's.
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("csrf", &root.csrf)
-        .append_pair("kind", "gitlab")
-        .append_pair("url", &w.gitlab.server.uri())
-        .append_pair("label", "GitLab at work")
-        .append_pair("token", gl::PERSONAL_TOKEN)
-        .finish();
-    let r = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .post(format!("{}/settings/providers", w.app.url))
-        .header("cookie", &root.cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    let owner = repobox::store::accounts::owner("gitlab", &gl::PERSONAL_USER_ID.to_string());
-    let provider = w.app.store.list_providers(&owner).await.unwrap()[0].id;
+    let provider = add_provider_of(
+        &w,
+        &root,
+        "gitlab",
+        &w.gitlab.server.uri(),
+        "GitLab at work",
+        gl::PERSONAL_TOKEN,
+    )
+    .await;
 
     let r = reqwest::Client::new()
         .post(format!("{}/api/v1/jobs", w.app.url))
@@ -290,7 +290,7 @@ async fn a_job_naming_a_personal_gitlab_provider_opens_the_merge_request_with_it
         .json(&json!({
             "repo": format!("gitlab:{GL_PATH}"),
             "prompt": "Fix the README heading",
-            "provider": provider.to_string(),
+            "provider": provider,
         }))
         .send()
         .await

@@ -539,24 +539,6 @@ async fn steering_is_given_once_only_while_open_and_closes_atomically(backend: B
     assert!(!thread.contains(&p3.id), "{thread:?}");
 }
 
-/// Each test of this file, once per backend.
-macro_rules! on_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redis {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Redis).await
-            })*
-        }
-        mod on_embedded {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Embedded(None)).await
-            })*
-        }
-    };
-}
-
 on_each_backend!(
     a_users_excess_job_waits_in_order_and_starts_when_a_slot_frees,
     one_job_at_a_time_per_thread_whoever_asks,

@@ -875,24 +875,6 @@ async fn only_writers_and_the_issue_author_are_quoted_to_the_agent() {
     w.app.stop().await;
 }
 
-/// The main scenarios, once per storage backend.
-macro_rules! on_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redis {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Redis).await
-            })*
-        }
-        mod on_embedded {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Embedded(None)).await
-            })*
-        }
-    };
-}
-
 on_each_backend!(
     github_issue_becomes_a_branch_a_pull_request_and_a_finished_progress_comment,
     gitlab_issue_becomes_a_merge_request,

@@ -816,23 +816,6 @@ async fn the_key_fingerprint_is_set_once(backend: Backend) {
     app.stop().await;
 }
 
-macro_rules! on_each_backend {
-    ($($name:ident),* $(,)?) => {
-        mod on_redis {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Redis).await
-            })*
-        }
-        mod on_embedded {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Backend::Embedded(None)).await
-            })*
-        }
-    };
-}
-
 on_each_backend!(
     a_session_is_saved_replaced_loaded_and_deleted,
     a_new_session_never_replaces_an_existing_one,

@@ -241,3 +241,18 @@ pub trait JobQueue: Send + Sync {
     /// across processes does the work (the others get `Ok(0)`). Returns how many.
     async fn requeue_orphans(&self, older_than: Duration) -> Result<usize, StoreError>;
 }
+
+/// What [`JobQueue::finish`] checks first, in every backend: its fields carry a final
+/// `status`.
+pub(crate) fn check_final(fields: &[(&str, String)]) -> Result<(), StoreError> {
+    let status = fields
+        .iter()
+        .find(|(k, _)| *k == "status")
+        .and_then(|(_, v)| v.parse::<JobStatus>().ok());
+    match status {
+        Some(status) if status.is_final() => Ok(()),
+        _ => Err(StoreError::Corrupt(
+            "finish needs a final `status` field".into(),
+        )),
+    }
+}

@@ -64,3 +64,14 @@ pub trait SteeringStore: Send + Sync {
     /// them), else steering is closed in the same atomic step and `[]` is returned.
     async fn close_steering(&self, lease: &Lease, from: usize) -> Result<Vec<Steer>, StoreError>;
 }
+
+/// Steering entries as stored (JSON, one per entry), read back.
+pub(crate) fn decode(entries: Vec<String>) -> Result<Vec<Steer>, StoreError> {
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::from_str(e)
+                .map_err(|e| StoreError::Corrupt(format!("a steering entry: {e}")))
+        })
+        .collect()
+}

@@ -143,6 +143,27 @@ pub enum Backend {
     Embedded(Option<PathBuf>),
 }
 
+/// Runs each test body `async fn name(backend: Backend)` of the calling file once per
+/// backend, as `on_redis::name` and `on_embedded::name` (SPEC 19: one contract, the same
+/// test bodies against each).
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Backend::Redis).await
+            })*
+        }
+        mod on_embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Backend::Embedded(None)).await
+            })*
+        }
+    };
+}
+
 /// What the harness reads and writes beside the app, to look at what a backend stored.
 enum Raw {
     Redis(redis::Client),

@@ -135,6 +135,22 @@ pub(super) fn incr_within(c: &Connection, key: &str, window: Duration) -> Sql<u6
 
 // Records (`hashes`).
 
+/// Fields as the closures of a transaction own them.
+pub(super) fn owned(fields: &[(&str, String)]) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// A run's fence: the job record `key` is running under this lease's runner and
+/// attempt (the queue's and steering's writes check it).
+pub(super) fn holds(c: &Connection, key: &str, lease: &crate::store::Lease) -> Sql<bool> {
+    Ok(hget(c, key, "status")?.as_deref() == Some("running")
+        && hget(c, key, "runner")?.as_deref() == Some(lease.runner.as_str())
+        && hget(c, key, "attempt")? == Some(lease.attempt.to_string()))
+}
+
 pub(super) fn hget(c: &Connection, key: &str, field: &str) -> Sql<Option<String>> {
     c.query_row(
         "SELECT value FROM hashes WHERE key = ?1 AND field = ?2",

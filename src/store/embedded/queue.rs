@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::EmbeddedStore;
-use super::data::{self, Sql, now_ms};
+use super::data::{self, Sql, holds, now_ms, owned};
 use crate::job::{Job, JobId, JobStatus, rfc3339};
 use crate::store::{
     Accepted, CancelOutcome, Claim, DELIVERY_TTL, Delivery, Dispatch, JobEntry, JobQueue, Keys,
@@ -119,21 +119,44 @@ fn promote(
     Ok(started)
 }
 
-/// The run's fence: the job is running under this runner and attempt.
-fn holds(c: &Connection, key: &str, lease: &Lease) -> Sql<bool> {
-    Ok(data::hget(c, key, "status")?.as_deref() == Some("running")
-        && data::hget(c, key, "runner")?.as_deref() == Some(lease.runner.as_str())
-        && data::hget(c, key, "attempt")? == Some(lease.attempt.to_string()))
-}
-
-fn owned(fields: &[(&str, String)]) -> Vec<(String, String)> {
-    fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
 impl EmbeddedStore {
+    /// New entries of the queue stream `stream` names, now `consumer`'s, waiting up to
+    /// `block` for the first.
+    async fn group_read(
+        &self,
+        stream: fn(&Keys) -> String,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<data::Entry>, StoreError> {
+        self.wait_for(Some(block), || {
+            let consumer = consumer.to_owned();
+            self.write(move |c, keys| Ok(data::xread_new(c, &stream(keys), &consumer, count)?))
+        })
+        .await
+    }
+
+    /// Entries of `stream` another consumer left idle for `min_idle`, now `consumer`'s.
+    async fn group_claim(
+        &self,
+        stream: fn(&Keys) -> String,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<data::Entry>, StoreError> {
+        let consumer = consumer.to_owned();
+        self.write(move |c, keys| {
+            Ok(data::xclaim_idle(
+                c,
+                &stream(keys),
+                &consumer,
+                min_idle,
+                count,
+            )?)
+        })
+        .await
+    }
+
     /// Ends the run with `fields` (a final status, or `queued` to hand it back).
     async fn end_run(
         &self,
@@ -271,12 +294,7 @@ impl JobQueue for EmbeddedStore {
         block: Duration,
     ) -> Result<Vec<TaskEntry>, StoreError> {
         let entries = self
-            .wait_for(Some(block), || {
-                let consumer = consumer.to_owned();
-                self.write(move |c, keys| {
-                    Ok(data::xread_new(c, &keys.intake_stream(), &consumer, count)?)
-                })
-            })
+            .group_read(Keys::intake_stream, consumer, count, block)
             .await?;
         Ok(entries.into_iter().map(task_entry).collect())
     }
@@ -287,17 +305,8 @@ impl JobQueue for EmbeddedStore {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<TaskEntry>, StoreError> {
-        let consumer = consumer.to_owned();
         let entries = self
-            .write(move |c, keys| {
-                Ok(data::xclaim_idle(
-                    c,
-                    &keys.intake_stream(),
-                    &consumer,
-                    min_idle,
-                    count,
-                )?)
-            })
+            .group_claim(Keys::intake_stream, consumer, min_idle, count)
             .await?;
         Ok(entries.into_iter().map(task_entry).collect())
     }
@@ -410,12 +419,7 @@ impl JobQueue for EmbeddedStore {
         block: Duration,
     ) -> Result<Vec<JobEntry>, StoreError> {
         let entries = self
-            .wait_for(Some(block), || {
-                let consumer = consumer.to_owned();
-                self.write(move |c, keys| {
-                    Ok(data::xread_new(c, &keys.jobs_stream(), &consumer, count)?)
-                })
-            })
+            .group_read(Keys::jobs_stream, consumer, count, block)
             .await?;
         Ok(entries.into_iter().map(job_entry).collect())
     }
@@ -426,17 +430,8 @@ impl JobQueue for EmbeddedStore {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<JobEntry>, StoreError> {
-        let consumer = consumer.to_owned();
         let entries = self
-            .write(move |c, keys| {
-                Ok(data::xclaim_idle(
-                    c,
-                    &keys.jobs_stream(),
-                    &consumer,
-                    min_idle,
-                    count,
-                )?)
-            })
+            .group_claim(Keys::jobs_stream, consumer, min_idle, count)
             .await?;
         Ok(entries.into_iter().map(job_entry).collect())
     }
@@ -603,15 +598,7 @@ impl JobQueue for EmbeddedStore {
         user_limit: usize,
         slot_lease: Duration,
     ) -> Result<(), StoreError> {
-        let final_status = fields
-            .iter()
-            .find(|(k, _)| *k == "status")
-            .and_then(|(_, v)| v.parse::<JobStatus>().ok());
-        if !final_status.is_some_and(JobStatus::is_final) {
-            return Err(StoreError::Corrupt(
-                "finish needs a final `status` field".into(),
-            ));
-        }
+        crate::store::queue::check_final(fields)?;
         self.end_run(lease, job, fields, user_limit, slot_lease)
             .await
     }

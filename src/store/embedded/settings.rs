@@ -6,15 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{EmbeddedStore, data};
+use super::EmbeddedStore;
+use super::data::{self, owned};
 use crate::store::{SettingsStore, StoreError};
-
-fn owned(fields: &[(&str, String)]) -> Vec<(String, String)> {
-    fields
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
 
 #[async_trait]
 impl SettingsStore for EmbeddedStore {

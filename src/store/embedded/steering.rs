@@ -5,26 +5,10 @@
 
 use async_trait::async_trait;
 
-use super::{EmbeddedStore, data};
+use super::EmbeddedStore;
+use super::data::{self, holds};
 use crate::job::{Job, JobId};
 use crate::store::{Lease, Steer, Steered, SteeringStore, StoreError};
-
-fn decode(entries: Vec<String>) -> Result<Vec<Steer>, StoreError> {
-    entries
-        .iter()
-        .map(|e| {
-            serde_json::from_str(e)
-                .map_err(|e| StoreError::Corrupt(format!("a steering entry: {e}")))
-        })
-        .collect()
-}
-
-/// The run's fence (as the queue's): running under this runner and attempt.
-fn holds(c: &rusqlite::Connection, key: &str, lease: &Lease) -> rusqlite::Result<bool> {
-    Ok(data::hget(c, key, "status")?.as_deref() == Some("running")
-        && data::hget(c, key, "runner")?.as_deref() == Some(lease.runner.as_str())
-        && data::hget(c, key, "attempt")? == Some(lease.attempt.to_string()))
-}
 
 #[async_trait]
 impl SteeringStore for EmbeddedStore {
@@ -90,7 +74,7 @@ impl SteeringStore for EmbeddedStore {
         let entries = self
             .read(move |c, keys| Ok(data::lrange_from(c, &keys.job_steer(job), from)?))
             .await?;
-        decode(entries)
+        crate::store::steering::decode(entries)
     }
 
     async fn close_steering(&self, lease: &Lease, from: usize) -> Result<Vec<Steer>, StoreError> {
@@ -110,7 +94,7 @@ impl SteeringStore for EmbeddedStore {
             })
             .await?;
         match entries {
-            Some(entries) => decode(entries),
+            Some(entries) => crate::store::steering::decode(entries),
             None => Err(StoreError::LeaseLost),
         }
     }

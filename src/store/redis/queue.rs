@@ -373,15 +373,7 @@ impl JobQueue for RedisStore {
         user_limit: usize,
         slot_lease: Duration,
     ) -> Result<(), StoreError> {
-        let final_status = fields
-            .iter()
-            .find(|(k, _)| *k == "status")
-            .and_then(|(_, v)| v.parse::<JobStatus>().ok());
-        if !final_status.is_some_and(JobStatus::is_final) {
-            return Err(StoreError::Corrupt(
-                "finish needs a final `status` field".into(),
-            ));
-        }
+        crate::store::queue::check_final(fields)?;
         self.end_run(lease, job, fields, user_limit, slot_lease)
             .await
     }

@@ -9,16 +9,6 @@ use crate::job::{Job, JobId};
 use crate::store::steering::{Steer, Steered, SteeringStore};
 use crate::store::{Lease, StoreError};
 
-fn decode(entries: Vec<String>) -> Result<Vec<Steer>, StoreError> {
-    entries
-        .iter()
-        .map(|e| {
-            serde_json::from_str(e)
-                .map_err(|e| StoreError::Corrupt(format!("a steering entry: {e}")))
-        })
-        .collect()
-}
-
 #[async_trait]
 impl SteeringStore for RedisStore {
     async fn steer(&self, job: JobId, steer: &Steer) -> Result<Steered, StoreError> {
@@ -73,7 +63,7 @@ impl SteeringStore for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        decode(entries)
+        crate::store::steering::decode(entries)
     }
 
     async fn close_steering(&self, lease: &Lease, from: usize) -> Result<Vec<Steer>, StoreError> {
@@ -84,7 +74,7 @@ impl SteeringStore for RedisStore {
             .arg(lease.attempt)
             .arg(from);
         match self.run::<Option<Vec<String>>>(&inv).await? {
-            Some(entries) => decode(entries),
+            Some(entries) => crate::store::steering::decode(entries),
             None => Err(StoreError::LeaseLost),
         }
     }
