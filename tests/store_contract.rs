@@ -715,6 +715,32 @@ async fn jobs_are_listed_newest_first_and_paged(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_long_log_keeps_about_its_newest_20000_lines(backend: Backend) {
+    let app = app(backend).await;
+    let s = &app.store;
+    let job = JobId::new();
+    for batch in 0..25 {
+        let lines: Vec<String> = (0..1000)
+            .map(|i| format!("line {}", batch * 1000 + i))
+            .collect();
+        s.append_log(job, &lines).await.unwrap();
+    }
+    let kept = s.read_log(job, "0", 30_000, None).await.unwrap();
+    // Trimmed approximately (Redis `MAXLEN ~`, the embedded store every 1000 lines).
+    assert!(
+        (20_000..=21_100).contains(&kept.len()),
+        "{} lines kept",
+        kept.len()
+    );
+    assert_eq!(
+        kept.last().unwrap().line,
+        "line 24999",
+        "the newest is kept"
+    );
+    assert_ne!(kept[0].line, "line 0", "the oldest is gone");
+    app.stop().await;
+}
+
 async fn a_log_is_read_in_order_after_an_id(backend: Backend) {
     let app = app(backend).await;
     let s = &app.store;
@@ -817,6 +843,7 @@ async fn the_key_fingerprint_is_set_once(backend: Backend) {
 }
 
 on_each_backend!(
+    a_long_log_keeps_about_its_newest_20000_lines,
     a_session_is_saved_replaced_loaded_and_deleted,
     a_new_session_never_replaces_an_existing_one,
     a_session_expires_after_its_ttl,

@@ -15,6 +15,9 @@ use crate::store::{JobIndex, JobRecords, LogLine, LogReader, StoreError};
 /// Lines kept per job log, as the Redis backend keeps.
 const LOG_MAX_LINES: usize = 20_000;
 
+/// Lines appended to a log between two trims.
+const TRIM_EVERY: usize = 1_000;
+
 fn ids(members: Vec<(String, i64)>) -> Vec<JobId> {
     members.iter().filter_map(|(m, _)| m.parse().ok()).collect()
 }
@@ -118,12 +121,14 @@ impl JobRecords for EmbeddedStore {
         let lines = lines.to_vec();
         self.write(move |c, keys| {
             let key = keys.job_output(id);
-            let mut last = String::new();
             for line in &lines {
-                last = data::xadd(c, &key, line)?;
+                data::xadd(c, &key, line)?;
             }
-            // Trimmed now and then, as Redis trims approximately.
-            if data::parse_id(&last).is_some_and(|(_, seq)| seq % 1000 == 0) || lines.len() > 100 {
+            // Trimmed each time another TRIM_EVERY lines were appended (counted per log in
+            // `log-lines`), as Redis trims approximately: a trim walks the newest
+            // LOG_MAX_LINES entries, too much for every append.
+            let total = data::hincr(c, "log-lines", &key, lines.len() as i64)? as usize;
+            if total / TRIM_EVERY != (total - lines.len()) / TRIM_EVERY {
                 data::xtrim(c, &key, LOG_MAX_LINES)?;
             }
             Ok(())
